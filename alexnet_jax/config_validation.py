@@ -1,0 +1,130 @@
+"""`validate_config`: every field checked before anything touches the disk.
+
+A wrong field raises one `ValueError` whose message names the field, its
+value and what to use instead, e.g.
+`config.batch_size=100 must be divisible by the 8 data-parallel devices`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+
+from alexnet_jax import models, optim, sharding
+
+
+def _fail(field: str, value: Any, fix: str) -> None:
+    raise ValueError(f"config.{field}={value!r} {fix}")
+
+
+def _positive_int(config: ml_collections.ConfigDict, field: str) -> None:
+    value = config[field]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        _fail(field, value, "must be a positive integer")
+
+
+def _one_of(value: Any, field: str, allowed: tuple) -> None:
+    if value not in allowed:
+        _fail(field, value, f"must be one of {allowed}")
+
+
+def _validate_mesh(config: ml_collections.ConfigDict) -> int:
+    """Checks the mesh against the devices; returns the data-parallel size."""
+    spec = tuple(config.mesh)
+    devices = jax.device_count()
+    if len(spec) != 2 or not all(isinstance(n, int) for n in spec):
+        _fail("mesh", spec, "must be two integers (data, model), e.g. (-1, 1)")
+    data, model = spec
+    if model < 1 or (data < 1 and data != -1):
+        _fail("mesh", spec, "must have model >= 1 and data >= 1 or -1 (all remaining devices)")
+    if devices % model:
+        _fail("mesh", spec, f"has a model axis of {model}, which does not divide the {devices} devices")
+    data, model = sharding.mesh_shape(spec, devices)
+    if data * model > devices:
+        _fail("mesh", spec, f"needs {data * model} devices but there are {devices}: use (-1, {model})")
+    if data * model < devices and jax.process_count() > 1:
+        _fail("mesh", spec, f"covers {data * model} of {devices} devices; with several processes use (-1, {model})")
+    return data
+
+
+def _validate_model(model: ml_collections.ConfigDict) -> None:
+    _one_of(model.activation, "model.activation", ("relu", "tanh"))
+    _one_of(model.towers, "model.towers", (1, 2))
+    _one_of(model.tower_impl, "model.tower_impl", ("split", "grouped"))
+    _one_of(model.pool_window, "model.pool_window", (2, 3))
+    _one_of(model.init_scheme, "model.init_scheme", ("as_trained", "printed"))
+    _one_of(model.dtype, "model.dtype", ("float32", "bfloat16"))
+    if not isinstance(model.num_classes, int) or model.num_classes < 2:
+        _fail("model.num_classes", model.num_classes, "must be an integer >= 2")
+    if not model.width > 0:
+        _fail("model.width", model.width, "must be > 0 (1.0 is the paper's width)")
+    if not 0 <= model.dropout_rate < 1:
+        _fail("model.dropout_rate", model.dropout_rate, "must be in [0, 1)")
+    if model.lrn_n < 1 or model.lrn_n % 2 == 0:
+        _fail("model.lrn_n", model.lrn_n, "must be a positive odd number (the paper's is 5)")
+    smallest = models.smallest_input_size(model.pool_window, model.pool_stride)
+    if model.input_size < smallest:
+        _fail(
+            "model.input_size",
+            model.input_size,
+            f"is too small for conv1 (11x11/4) and three {model.pool_window}x{model.pool_window} "
+            f"poolings: use at least {smallest}",
+        )
+
+
+def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
+    _one_of(opt.schedule, "optimizer.schedule", optim.SCHEDULES)
+    if not opt.learning_rate > 0:
+        _fail("optimizer.learning_rate", opt.learning_rate, "must be > 0 (the paper's is 0.01)")
+    if not 0 <= opt.momentum < 1:
+        _fail("optimizer.momentum", opt.momentum, "must be in [0, 1) (the paper's is 0.9)")
+    if opt.weight_decay < 0:
+        _fail("optimizer.weight_decay", opt.weight_decay, "must be >= 0 (the paper's is 5e-4)")
+    if not 0 < opt.drop_factor <= 1:
+        _fail("optimizer.drop_factor", opt.drop_factor, "must be in (0, 1] (the paper's is 0.1)")
+    epochs = list(opt.drop_epochs)
+    if any(e < 0 for e in epochs) or epochs != sorted(epochs):
+        _fail("optimizer.drop_epochs", tuple(epochs), "must be increasing, non-negative epochs")
+    if opt.plateau_patience < 1:
+        _fail("optimizer.plateau_patience", opt.plateau_patience, "must be >= 1 evaluation")
+    if opt.plateau_max_drops < 0:
+        _fail("optimizer.plateau_max_drops", opt.plateau_max_drops, "must be >= 0")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first wrong field; returns None if all is well."""
+    if not isinstance(config.dataset, str) or not config.dataset:
+        _fail("dataset", config.dataset, "must be a tfds dataset name, e.g. 'sklearn_digits'")
+    for field in (
+        "batch_size",
+        "eval_batch_size",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "shuffle_buffer_size",
+        "resize_size",
+    ):
+        _positive_int(config, field)
+    if config.num_train_steps <= 0 and not config.num_epochs > 0:
+        _fail("num_epochs", config.num_epochs, "must be > 0 when num_train_steps <= 0")
+    if len(tuple(config.mean_rgb)) != 3:
+        _fail("mean_rgb", tuple(config.mean_rgb), "must be three numbers (R, G, B) on 0..255")
+
+    data_parallel = _validate_mesh(config)
+    devices_per_batch = max(data_parallel, jax.process_count())
+    for field in ("batch_size", "eval_batch_size"):
+        if config[field] % devices_per_batch:
+            _fail(
+                field,
+                config[field],
+                f"must be divisible by the {devices_per_batch} data-parallel devices "
+                f"(mesh {tuple(config.mesh)} on {jax.device_count()} devices)",
+            )
+
+    _validate_model(config.model)
+    if config.resize_size < config.model.input_size:
+        _fail("resize_size", config.resize_size, f"must be >= model.input_size={config.model.input_size}")
+    _validate_optimizer(config.optimizer)

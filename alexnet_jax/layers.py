@@ -1,0 +1,141 @@
+"""Layers AlexNet needs that no library ships: LRN, the within-channel norm,
+and convolutions split into towers.
+
+Everything here works on NHWC arrays. Channels of a tower-split activation
+are laid out tower after tower: channels [0, C/towers) belong to tower a,
+[C/towers, 2C/towers) to tower b, matching the weight layout of a grouped
+convolution (`feature_group_count=towers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+TowerImpl = Literal["split", "grouped"]
+
+
+def local_response_norm(
+    x_nhwc: Array,
+    *,
+    towers: int = 1,
+    k: float = 2.0,
+    n: int = 5,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    alpha_over_n: bool = True,
+) -> Array:
+    """Local response normalisation across channels (the paper's Section 3.3).
+
+    b[c] = a[c] / (k + s * sum_{j=c-n//2}^{c+n//2} a[j]^2) ** beta, where the
+    sum stays within the tower holding channel c and s is `alpha / n` (the
+    2012 code, PyTorch's `nn.LocalResponseNorm`) or `alpha` (the printed
+    formula) depending on `alpha_over_n`.
+    """
+    channels = x_nhwc.shape[-1]
+    if channels % towers:
+        raise ValueError(f"LRN: {channels} channels do not split into {towers} towers")
+    scale = alpha / n if alpha_over_n else alpha
+    # Square in float32: bfloat16 sums of squares lose the small terms.
+    squares = jnp.square(x_nhwc.astype(jnp.float32))
+    per_tower = squares.reshape(*x_nhwc.shape[:-1], towers, channels // towers)
+    # A windowed sum over the channel axis, zero-padded at each tower's edges,
+    # is a reduce_window XLA fuses with the surrounding elementwise ops.
+    window = (1,) * (per_tower.ndim - 1) + (n,)
+    padding = ((0, 0),) * (per_tower.ndim - 1) + ((n // 2, (n - 1) // 2),)
+    sums = jax.lax.reduce_window(per_tower, 0.0, jax.lax.add, window, (1,) * per_tower.ndim, padding)
+    denominator = jnp.power(k + scale * sums.reshape(squares.shape), beta)
+    return (x_nhwc.astype(jnp.float32) / denominator).astype(x_nhwc.dtype)
+
+
+def within_channel_norm(
+    x_nhwc: Array, *, size: int = 5, scale: float = 1e-3, beta: float = 0.75, k: float = 1.0
+) -> Array:
+    """cuda-convnet's `rnorm` layer: normalisation over a spatial window of
+    each channel on its own.
+
+    b[y, x, c] = a[y, x, c] / (k + scale / size**2 * sum_{size x size} a^2) ** beta,
+    the window centred on (y, x) and zero-padded at the borders. The 2012 code
+    applies it after LRN2 (scale 1e-3, pow 0.75); the paper does not mention it.
+    """
+    squares = jnp.square(x_nhwc.astype(jnp.float32))
+    half = size // 2
+    sums = jax.lax.reduce_window(
+        squares,
+        0.0,
+        jax.lax.add,
+        (1, size, size, 1),
+        (1, 1, 1, 1),
+        ((0, 0), (half, size - 1 - half), (half, size - 1 - half), (0, 0)),
+    )
+    denominator = jnp.power(k + scale / size**2 * sums, beta)
+    return (x_nhwc.astype(jnp.float32) / denominator).astype(x_nhwc.dtype)
+
+
+def conv_output_size(size: int, kernel: int, stride: int) -> int:
+    """Output length of a strided conv whose last window may hang past the edge.
+
+    The 2012 code computes 1 + ceil((size - kernel) / stride) outputs and reads
+    zeros past the input's end, so a 224 input gives 55 outputs for conv1.
+    """
+    return 1 + -(-(size - kernel) // stride)
+
+
+class TowerConv(nn.Module):
+    """A convolution whose input and output channels are split into towers.
+
+    The kernel has the layout of a grouped convolution, (kh, kw, in/towers, out),
+    so checkpoints and parameter counts are the paper's whatever `impl` is:
+      - "grouped": one `lax.conv` with `feature_group_count=towers`;
+      - "split": one convolution per tower, outputs concatenated. Identical
+        numbers; XLA:CPU runs its backward pass several times faster.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] = (1, 1)
+    padding: Any = "SAME"
+    towers: int = 1
+    impl: TowerImpl = "split"
+    kernel_init: Initializer = nn.initializers.normal(0.01)
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_nhwc: Array) -> Array:
+        in_features = x_nhwc.shape[-1]
+        if in_features % self.towers or self.features % self.towers:
+            raise ValueError(
+                f"TowerConv: {in_features} inputs / {self.features} outputs do not split into {self.towers} towers"
+            )
+        kernel_shape = (*self.kernel_size, in_features // self.towers, self.features)
+        kernel = self.param("kernel", self.kernel_init, kernel_shape, jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        x_nhwc, kernel, bias = x_nhwc.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+
+        def conv(inputs: Array, weights: Array, groups: int) -> Array:
+            return jax.lax.conv_general_dilated(
+                inputs,
+                weights,
+                window_strides=tuple(self.strides),
+                padding=self.padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=groups,
+            )
+
+        if self.towers == 1 or self.impl == "grouped":
+            y = conv(x_nhwc, kernel, self.towers)
+        elif self.impl == "split":
+            inputs = jnp.split(x_nhwc, self.towers, axis=-1)
+            weights = jnp.split(kernel, self.towers, axis=-1)
+            y = jnp.concatenate([conv(i, w, 1) for i, w in zip(inputs, weights)], axis=-1)
+        else:
+            raise ValueError(f"TowerConv: unknown impl {self.impl!r}; use 'split' or 'grouped'")
+        return y + bias

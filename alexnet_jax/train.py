@@ -1,0 +1,247 @@
+"""The training loop: jitted train/eval steps over a TrainState, clu metrics
+and writers, orbax checkpoints, resume, NaN guard and exact evaluation."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from clu import metric_writers, periodic_actions
+from flax.training import train_state
+
+from alexnet_jax import augment, checkpointing, input_pipeline, metrics, models, optim, sharding
+from alexnet_jax.config_validation import validate_config
+
+Batch = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    """Params, optimiser state and step, plus the plateau schedule's bookkeeping."""
+
+    plateau: optim.PlateauState
+
+
+def create_model(config: ml_collections.ConfigDict) -> models.AlexNet:
+    return models.AlexNet(**config.model.to_dict())
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, model: models.AlexNet, steps_per_epoch: int, mesh: jax.sharding.Mesh
+) -> TrainState:
+    """Initialises parameters (from `config.seed`) directly in their sharding."""
+    size = config.model.input_size
+    tx = optim.make_optimizer(config.optimizer, steps_per_epoch)
+
+    def init() -> TrainState:
+        dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+        params = model.init(jax.random.key(config.seed), dummy, train=False)["params"]
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=optim.PlateauState.create())
+
+    return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+
+
+def train_step(
+    state: TrainState, batch: Batch, base_key: jax.Array, *, config: ml_collections.ConfigDict
+) -> tuple[TrainState, metrics.TrainMetrics]:
+    """One SGD step on a uint8 batch: augment on device, forward, backward, update.
+
+    Randomness (crops, flips, dropout) comes from `fold_in(base_key, step)`,
+    so a resumed run draws exactly what an uninterrupted one would.
+    """
+    step_key = jax.random.fold_in(base_key, state.step)
+    augment_key, dropout_key = jax.random.split(step_key)
+    images = augment.random_crop_flip(batch["image"], augment_key, config.model.input_size, config.random_flip)
+    images = augment.subtract_mean(images, config.mean_rgb)
+    labels = batch["label"]
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, images, train=True, rngs={"dropout": dropout_key})
+        # Weight decay lives in the optimiser (PAPER.md's rule), not the loss.
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, logits
+
+    (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads)
+    step_metrics = metrics.TrainMetrics.single_from_model_output(
+        **metrics.per_example_outputs(logits, labels),
+        learning_rate=optim.current_learning_rate(new_state.opt_state),
+    )
+    return new_state, step_metrics
+
+
+def eval_step(params: Any, batch: Batch, *, config: ml_collections.ConfigDict, model: models.AlexNet):
+    """Centre-crop evaluation; padded examples (mask 0) do not count."""
+    images = augment.center_crop(batch["image"], config.model.input_size)
+    logits = model.apply({"params": params}, augment.subtract_mean(images, config.mean_rgb), train=False)
+    outputs = metrics.per_example_outputs(logits, batch["label"])
+    return metrics.EvalMetrics.single_from_model_output(**outputs, mask=batch["mask"].astype(bool))
+
+
+def evaluate(eval_fn, params: Any, batches: Iterator[dict], mesh: jax.sharding.Mesh) -> metrics.EvalMetrics:
+    total = None
+    for local_batch in batches:
+        batch_metrics = eval_fn(params, sharding.global_batch(local_batch, mesh))
+        total = batch_metrics if total is None else total.merge(batch_metrics)
+    return total
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite(step: int, step_metrics: metrics.TrainMetrics) -> None:
+    loss = float(step_metrics.loss.compute())
+    if not jnp.isfinite(loss):
+        raise FloatingPointError(
+            f"loss is {loss} at step {step}: stopping; checkpoints up to the last good one are kept"
+        )
+
+
+def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    if config.num_train_steps > 0:
+        return config.num_train_steps
+    return int(config.num_epochs * steps_per_epoch)
+
+
+def _check_dataset(config: ml_collections.ConfigDict, builder) -> int:
+    """Validates the config against the prepared dataset; returns steps per epoch."""
+    for field in ("train_split", "eval_split"):
+        if config[field] not in builder.info.splits:
+            raise ValueError(
+                f"config.{field}={config[field]!r} is not a split of {config.dataset}: "
+                f"use one of {sorted(builder.info.splits.keys())}"
+            )
+    classes = builder.info.features["label"].num_classes
+    if config.model.num_classes != classes:
+        raise ValueError(
+            f"config.model.num_classes={config.model.num_classes} but {config.dataset} has {classes} classes"
+        )
+    train_examples = input_pipeline.num_examples(builder, config.train_split)
+    if train_examples < config.batch_size:
+        raise ValueError(f"config.batch_size={config.batch_size} exceeds the {train_examples} training examples")
+    return train_examples // config.batch_size
+
+
+def _eval_summary(eval_metrics: metrics.EvalMetrics) -> dict[str, float]:
+    results = {f"eval_{k}": float(v) for k, v in eval_metrics.compute().items()}
+    results["eval_num_examples"] = eval_metrics.num_examples()
+    return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
+
+    Returns the final evaluation summary (eval_loss, eval_top1_error, ...).
+    Raises ValueError (bad config) or DatasetUnavailableError before writing
+    anything to `workdir`, and FloatingPointError on a non-finite loss.
+    """
+    validate_config(config)
+    builder = input_pipeline.get_builder(config)
+    steps_per_epoch = _check_dataset(config, builder)
+    total_steps = num_train_steps(config, steps_per_epoch)
+
+    mesh = sharding.make_mesh(config.mesh)
+    model = create_model(config)
+    state = create_train_state(config, model, steps_per_epoch, mesh)
+    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    state, start_step = checkpointing.restore_latest(manager, state)
+    if start_step:
+        logging.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info(
+        "AlexNet with %d parameters; %d steps of %d (%d per epoch)",
+        num_params,
+        total_steps - start_step,
+        total_steps,
+        steps_per_epoch,
+    )
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if start_step == 0:
+        writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
+
+    replicated = sharding.replicated(mesh)
+    train_fn = jax.jit(
+        functools.partial(train_step, config=config), donate_argnums=0, out_shardings=(replicated, replicated)
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, config=config, model=model), out_shardings=replicated)
+    base_key = jax.random.key(config.seed + 1)
+
+    def run_eval(step: int) -> dict[str, float]:
+        summary = _eval_summary(evaluate(eval_fn, state.params, input_pipeline.eval_batches(config, builder), mesh))
+        writer.write_scalars(step, summary)
+        return summary
+
+    train_iter = input_pipeline.train_batches(config, builder, start_step=start_step)
+    report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    train_metrics, previous, summary = None, None, None
+    period_start, period_steps = time.monotonic(), 0
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            batch = sharding.global_batch(next(train_iter), mesh)
+            state, step_metrics = train_fn(state, batch, base_key)
+            # Check the previous step while this one runs: no host stall.
+            if previous is not None:
+                _check_finite(*previous)
+            previous = (step, step_metrics)
+            train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+            period_steps += 1
+            report(step)
+
+            if step % config.log_every_steps == 0 or step == total_steps:
+                _check_finite(*previous)
+                scalars = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
+                elapsed = time.monotonic() - period_start
+                scalars["images_per_sec"] = period_steps * config.batch_size / elapsed
+                writer.write_scalars(step, scalars)
+                train_metrics, period_start, period_steps = None, time.monotonic(), 0
+
+            if step % config.eval_every_steps == 0 or step == total_steps:
+                summary = run_eval(step)
+                if config.optimizer.schedule == "plateau":
+                    state = _plateau_step(state, summary["eval_top1_error"], config.optimizer, replicated)
+
+            if step % config.checkpoint_every_steps == 0 or step == total_steps:
+                _check_finite(*previous)
+                if not bool(_all_finite(state.params)):
+                    raise FloatingPointError(f"parameters are not finite after step {step}: not saving them")
+                checkpointing.save(manager, step, state)
+    finally:
+        manager.wait_until_finished()
+        writer.flush()
+
+    if summary is None:  # resumed a finished run: evaluate the restored state
+        summary = run_eval(total_steps)
+        writer.flush()
+    return summary
+
+
+def _plateau_step(state: TrainState, error: float, opt: ml_collections.ConfigDict, replicated) -> TrainState:
+    """Feeds one validation error to the plateau schedule; drops the rate if due."""
+    plateau, drop = optim.plateau_update(
+        state.plateau, error, patience=opt.plateau_patience, max_drops=opt.plateau_max_drops
+    )
+    opt_state = state.opt_state
+    if drop:
+        new_rate = float(optim.current_learning_rate(opt_state)) * opt.drop_factor
+        logging.info("Validation error has not improved: learning rate -> %g", new_rate)
+        opt_state = optim.with_learning_rate(opt_state, new_rate)
+    return state.replace(plateau=jax.device_put(plateau, replicated), opt_state=opt_state)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

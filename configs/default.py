@@ -1,0 +1,81 @@
+"""Every field the code reads, with the paper's values ("as trained" defaults).
+
+Not a recipe on its own: `configs/paper.py` (ImageNet) and `configs/digits.py`
+(the embedded dataset) import it and override a few fields. Any field can be
+overridden from the command line, e.g. `--config.model.use_lrn=False`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # --- data ---
+    config.dataset = "imagenet2012"  # a tfds name; "sklearn_digits" is embedded
+    config.data_dir = ""  # tfds data_dir ("" = tfds's default, ~/tensorflow_datasets)
+    config.manual_dir = ""  # where ILSVRC2012_img_{train,val}.tar are ("" = <data_dir>/downloads/manual)
+    config.train_split = "train"
+    config.eval_split = "validation"
+    config.shuffle_buffer_size = 16_384
+    # Host side: shorter side to resize_size, centre crop resize_size^2 (uint8);
+    # the device then takes model.input_size crops (random when training).
+    config.resize_size = 256
+    # Per-channel mean on 0..255, subtracted from every pixel (PAPER.md: the
+    # ImageNet mean image averages to about these values).
+    config.mean_rgb = (127.3, 119.7, 104.9)
+    config.random_flip = True  # horizontal flips when training
+
+    # --- schedule ---
+    config.batch_size = 128  # global, over all devices and processes
+    config.eval_batch_size = 128
+    config.num_epochs = 90.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs
+    config.log_every_steps = 100
+    config.eval_every_steps = 10_000  # also the plateau schedule's check period
+    config.checkpoint_every_steps = 5_000
+    config.keep_checkpoints = 3  # the latest is always kept
+    config.seed = 0
+
+    # --- model: fields map one to one onto alexnet_jax.models.AlexNet ---
+    config.model = ml_collections.ConfigDict()
+    config.model.num_classes = 1000
+    config.model.input_size = 224  # square input side; 224 as in the paper
+    config.model.width = 1.0  # multiplier on every conv/fc width (1.0 = paper)
+    config.model.towers = 2  # 2 = the two GPU towers as grouped convs; 1 = ungrouped
+    config.model.tower_impl = "split"  # "split" (per-tower convs) or "grouped" (feature_group_count)
+    config.model.activation = "relu"  # "relu" or "tanh"
+    config.model.use_lrn = True
+    config.model.lrn_k = 2.0
+    config.model.lrn_n = 5
+    config.model.lrn_alpha = 1e-4
+    config.model.lrn_beta = 0.75
+    config.model.lrn_alpha_over_n = True  # True: 2012 code (alpha/n); False: printed (alpha)
+    config.model.lrn1_before_relu = True  # True: 2012 code; False: printed (after ReLU)
+    config.model.within_channel_norm = True  # 2012 code's 5x5 norm after LRN2
+    config.model.pool_window = 3  # 3 = overlapping (paper), 2 = non-overlapping
+    config.model.pool_stride = 2
+    config.model.dropout_rate = 0.5
+    config.model.init_scheme = "as_trained"  # or "printed" (N(0, 0.01) everywhere)
+    # Scale init stds by sqrt(paper fan-in / fan-in): a no-op at the paper's
+    # size; keeps a narrow or small-input net from stalling at ln(classes).
+    config.model.init_match_fan_in = False
+    config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
+
+    # --- optimiser: PAPER.md's update rule ---
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 0.01
+    config.optimizer.momentum = 0.9
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.bias_lr_multiplier = 2.0  # 2012 code: biases at 2x the rate
+    config.optimizer.bias_weight_decay = False  # 2012 code: no decay on biases
+    config.optimizer.schedule = "piecewise"  # "piecewise" (by epoch) or "plateau"
+    config.optimizer.drop_factor = 0.1
+    config.optimizer.drop_epochs = (25, 51, 79)  # run #145's drops
+    config.optimizer.plateau_patience = 3  # evaluations without improvement
+    config.optimizer.plateau_max_drops = 3
+
+    # --- devices ---
+    # ('data', 'model') mesh shape; -1 = all remaining devices.
+    config.mesh = (-1, 1)
+    return config

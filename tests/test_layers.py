@@ -1,0 +1,84 @@
+"""LRN, the within-channel norm and tower convolutions against independent
+NumPy / plain-lax references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import layers
+
+
+def lrn_reference(a, towers, k, n, alpha, beta, alpha_over_n):
+    """The paper's formula, channel by channel, with explicit loops."""
+    a = np.asarray(a, np.float64)
+    channels = a.shape[-1]
+    per_tower = channels // towers
+    scale = alpha / n if alpha_over_n else alpha
+    out = np.empty_like(a)
+    for c in range(channels):
+        start = (c // per_tower) * per_tower
+        lo = max(start, c - n // 2)
+        hi = min(start + per_tower - 1, c + n // 2)
+        total = np.sum(a[..., lo : hi + 1] ** 2, axis=-1)
+        out[..., c] = a[..., c] / (k + scale * total) ** beta
+    return out
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+@pytest.mark.parametrize("alpha_over_n", [True, False])
+def test_lrn_matches_reference(towers, alpha_over_n):
+    # Large values so the normalisation term matters (alpha is tiny).
+    x = np.random.RandomState(0).normal(0, 40, size=(2, 5, 5, 16)).astype(np.float32)
+    got = layers.local_response_norm(
+        jnp.asarray(x), towers=towers, k=2.0, n=5, alpha=1e-4, beta=0.75, alpha_over_n=alpha_over_n
+    )
+    want = lrn_reference(x, towers, 2.0, 5, 1e-4, 0.75, alpha_over_n)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_lrn_matches_tensorflow_convention():
+    """TF's local_response_normalization(depth_radius=2, alpha=2e-5, bias=2) is
+    the as-trained LRN (PAPER.md); an independent implementation to agree with."""
+    tf = pytest.importorskip("tensorflow")
+    x = np.random.RandomState(1).normal(0, 50, size=(1, 4, 4, 48)).astype(np.float32)
+    want = tf.nn.local_response_normalization(x, depth_radius=2, bias=2.0, alpha=2e-5, beta=0.75).numpy()
+    got = layers.local_response_norm(jnp.asarray(x), towers=1, alpha_over_n=True)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_within_channel_norm_matches_reference():
+    x = np.random.RandomState(2).normal(0, 20, size=(1, 6, 7, 3)).astype(np.float32)
+    got = np.asarray(layers.within_channel_norm(jnp.asarray(x), size=5, scale=1e-3, beta=0.75, k=1.0))
+    padded = np.pad(x.astype(np.float64) ** 2, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    want = np.empty_like(x, dtype=np.float64)
+    for y in range(6):
+        for xx in range(7):
+            total = padded[:, y : y + 5, xx : xx + 5, :].sum(axis=(1, 2))
+            want[:, y, xx, :] = x[:, y, xx, :] / (1.0 + 1e-3 / 25 * total) ** 0.75
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["split", "grouped"])
+def test_tower_conv_equals_two_half_convs(impl):
+    """Both implementations equal two explicit half-width convolutions that
+    each read only their own tower's channels, with the same weights."""
+    rng = np.random.RandomState(3)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)).astype(np.float32))
+    conv = layers.TowerConv(features=6, kernel_size=(3, 3), towers=2, impl=impl)
+    variables = conv.init(jax.random.key(0), x)
+    kernel = variables["params"]["kernel"]
+    assert kernel.shape == (3, 3, 4, 6)
+    variables = {"params": {"kernel": kernel, "bias": jnp.arange(6.0)}}
+
+    def half(inputs, weights):
+        return jax.lax.conv_general_dilated(inputs, weights, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    want = jnp.concatenate([half(x[..., :4], kernel[..., :3]), half(x[..., 4:], kernel[..., 3:])], axis=-1)
+    want = want + jnp.arange(6.0)
+    np.testing.assert_allclose(np.asarray(conv.apply(variables, x)), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_conv1_output_size_as_in_2012_code():
+    assert layers.conv_output_size(224, 11, 4) == 55  # the last window hangs past the edge
+    assert layers.conv_output_size(227, 11, 4) == 55  # Caffe's crop

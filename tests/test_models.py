@@ -1,0 +1,132 @@
+"""AlexNet's shapes, parameter count, initialisation and switches."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import models
+
+
+def _param_shapes(model, size=224):
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    return variables["params"]
+
+
+def test_paper_parameter_count():
+    params = _param_shapes(models.AlexNet())
+    assert sum(x.size for x in jax.tree.leaves(params)) == 60_965_224
+
+
+def test_paper_layer_table():
+    params = _param_shapes(models.AlexNet())
+    shapes = {name: layer["kernel"].shape for name, layer in params.items()}
+    assert shapes == {
+        "conv1": (11, 11, 3, 96),
+        "conv2": (5, 5, 48, 256),  # reads only its own tower's 48 channels
+        "conv3": (3, 3, 256, 384),  # reads both towers
+        "conv4": (3, 3, 192, 384),
+        "conv5": (3, 3, 192, 256),
+        "fc6": (9216, 4096),  # 6 x 6 x 256
+        "fc7": (4096, 4096),
+        "fc8": (4096, 1000),
+    }
+
+
+def test_ungrouped_variant_reads_all_channels():
+    params = _param_shapes(models.AlexNet(towers=1))
+    assert params["conv2"]["kernel"].shape == (5, 5, 96, 256)
+    assert sum(x.size for x in jax.tree.leaves(params)) == 62_378_344
+
+
+def test_paper_output_shape():
+    out = jax.eval_shape(
+        lambda: models.AlexNet().init_with_output(jax.random.key(0), jnp.zeros((2, 224, 224, 3)), train=False)[0]
+    )
+    assert out.shape == (2, 1000) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("pool_window", [2, 3])
+def test_feature_map_is_6x6_for_both_poolings(pool_window):
+    assert models.final_feature_side(224, pool_window) == 6
+
+
+def test_initialisation_as_trained():
+    model = models.AlexNet(num_classes=10, input_size=64, width=0.5)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)["params"]
+    for name, std in [
+        ("conv1", 0.01),
+        ("conv2", 0.01),
+        ("conv3", 0.03),
+        ("conv4", 0.03),
+        ("conv5", 0.03),
+        ("fc7", 0.01),
+    ]:
+        assert np.std(params[name]["kernel"]) == pytest.approx(std, rel=0.1), name
+    for name in ["conv2", "conv4", "conv5", "fc6", "fc7"]:
+        np.testing.assert_array_equal(params[name]["bias"], 1.0)
+    for name in ["conv1", "conv3", "fc8"]:
+        np.testing.assert_array_equal(params[name]["bias"], 0.0)
+
+
+def test_printed_initialisation_is_001_everywhere():
+    model = models.AlexNet(num_classes=10, input_size=64, width=0.5, init_scheme="printed")
+    params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)["params"]
+    assert np.std(params["conv4"]["kernel"]) == pytest.approx(0.01, rel=0.1)
+
+
+def test_fan_in_matching_is_identity_at_paper_size():
+    a = _param_shapes(models.AlexNet())
+    plain = models.AlexNet().init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    matched = models.AlexNet(init_match_fan_in=True).init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    assert jax.tree.structure(a) == jax.tree.structure(plain["params"])
+    for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(matched)):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+
+
+SMALL = dict(num_classes=10, input_size=64, width=0.25)
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {},
+        {"use_lrn": False},
+        {"pool_window": 2},
+        {"towers": 1},
+        {"activation": "tanh"},
+        {"lrn_alpha_over_n": False, "lrn1_before_relu": False, "within_channel_norm": False},
+        {"tower_impl": "grouped"},
+        {"dtype": "bfloat16"},
+    ],
+)
+def test_switches_run(switches):
+    model = models.AlexNet(**SMALL, **switches)
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
+    variables = model.init(jax.random.key(0), x, train=False)
+    logits = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+
+
+def test_tower_impls_agree():
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
+    split = models.AlexNet(**SMALL, tower_impl="split")
+    grouped = models.AlexNet(**SMALL, tower_impl="grouped")
+    variables = split.init(jax.random.key(0), x, train=False)
+    np.testing.assert_allclose(
+        split.apply(variables, x, train=False), grouped.apply(variables, x, train=False), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_lrn_switch_changes_output():
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
+    with_lrn = models.AlexNet(**SMALL)
+    variables = with_lrn.init(jax.random.key(0), x, train=False)
+    without = models.AlexNet(**SMALL, use_lrn=False)
+    assert not np.allclose(with_lrn.apply(variables, x, train=False), without.apply(variables, x, train=False))
+
+
+def test_wrong_input_size_is_rejected():
+    with pytest.raises(ValueError, match="input_size=64"):
+        models.AlexNet(**SMALL).init(jax.random.key(0), jnp.zeros((1, 72, 72, 3)), train=False)

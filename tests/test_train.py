@@ -1,0 +1,181 @@
+"""The training loop end to end on the embedded digits, tiny and fast."""
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from alexnet_jax import checkpointing, input_pipeline, sharding, train
+from alexnet_jax.config_validation import validate_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _first_batch(config):
+    builder = input_pipeline.get_builder(config)
+    return next(input_pipeline.train_batches(config, builder)), builder
+
+
+def test_one_step_golden_value(tiny_config):
+    """Loss and a parameter checksum after one step from seed 0.
+
+    If this fails after a deliberate change to the model, the optimiser, the
+    init or the input order, check the change is intended, then update the
+    numbers below (print them from this test). An unintended failure means
+    the numerics of a training step changed.
+    """
+    local_batch, builder = _first_batch(tiny_config)
+    mesh = sharding.make_mesh(tiny_config.mesh)
+    model = train.create_model(tiny_config)
+    state = train.create_train_state(tiny_config, model, steps_per_epoch=89, mesh=mesh)
+    step = jax.jit(functools.partial(train.train_step, config=tiny_config))
+    state, metrics = step(state, sharding.global_batch(local_batch, mesh), jax.random.key(1))
+    loss = float(metrics.loss.compute())
+    checksum = float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(state.params)))
+    print(f"golden: loss={loss!r} checksum={checksum!r}")
+    assert loss == pytest.approx(GOLDEN_LOSS, rel=1e-4)
+    assert checksum == pytest.approx(GOLDEN_CHECKSUM, rel=1e-5)
+
+
+GOLDEN_LOSS = 3.9514873027801514
+GOLDEN_CHECKSUM = 11604.99237501652
+
+
+def _final_params(workdir, config):
+    mesh = sharding.make_mesh(config.mesh)
+    template = train.create_train_state(config, train.create_model(config), 89, mesh)
+    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    state, step = checkpointing.restore_latest(manager, template)
+    manager.close()
+    return state, step
+
+
+def test_stop_and_resume_matches_uninterrupted_run(tiny_config, tmp_path):
+    uninterrupted = str(tmp_path / "a")
+    train.train_and_evaluate(tiny_config, uninterrupted)
+
+    resumed = str(tmp_path / "b")
+    first_half = tiny_config.copy_and_resolve_references()
+    first_half.num_train_steps = 3
+    train.train_and_evaluate(first_half, resumed)
+    assert _final_params(resumed, tiny_config)[1] == 3
+    summary = train.train_and_evaluate(tiny_config, resumed)  # resumes at 3, runs 4..6
+
+    state_a, step_a = _final_params(uninterrupted, tiny_config)
+    state_b, step_b = _final_params(resumed, tiny_config)
+    assert step_a == step_b == 6
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert summary["eval_num_examples"] == 360  # every test digit exactly once
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+    workdir = str(tmp_path / "nan")
+    good = tiny_config.copy_and_resolve_references()
+    good.num_train_steps = 3
+    train.train_and_evaluate(good, workdir)
+
+    exploding = tiny_config.copy_and_resolve_references()
+    exploding.num_train_steps = 12
+    exploding.optimizer.learning_rate = 1e12
+    with pytest.raises(FloatingPointError, match=r"at step \d+"):
+        train.train_and_evaluate(exploding, workdir)
+
+    steps = ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).all_steps()
+    assert 3 in steps
+    state, step = _final_params(workdir, tiny_config)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params)), step
+
+
+def test_tensorboard_event_files_hold_the_scalars(tiny_config, tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    workdir = str(tmp_path / "tb")
+    train.train_and_evaluate(tiny_config, workdir)
+    events = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    for tag in [
+        "train_loss",
+        "train_top1_error",
+        "train_top5_error",
+        "train_learning_rate",
+        "images_per_sec",
+        "steps_per_sec",
+        "eval_loss",
+        "eval_top1_error",
+        "eval_top5_error",
+        "eval_num_examples",
+    ]:
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    losses = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("train_loss")]
+    assert [e.step for e in events.Tensors("train_loss")] == [2, 4, 6] and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_size", 12, "config.batch_size=12 must be divisible by the 8 data-parallel devices"),
+        ("mesh", (16, 1), "config.mesh=(16, 1) needs 16 devices but there are 8"),
+        ("mesh", (-1, 3), "config.mesh=(-1, 3) has a model axis of 3"),
+        ("model.activation", "gelu", "config.model.activation='gelu' must be one of"),
+        ("model.pool_window", 4, "config.model.pool_window=4 must be one of (2, 3)"),
+        ("model.input_size", 32, "config.model.input_size=32 is too small"),
+        ("model.towers", 3, "config.model.towers=3 must be one of (1, 2)"),
+        ("optimizer.schedule", "cosine", "config.optimizer.schedule='cosine' must be one of"),
+        ("optimizer.learning_rate", -0.1, "config.optimizer.learning_rate=-0.1 must be > 0"),
+        ("optimizer.drop_epochs", (51, 25), "config.optimizer.drop_epochs=(51, 25) must be increasing"),
+        ("eval_every_steps", 0, "config.eval_every_steps=0 must be a positive integer"),
+        ("resize_size", 60, "config.resize_size=60 must be >= model.input_size=64"),
+        ("dataset", "", "config.dataset='' must be a tfds dataset name"),
+    ],
+)
+def test_invalid_config_is_rejected_with_its_field(tiny_config, field, value, message):
+    config = tiny_config.copy_and_resolve_references()
+    config.mesh = (-1, 1)
+    parent, _, leaf = field.rpartition(".")
+    (config[parent] if parent else config)[leaf] = value
+    with pytest.raises(ValueError) as error:
+        validate_config(config)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_config_writes_nothing(tiny_config, tmp_path):
+    config = tiny_config.copy_and_resolve_references()
+    config.model.num_classes = 7
+    workdir = tmp_path / "never"
+    with pytest.raises(ValueError, match="config.model.num_classes=7 but sklearn_digits has 10 classes"):
+        train.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
+
+
+def test_paper_config_without_imagenet_says_where_to_put_the_tars(tmp_path):
+    workdir = tmp_path / "paper"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alexnet_jax.main",
+            "--config",
+            "configs/paper.py",
+            f"--workdir={workdir}",
+            f"--config.data_dir={tmp_path / 'tfds'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: imagenet2012 is not prepared")
+    assert "ILSVRC2012_img_train.tar" in last_line and str(tmp_path / "tfds" / "downloads" / "manual") in last_line
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists()
