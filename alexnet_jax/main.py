@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging as py_logging
 import sys
 
 from absl import app, flags, logging
@@ -18,9 +19,19 @@ config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).",
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(py_logging.Filter):
+    """Drops INFO chatter of orbax and tfds (kept: their warnings and errors)
+    so the run's own progress lines stay readable."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        noisy = "/orbax/" in record.pathname or "/tensorflow_datasets/" in record.pathname
+        return record.levelno >= py_logging.WARNING or not noisy
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     import tensorflow as tf
 
     # tf.data and the summary writers use TensorFlow; keep it off the
