@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -99,7 +100,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def _check_finite(step: int, step_metrics: metrics.TrainMetrics) -> None:
     loss = float(step_metrics.loss.compute())
-    if not jnp.isfinite(loss):
+    if not math.isfinite(loss):
         raise FloatingPointError(
             f"loss is {loss} at step {step}: stopping; checkpoints up to the last good one are kept"
         )
