@@ -22,6 +22,16 @@ Initializer = Callable[..., Array]
 TowerImpl = Literal["split", "grouped"]
 
 
+def _inverse_power(base: Array, beta: float) -> Array:
+    """base ** -beta; for the paper's beta = 0.75 as rsqrt(b) * sqrt(rsqrt(b)),
+    which XLA:CPU runs (forward and backward) about 1.7x faster than pow's
+    exp/log (bench: LRN at conv1's size, batch 32)."""
+    if beta == 0.75:
+        inv_sqrt = jax.lax.rsqrt(base)
+        return inv_sqrt * jnp.sqrt(inv_sqrt)
+    return jnp.power(base, -beta)
+
+
 def local_response_norm(
     x_nhwc: Array,
     *,
@@ -51,8 +61,8 @@ def local_response_norm(
     window = (1,) * (per_tower.ndim - 1) + (n,)
     padding = ((0, 0),) * (per_tower.ndim - 1) + ((n // 2, (n - 1) // 2),)
     sums = jax.lax.reduce_window(per_tower, 0.0, jax.lax.add, window, (1,) * per_tower.ndim, padding)
-    denominator = jnp.power(k + scale * sums.reshape(squares.shape), beta)
-    return (x_nhwc.astype(jnp.float32) / denominator).astype(x_nhwc.dtype)
+    factor = _inverse_power(k + scale * sums.reshape(squares.shape), beta)
+    return (x_nhwc.astype(jnp.float32) * factor).astype(x_nhwc.dtype)
 
 
 def within_channel_norm(
@@ -75,8 +85,8 @@ def within_channel_norm(
         (1, 1, 1, 1),
         ((0, 0), (half, size - 1 - half), (half, size - 1 - half), (0, 0)),
     )
-    denominator = jnp.power(k + scale / size**2 * sums, beta)
-    return (x_nhwc.astype(jnp.float32) / denominator).astype(x_nhwc.dtype)
+    factor = _inverse_power(k + scale / size**2 * sums, beta)
+    return (x_nhwc.astype(jnp.float32) * factor).astype(x_nhwc.dtype)
 
 
 def conv_output_size(size: int, kernel: int, stride: int) -> int:

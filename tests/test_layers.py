@@ -27,13 +27,14 @@ def lrn_reference(a, towers, k, n, alpha, beta, alpha_over_n):
 
 @pytest.mark.parametrize("towers", [1, 2])
 @pytest.mark.parametrize("alpha_over_n", [True, False])
-def test_lrn_matches_reference(towers, alpha_over_n):
+@pytest.mark.parametrize("beta", [0.75, 0.6])  # 0.75 takes the rsqrt path, others pow
+def test_lrn_matches_reference(towers, alpha_over_n, beta):
     # Large values so the normalisation term matters (alpha is tiny).
     x = np.random.RandomState(0).normal(0, 40, size=(2, 5, 5, 16)).astype(np.float32)
     got = layers.local_response_norm(
-        jnp.asarray(x), towers=towers, k=2.0, n=5, alpha=1e-4, beta=0.75, alpha_over_n=alpha_over_n
+        jnp.asarray(x), towers=towers, k=2.0, n=5, alpha=1e-4, beta=beta, alpha_over_n=alpha_over_n
     )
-    want = lrn_reference(x, towers, 2.0, 5, 1e-4, 0.75, alpha_over_n)
+    want = lrn_reference(x, towers, 2.0, 5, 1e-4, beta, alpha_over_n)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 

@@ -1,0 +1,91 @@
+"""Forward+backward time of the layer variants behind the model's speed choices.
+
+    python -m bench.layers            # batch 32, paper sizes
+
+Prints one table, variants of a layer measured back to back in the same run:
+  - LRN's inverse power: `pow(d, -0.75)` (exp/log) vs `rsqrt(d) * sqrt(rsqrt(d))`
+    (what alexnet_jax.layers uses for beta = 0.75), at conv1's output size;
+  - the towers: `TowerConv(impl="split")` vs `impl="grouped"`
+    (`feature_group_count=2`), at conv2's size;
+  - the whole paper model's gradient with and without LRN, and with each
+    tower implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from alexnet_jax import layers, models
+
+
+def _best_ms(fn: Callable, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best
+
+
+def _lrn_pow(x: jax.Array) -> jax.Array:
+    """The textbook form, for comparison: a / (k + s * sum a^2) ** beta."""
+    squares = jnp.square(x).reshape(*x.shape[:-1], 2, x.shape[-1] // 2)
+    sums = jax.lax.reduce_window(squares, 0.0, jax.lax.add, (1, 1, 1, 1, 5), (1,) * 5, ((0, 0),) * 4 + ((2, 2),))
+    return x / jnp.power(2.0 + 2e-5 * sums.reshape(x.shape), 0.75)
+
+
+def _grad_of(fn: Callable) -> Callable:
+    return jax.jit(jax.grad(lambda x: jnp.sum(fn(x) * x)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    key = jax.random.key(0)
+    rows = []
+
+    conv1_out = jax.random.normal(key, (args.batch, 55, 55, 96)) * 30
+    rows.append(("LRN 55x55x96", "pow(d, -0.75)", _best_ms(_grad_of(_lrn_pow), conv1_out, repeats=args.repeats)))
+    rsqrt_lrn = _grad_of(lambda x: layers.local_response_norm(x, towers=2))
+    rows.append(("LRN 55x55x96", "rsqrt (used)", _best_ms(rsqrt_lrn, conv1_out, repeats=args.repeats)))
+
+    pool1_out = jax.random.normal(key, (args.batch, 27, 27, 96))
+    for impl in ("split", "grouped"):
+        conv = layers.TowerConv(features=256, kernel_size=(5, 5), towers=2, impl=impl)
+        params = conv.init(key, pool1_out[:1])
+        step = jax.jit(jax.grad(lambda p, x, conv=conv: jnp.sum(conv.apply(p, x) ** 2)))
+        rows.append(("conv2 5x5, 2 towers", impl, _best_ms(step, params, pool1_out, repeats=args.repeats)))
+
+    images = jax.random.normal(key, (args.batch, 224, 224, 3)) * 50
+    labels = jnp.zeros((args.batch,), jnp.int32)
+    for label, fields in [
+        ("paper (split)", {}),
+        ("paper, no LRN", {"use_lrn": False}),
+        ("paper, grouped", {"tower_impl": "grouped"}),
+    ]:
+        model = models.AlexNet(**fields)
+        params = model.init(key, images[:1], train=False)
+
+        def loss(p, model=model):
+            logits = model.apply(p, images, train=True, rngs={"dropout": key})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        rows.append(("whole model", label, _best_ms(jax.jit(jax.grad(loss)), params, repeats=args.repeats)))
+
+    print(f"\nforward+backward, batch {args.batch}, best of {args.repeats}, {jax.devices()[0].device_kind}\n")
+    print("| layer | variant | ms |\n|---|---|---|")
+    for layer, variant, ms in rows:
+        print(f"| {layer} | {variant} | {ms:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Train-step throughput: this project's jitted step vs the PyTorch peer, and
+the machine's matrix-multiply limit, in one run.
+
+    python -m bench.train_step                       # paper + digits, batch 128
+    python -m bench.train_step --models paper --rounds 3 --steps 3
+
+Each (contender, model) runs in its own subprocess per round, contenders
+alternating within a round, so machine noise hits both alike and each one's
+peak memory (max RSS of its process) is its own. Inputs are synthetic uint8
+images of the host-side size (256x256 for the paper model): this measures
+the step (augmentation on device included), not the input pipeline.
+
+Needs requirements-bench.txt (torch, CPU build) for the PyTorch rows;
+`--no-torch` runs without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# PAPER.md: about 4.1 GFLOP per 224x224 image for a training step.
+PAPER_GFLOP_PER_IMAGE = 4.1
+COMPARABLE = {"within_channel_norm": False}  # PyTorch has no within-channel norm
+
+
+def _config(name: str, batch: int):
+    from configs import digits, paper
+
+    config = (paper if name == "paper" else digits).get_config()
+    config.batch_size = batch
+    config.mesh = (1, 1)
+    for key, value in COMPARABLE.items():
+        config.model[key] = value
+    return config
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time_steps(run_step, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        run_step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run_step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def worker_jax(model_name: str, batch: int, warmup: int, steps: int) -> dict:
+    import functools
+
+    import jax
+    import numpy as np
+
+    from alexnet_jax import sharding, train
+
+    config = _config(model_name, batch)
+    mesh = sharding.make_mesh(config.mesh)
+    state = train.create_train_state(config, train.create_model(config), 10_000, mesh)
+    rng = np.random.default_rng(0)
+    size = config.resize_size
+    batch_np = {
+        "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+        "label": rng.integers(0, config.model.num_classes, (batch,)),
+    }
+    data = sharding.global_batch(batch_np, mesh)
+    key = jax.random.key(0)
+    step_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, data, key).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    holder = {"state": state}
+
+    def run_step():
+        holder["state"], metrics = compiled(holder["state"], data, key)
+        jax.block_until_ready(metrics)
+
+    times = _time_steps(run_step, warmup, steps)
+    return {
+        "times": times,
+        "compile_s": compile_s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "xla_gflop_per_image": cost.get("flops", 0.0) / batch / 1e9,
+    }
+
+
+def worker_torch(model_name: str, batch: int, warmup: int, steps: int) -> dict:
+    import torch
+
+    from bench.torch_alexnet import AlexNetTorch, make_step
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    config = _config(model_name, batch)
+    m = config.model
+    model = AlexNetTorch(m.num_classes, m.input_size, m.width, m.towers).train()
+    step = make_step(model, m.input_size, tuple(config.mean_rgb))
+    size = config.resize_size
+    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+    labels = torch.randint(0, m.num_classes, (batch,))
+    times = _time_steps(lambda: step(images, labels), warmup, steps)
+    return {"times": times, "compile_s": None, "peak_rss_mb": _peak_rss_mb()}
+
+
+def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best float32 GEMM rate of this machine through XLA (jnp.dot, n x n)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dot(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _run_worker(contender: str, model: str, args) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.train_step",
+        "--worker",
+        contender,
+        "--models",
+        model,
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode:
+        raise RuntimeError(f"{contender}/{model} worker failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="paper,digits")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker = worker_jax if args.worker == "jax" else worker_torch
+        print(json.dumps(worker(args.models, args.batch, args.warmup, args.steps)))
+        return
+
+    contenders = ["jax"] if args.no_torch else ["jax", "torch"]
+    models = args.models.split(",")
+    runs = {(c, m): [] for c in contenders for m in models}
+    gemm = []
+    for round_index in range(args.rounds):
+        for model in models:
+            order = contenders if round_index % 2 == 0 else contenders[::-1]
+            for contender in order:
+                runs[contender, model].append(_run_worker(contender, model, args))
+        gemm.append(gemm_peak_gflops())
+    peak = max(gemm)
+
+    print(
+        f"\nmachine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; float32 GEMM peak "
+        f"(jnp.dot 2048^2, best of {5 * args.rounds}): {peak:.1f} GFLOP/s"
+    )
+    print(
+        f"batch {args.batch}, {args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up) per contender\n"
+    )
+    header = (
+        "| model | contender | images/s | step median (s) | step min-max (s) | compile (s) | peak RSS (MB) "
+        "| GFLOP/img | % of GEMM peak | ours/PyTorch |"
+    )
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for model in models:
+        jax_flop = statistics.mean(r["xla_gflop_per_image"] for r in runs["jax", model])
+        flop = PAPER_GFLOP_PER_IMAGE if model == "paper" else jax_flop
+        rates = {}
+        for contender in contenders:
+            times = [t for r in runs[contender, model] for t in r["times"]]
+            median = statistics.median(times)
+            rates[contender] = args.batch / median
+            compile_s = runs[contender, model][0]["compile_s"]
+            rss = max(r["peak_rss_mb"] for r in runs[contender, model])
+            ratio = f"{rates['jax'] / rates['torch']:.2f}" if contender == "torch" else ""
+            print(
+                f"| {model} | {'alexnet_jax' if contender == 'jax' else 'PyTorch'} | {rates[contender]:.1f} "
+                f"| {median:.3f} | {min(times):.3f}-{max(times):.3f} "
+                f"| {'-' if compile_s is None else f'{compile_s:.1f}'} | {rss:.0f} | {flop:.3f} "
+                f"| {100 * rates[contender] * flop / peak:.1f} | {ratio} |"
+            )
+        print(
+            f"\n{model}: XLA counts {jax_flop:.3f} GFLOP per image per train step"
+            + (f" (PAPER.md: about {PAPER_GFLOP_PER_IMAGE}; the table uses PAPER.md's)" if model == "paper" else "")
+        )
+
+
+if __name__ == "__main__":
+    main()
