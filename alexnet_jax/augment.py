@@ -2,13 +2,16 @@
 
 The host sends uint8 images already resized to `resize_size` x `resize_size`
 (256 for ImageNet: shorter side to 256, centre crop). These functions run
-inside the jitted train/eval steps: crops, flips and mean subtraction cost
-no host time and no float bytes over the host-device link.
+inside the jitted train/eval steps: crops, flips, PCA colour noise and mean
+subtraction cost no host time and no float bytes over the host-device link.
+
+Order, as in the paper: subtract the mean (a 256x256 image or a per-channel
+mean), add the per-image colour offset, then crop and flip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,23 +19,65 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def random_crop_flip(images_bhwc: Array, key: Array, crop: int, flip: bool) -> Array:
-    """A random `crop` x `crop` window and (if `flip`) a random horizontal
-    flip, drawn independently per image."""
+class DataStats(NamedTuple):
+    """What augmentation needs from the training set (0..255 units)."""
+
+    mean: Array  # (H, W, 3) mean image or (3,) per-channel mean
+    eigvecs: Array  # (3, 3) RGB covariance eigenvectors, as columns
+    sqrt_eigvals: Array  # (3,) square roots of the matching eigenvalues
+
+
+def random_crop_flip(images_bhwc: Array, key: Array, crop: int, flip: bool, chunk: int = 1) -> Array:
+    """A random `crop` x `crop` window and (if `flip`) a random horizontal flip.
+
+    `chunk=1` draws offset and flip per image (the paper's text); the 2012
+    code drew one per chunk of 32 consecutive images (`chunk=32`).
+    """
     batch, height, width, _ = images_bhwc.shape
+    draws = -(-batch // chunk)
     crop_key, flip_key = jax.random.split(key)
     y_key, x_key = jax.random.split(crop_key)
-    ys = jax.random.randint(y_key, (batch,), 0, height - crop + 1)
-    xs = jax.random.randint(x_key, (batch,), 0, width - crop + 1)
+    ys = jnp.repeat(jax.random.randint(y_key, (draws,), 0, height - crop + 1), chunk)[:batch]
+    xs = jnp.repeat(jax.random.randint(x_key, (draws,), 0, width - crop + 1), chunk)[:batch]
 
     def crop_one(image: Array, y: Array, x: Array) -> Array:
         return jax.lax.dynamic_slice(image, (y, x, 0), (crop, crop, image.shape[-1]))
 
     crops = jax.vmap(crop_one)(images_bhwc, ys, xs)
     if flip:
-        flips = jax.random.bernoulli(flip_key, 0.5, (batch,))
+        flips = jnp.repeat(jax.random.bernoulli(flip_key, 0.5, (draws,)), chunk)[:batch]
         crops = jnp.where(flips[:, None, None, None], crops[:, :, ::-1, :], crops)
     return crops
+
+
+def pca_colour_offsets(key: Array, batch: int, stats: DataStats, alpha_std: float) -> Array:
+    """Per-image RGB offsets V @ (alpha * sqrt(lambda)), alpha ~ N(0, alpha_std).
+
+    PAPER.md (Section 4.1): a multiple of the principal components of the
+    training set's RGB covariance, the same for every pixel of an image.
+    """
+    alphas = alpha_std * jax.random.normal(key, (batch, 3))
+    return (alphas * stats.sqrt_eigvals) @ stats.eigvecs.T
+
+
+def train_inputs(
+    images_bhwc: Array,
+    key: Array,
+    stats: DataStats,
+    *,
+    crop: int,
+    flip: bool,
+    chunk: int = 1,
+    pca_std: float = 0.1,
+) -> Array:
+    """The training batch from uint8 images: mean subtraction, PCA colour
+    noise (off when `pca_std` is 0), random crop and flip; float32."""
+    noise_key, crop_key = jax.random.split(key)
+    images = images_bhwc.astype(jnp.float32) - stats.mean
+    if pca_std > 0:
+        offsets = pca_colour_offsets(noise_key, images.shape[0], stats, pca_std)
+        images = images + offsets[:, None, None, :]
+    return random_crop_flip(images, crop_key, crop, flip, chunk)
 
 
 def center_crop(images_bhwc: Array, crop: int) -> Array:
@@ -42,6 +87,21 @@ def center_crop(images_bhwc: Array, crop: int) -> Array:
     return images_bhwc[:, top : top + crop, left : left + crop, :]
 
 
-def subtract_mean(images_bhwc: Array, mean_rgb: Sequence[float]) -> Array:
-    """uint8 0..255 -> float32 with the training mean removed, as the paper."""
-    return images_bhwc.astype(jnp.float32) - jnp.asarray(mean_rgb, jnp.float32)
+def ten_views(images_bhwc: Array, crop: int) -> Array:
+    """The paper's 10 test views, shape (10, batch, crop, crop, C): the four
+    corner crops and the centre crop, then the same five flipped."""
+    _, height, width, _ = images_bhwc.shape
+    corners = [(0, 0), (0, width - crop), (height - crop, 0), (height - crop, width - crop)]
+    views = [images_bhwc[:, y : y + crop, x : x + crop, :] for y, x in corners]
+    views.append(center_crop(images_bhwc, crop))
+    views = jnp.stack(views)
+    return jnp.concatenate([views, views[:, :, :, ::-1, :]])
+
+
+def eval_inputs(images_bhwc: Array, stats: DataStats, *, crop: int, views: str) -> Array:
+    """Mean-subtracted evaluation views, (V, batch, crop, crop, 3) with V = 1
+    ("center") or 10 ("ten_view")."""
+    images = images_bhwc.astype(jnp.float32) - stats.mean
+    if views == "ten_view":
+        return ten_views(images, crop)
+    return center_crop(images, crop)[None]

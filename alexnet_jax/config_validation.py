@@ -110,6 +110,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _positive_int(config, field)
     if config.num_train_steps <= 0 and not config.num_epochs > 0:
         _fail("num_epochs", config.num_epochs, "must be > 0 when num_train_steps <= 0")
+    _one_of(config.data_stats, "data_stats", ("computed", "published"))
+    _one_of(config.eval_views, "eval_views", ("center", "ten_view"))
+    _positive_int(config, "crop_chunk")
+    if not config.pca_noise_std >= 0:
+        _fail("pca_noise_std", config.pca_noise_std, "must be >= 0 (the paper's is 0.1; 0 turns it off)")
     if len(tuple(config.mean_rgb)) != 3:
         _fail("mean_rgb", tuple(config.mean_rgb), "must be three numbers (R, G, B) on 0..255")
 

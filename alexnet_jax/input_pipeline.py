@@ -93,14 +93,26 @@ def _local_batch_size(global_batch: int) -> int:
     return global_batch // jax.process_count()
 
 
-def _decoded(builder: tfds.core.DatasetBuilder, split: str, size: int, shuffle_files: bool, seed: int):
+def _decoded(
+    builder: tfds.core.DatasetBuilder, split: str, size: int, shuffle_files: bool, seed: int, per_process: bool = True
+):
     read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4)
-    ds = builder.as_dataset(split=_process_split(split), shuffle_files=shuffle_files, read_config=read_config)
+    split = _process_split(split) if per_process else split
+    ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
 
     def prepare(example):
         return {"image": _resize_square(example["image"], size), "label": example["label"]}
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def full_split_batches(
+    builder: tfds.core.DatasetBuilder, split: str, size: int, batch_size: int
+) -> Iterator[np.ndarray]:
+    """Every image of `split` (all processes' parts), resized as for training,
+    in uint8 batches: the input of the training-set statistics."""
+    ds = _decoded(builder, split, size, False, 0, per_process=False).map(lambda ex: ex["image"])
+    return iter(tfds.as_numpy(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)))
 
 
 def train_batches(

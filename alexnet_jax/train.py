@@ -17,7 +17,7 @@ import optax
 from clu import metric_writers, periodic_actions
 from flax.training import train_state
 
-from alexnet_jax import augment, checkpointing, input_pipeline, metrics, models, optim, sharding
+from alexnet_jax import augment, checkpointing, data_stats, input_pipeline, metrics, models, optim, sharding
 from alexnet_jax.config_validation import validate_config
 
 Batch = dict[str, jax.Array]
@@ -49,17 +49,30 @@ def create_train_state(
 
 
 def train_step(
-    state: TrainState, batch: Batch, base_key: jax.Array, *, config: ml_collections.ConfigDict
+    state: TrainState,
+    batch: Batch,
+    base_key: jax.Array,
+    *,
+    config: ml_collections.ConfigDict,
+    stats: augment.DataStats,
 ) -> tuple[TrainState, metrics.TrainMetrics]:
     """One SGD step on a uint8 batch: augment on device, forward, backward, update.
 
-    Randomness (crops, flips, dropout) comes from `fold_in(base_key, step)`,
-    so a resumed run draws exactly what an uninterrupted one would.
+    Randomness (crops, flips, colour noise, dropout) comes from
+    `fold_in(base_key, step)`, so a resumed run draws exactly what an
+    uninterrupted one would.
     """
     step_key = jax.random.fold_in(base_key, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
-    images = augment.random_crop_flip(batch["image"], augment_key, config.model.input_size, config.random_flip)
-    images = augment.subtract_mean(images, config.mean_rgb)
+    images = augment.train_inputs(
+        batch["image"],
+        augment_key,
+        stats,
+        crop=config.model.input_size,
+        flip=config.random_flip,
+        chunk=config.crop_chunk,
+        pca_std=config.pca_noise_std,
+    )
     labels = batch["label"]
 
     def loss_fn(params):
@@ -77,11 +90,22 @@ def train_step(
     return new_state, step_metrics
 
 
-def eval_step(params: Any, batch: Batch, *, config: ml_collections.ConfigDict, model: models.AlexNet):
-    """Centre-crop evaluation; padded examples (mask 0) do not count."""
-    images = augment.center_crop(batch["image"], config.model.input_size)
-    logits = model.apply({"params": params}, augment.subtract_mean(images, config.mean_rgb), train=False)
-    outputs = metrics.per_example_outputs(logits, batch["label"])
+def eval_step(
+    params: Any,
+    batch: Batch,
+    *,
+    config: ml_collections.ConfigDict,
+    model: models.AlexNet,
+    stats: augment.DataStats,
+) -> metrics.EvalMetrics:
+    """Centre-crop or 10-view evaluation (`config.eval_views`); the views'
+    softmax outputs are averaged. Padded examples (mask 0) do not count."""
+    views = augment.eval_inputs(batch["image"], stats, crop=config.model.input_size, views=config.eval_views)
+    num_views, batch_size = views.shape[:2]
+    logits = model.apply({"params": params}, views.reshape(num_views * batch_size, *views.shape[2:]), train=False)
+    probs = jax.nn.softmax(logits.reshape(num_views, batch_size, -1)).mean(0)
+    # log of the averaged probabilities: cross-entropy and top-k of the ensemble.
+    outputs = metrics.per_example_outputs(jnp.log(probs), batch["label"])
     return metrics.EvalMetrics.single_from_model_output(**outputs, mask=batch["mask"].astype(bool))
 
 
@@ -170,10 +194,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
 
     replicated = sharding.replicated(mesh)
+    stats = data_stats.load_or_compute(config, builder)
     train_fn = jax.jit(
-        functools.partial(train_step, config=config), donate_argnums=0, out_shardings=(replicated, replicated)
+        functools.partial(train_step, config=config, stats=stats),
+        donate_argnums=0,
+        out_shardings=(replicated, replicated),
     )
-    eval_fn = jax.jit(functools.partial(eval_step, config=config, model=model), out_shardings=replicated)
+    eval_fn = jax.jit(functools.partial(eval_step, config=config, model=model, stats=stats), out_shardings=replicated)
     base_key = jax.random.key(config.seed + 1)
 
     def run_eval(step: int) -> dict[str, float]:

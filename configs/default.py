@@ -21,10 +21,18 @@ def get_config() -> ml_collections.ConfigDict:
     # Host side: shorter side to resize_size, centre crop resize_size^2 (uint8);
     # the device then takes model.input_size crops (random when training).
     config.resize_size = 256
-    # Per-channel mean on 0..255, subtracted from every pixel (PAPER.md: the
-    # ImageNet mean image averages to about these values).
+    # Training-set statistics: "computed" from the train split once (mean
+    # image + RGB PCA, cached next to the data) or "published" (PAPER.md's
+    # ImageNet values: mean_rgb below and cuda-convnet2's PCA).
+    config.data_stats = "computed"
+    config.mean_image = True  # computed stats: per-pixel mean image (paper); False: per-channel
+    # Per-channel mean on 0..255 used with data_stats="published" (PAPER.md:
+    # the ImageNet mean image averages to about these values).
     config.mean_rgb = (127.3, 119.7, 104.9)
     config.random_flip = True  # horizontal flips when training
+    config.crop_chunk = 1  # images sharing one crop offset and flip; 32 = the 2012 code
+    config.pca_noise_std = 0.1  # std of PCA colour-noise alphas; 0 turns it off
+    config.eval_views = "center"  # "center" crop or "ten_view" (4 corners + centre, x2 flips)
 
     # --- schedule ---
     config.batch_size = 128  # global, over all devices and processes

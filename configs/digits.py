@@ -24,7 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_split = "test"
     config.shuffle_buffer_size = 2_048
     config.resize_size = 72  # 8x8 scans upscaled to 72, random 64x64 crops
-    config.mean_rgb = (78.0, 78.0, 78.0)  # the digits' training-set mean
     config.random_flip = False  # a flipped 2 is not a 2
 
     config.batch_size = 64

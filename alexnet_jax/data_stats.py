@@ -1,0 +1,91 @@
+"""Training-set statistics for augmentation: the mean image and the RGB
+covariance's eigen-decomposition, computed once and cached next to the data.
+
+`config.data_stats` chooses:
+  - "computed": from the training split (host-side `resize_size` images),
+    with a progress bar, cached as `<tfds data dir>/alexnet_stats_*.npz`;
+    `config.mean_image` picks the per-pixel mean image (the paper's) or its
+    per-channel average;
+  - "published": PAPER.md's ImageNet values: the per-channel mean
+    `config.mean_rgb` and cuda-convnet2's PCA (0..255 units).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+from alexnet_jax import input_pipeline
+from alexnet_jax.augment import DataStats
+
+# cuda-convnet2's ImageNet PCA (PAPER.md): eigenvectors as columns, and the
+# square roots of the eigenvalues, on 0..255 pixels.
+PUBLISHED_EIGVECS = np.array(
+    [[0.4180, -0.7126, -0.5635], [-0.8170, -0.0235, -0.5762], [0.3973, 0.7012, -0.5920]], np.float32
+)
+PUBLISHED_SQRT_EIGVALS = np.array([19.72, 37.09, 121.78], np.float32)
+
+
+def published(mean_rgb) -> DataStats:
+    return DataStats(
+        mean=jnp.asarray(mean_rgb, jnp.float32),
+        eigvecs=jnp.asarray(PUBLISHED_EIGVECS),
+        sqrt_eigvals=jnp.asarray(PUBLISHED_SQRT_EIGVALS),
+    )
+
+
+def compute(images_uint8_batches, num_examples: int) -> dict[str, np.ndarray]:
+    """Mean image, per-channel mean and RGB covariance eigen-decomposition
+    from an iterable of uint8 (batch, H, W, 3) arrays, in float64."""
+    image_sum, outer_sum, count = None, np.zeros((3, 3)), 0
+    with tqdm.tqdm(total=num_examples, desc="training-set statistics", unit="img") as progress:
+        for images in images_uint8_batches:
+            images = np.asarray(images, np.float64)
+            image_sum = images.sum(0) if image_sum is None else image_sum + images.sum(0)
+            pixels = images.reshape(-1, 3)
+            outer_sum += pixels.T @ pixels
+            count += images.shape[0]
+            progress.update(images.shape[0])
+    mean_image = image_sum / count
+    mean_rgb = mean_image.reshape(-1, 3).mean(0)
+    pixels_per_image = mean_image.shape[0] * mean_image.shape[1]
+    covariance = outer_sum / (count * pixels_per_image) - np.outer(mean_rgb, mean_rgb)
+    eigvals, eigvecs = np.linalg.eigh(covariance)  # ascending, like the published order
+    return {
+        "mean_image": mean_image.astype(np.float32),
+        "mean_rgb": mean_rgb.astype(np.float32),
+        "eigvecs": eigvecs.astype(np.float32),
+        "sqrt_eigvals": np.sqrt(np.maximum(eigvals, 0.0)).astype(np.float32),
+    }
+
+
+def cache_path(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> str:
+    return os.path.join(str(builder.data_dir), f"alexnet_stats_{config.train_split}_{config.resize_size}.npz")
+
+
+def load_or_compute(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> DataStats:
+    """The DataStats `config` asks for, computing and caching them if needed."""
+    if config.data_stats == "published":
+        return published(config.mean_rgb)
+    path = cache_path(config, builder)
+    if not os.path.exists(path):
+        logging.info("Computing training-set statistics once; cached in %s", path)
+        batches = input_pipeline.full_split_batches(builder, config.train_split, config.resize_size, batch_size=256)
+        stats = compute(batches, input_pipeline.num_examples(builder, config.train_split))
+        # Write-then-rename: a killed run never leaves a half-written cache.
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        np.savez(tmp, **stats)
+        os.replace(tmp, path)
+    with np.load(path) as cached:
+        mean = cached["mean_image"] if config.mean_image else cached["mean_rgb"]
+        return DataStats(
+            mean=jnp.asarray(mean),
+            eigvecs=jnp.asarray(cached["eigvecs"]),
+            sqrt_eigvals=jnp.asarray(cached["sqrt_eigvals"]),
+        )
