@@ -49,6 +49,20 @@ def _validate_mesh(config: ml_collections.ConfigDict) -> int:
     return data
 
 
+def _validate_model_parallel(config: ml_collections.ConfigDict) -> None:
+    """The scheme must exist, and "towers" needs one tower per device of a model group."""
+    _one_of(config.model_parallel, "model_parallel", tuple(sharding.SCHEMES))
+    model = sharding.mesh_shape(tuple(config.mesh), jax.device_count())[1]
+    towers = config.model.towers
+    if config.model_parallel == "towers" and model not in (1, towers):
+        _fail(
+            "mesh",
+            tuple(config.mesh),
+            f"puts {model} devices on model.towers={towers}: use a model axis of 1 or {towers} "
+            f"(one tower per device), or model_parallel='dense'",
+        )
+
+
 def _validate_model(model: ml_collections.ConfigDict) -> None:
     _one_of(model.activation, "model.activation", ("relu", "tanh"))
     _one_of(model.towers, "model.towers", (1, 2))
@@ -119,6 +133,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _fail("mean_rgb", tuple(config.mean_rgb), "must be three numbers (R, G, B) on 0..255")
 
     data_parallel = _validate_mesh(config)
+    _validate_model_parallel(config)
+    if config.model_parallel == "dense":  # the conv batch spreads over every device
+        data_parallel *= sharding.mesh_shape(config.mesh, jax.device_count())[1]
     devices_per_batch = max(data_parallel, jax.process_count())
     for field in ("batch_size", "eval_batch_size"):
         if config[field] % devices_per_batch:

@@ -5,6 +5,10 @@ Everything here works on NHWC arrays. Channels of a tower-split activation
 are laid out tower after tower: channels [0, C/towers) belong to tower a,
 [C/towers, 2C/towers) to tower b, matching the weight layout of a grouped
 convolution (`feature_group_count=towers`).
+
+Sharding is expressed with flax logical axis names (the rules that map them
+onto a device mesh live in alexnet_jax.sharding). Without a mesh and rules in
+context every annotation here is a no-op, so the layers run unsharded.
 """
 
 from __future__ import annotations
@@ -15,11 +19,42 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 Initializer = Callable[..., Array]
 
 TowerImpl = Literal["split", "grouped"]
+
+# Logical axes of activations and parameters. Convolutions split their
+# output channels tower after tower along CONV_CHANNELS, dense layers their
+# outputs along HIDDEN; the batch has separate names for the conv and dense
+# parts so a scheme can spread the conv batch over more devices.
+CONV_BATCH, CONV_CHANNELS = "conv_batch", "conv_channels"
+DENSE_BATCH, HIDDEN = "dense_batch", "hidden"
+CONV_ACTIVATION = (CONV_BATCH, None, None, CONV_CHANNELS)
+DENSE_ACTIVATION = (DENSE_BATCH, HIDDEN)
+
+
+def tower_mesh_axis(towers: int) -> str | None:
+    """The mesh axis holding one tower per device, or None when the towers
+    are not spread over devices (no mesh in context, or a size-1 axis).
+
+    Read from the logical axis rules in context: CONV_CHANNELS mapped to a
+    mesh axis of size `towers` puts each tower on its own device.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if towers == 1 or mesh.empty:
+        return None
+    axis = nn.logical_to_mesh_axes((CONV_CHANNELS,))[0]
+    if axis is None or mesh.shape[axis] == 1:
+        return None
+    if not isinstance(axis, str) or mesh.shape[axis] != towers:
+        raise ValueError(
+            f"TowerConv: conv channels are sharded over mesh axes {axis!r} of shape {dict(mesh.shape)}; "
+            f"with {towers} towers use one mesh axis of size 1 or {towers}"
+        )
+    return axis
 
 
 def _inverse_power(base: Array, beta: float) -> Array:
@@ -106,6 +141,11 @@ class TowerConv(nn.Module):
       - "grouped": one `lax.conv` with `feature_group_count=towers`;
       - "split": one convolution per tower, outputs concatenated. Identical
         numbers; XLA:CPU runs its backward pass several times faster.
+    When the rules in context put one tower per device (`tower_mesh_axis`),
+    each device convolves its own tower's channels with its own kernel under
+    `jax.shard_map`, whatever `impl` is: XLA's partitioner would otherwise
+    gather both towers onto every device (it does not split grouped
+    convolutions by group, nor slices of a sharded axis).
     """
 
     features: int
@@ -140,7 +180,17 @@ class TowerConv(nn.Module):
                 feature_group_count=groups,
             )
 
-        if self.towers == 1 or self.impl == "grouped":
+        tower_axis = tower_mesh_axis(self.towers)
+        if tower_axis is not None:
+            channels = P(None, None, None, tower_axis)
+            per_device = jax.shard_map(
+                lambda i, w: conv(i, w, 1),
+                in_specs=(channels, channels),
+                out_specs=channels,
+                axis_names={tower_axis},
+            )
+            y = per_device(x_nhwc, kernel)
+        elif self.towers == 1 or self.impl == "grouped":
             y = conv(x_nhwc, kernel, self.towers)
         elif self.impl == "split":
             inputs = jnp.split(x_nhwc, self.towers, axis=-1)

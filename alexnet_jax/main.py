@@ -3,11 +3,16 @@
     python -m alexnet_jax.main --config configs/digits.py --workdir runs/digits
     python -m alexnet_jax.main --config configs/paper.py --workdir runs/paper \
         --config.model.use_lrn=False
+
+Several processes (launch/*.sh, launch/slurm.sbatch) run the same command;
+each joins the others through jax.distributed before touching a device.
 """
 
 from __future__ import annotations
 
 import logging as py_logging
+import os
+import socket
 import sys
 
 from absl import app, flags, logging
@@ -17,6 +22,17 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard event files.")
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+# Several processes (one per GPU, host or TPU VM worker) run the same command;
+# these are jax.distributed.initialize's arguments. See launch/ and the README.
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator (explicit multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) (explicit multi-process).")
+flags.DEFINE_bool(
+    "auto_distributed",
+    False,
+    "Call jax.distributed.initialize() with no arguments: JAX reads them from the cluster "
+    "(SLURM, Cloud TPU VM, Open MPI). On by itself in an srun step of several tasks.",
+)
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -26,6 +42,22 @@ class _QuietLibraries(py_logging.Filter):
     def filter(self, record: py_logging.LogRecord) -> bool:
         noisy = "/orbax/" in record.pathname or "/tensorflow_datasets/" in record.pathname
         return record.levelno >= py_logging.WARNING or not noisy
+
+
+def _initialize_distributed(jax) -> None:
+    """Joins the other processes of a multi-process run, before any JAX
+    computation: explicitly from the flags, or from the cluster's environment."""
+    explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    if any(value is not None for value in explicit):
+        if any(value is None for value in explicit):
+            raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    elif FLAGS.auto_distributed or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:  # srun, several tasks
+        jax.distributed.initialize()
 
 
 def main(argv: list[str]) -> None:
@@ -42,12 +74,15 @@ def main(argv: list[str]) -> None:
 
     from alexnet_jax import input_pipeline, train
 
+    _initialize_distributed(jax)
     logging.info(
-        "JAX process %d of %d, %d local / %d global devices: %s",
+        "JAX process %d of %d on %s: %d local / %d global %s devices: %s",
         jax.process_index(),
         jax.process_count(),
+        socket.gethostname(),
         jax.local_device_count(),
         jax.device_count(),
+        jax.default_backend(),
         jax.devices(),
     )
     config = FLAGS.config

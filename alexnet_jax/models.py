@@ -119,6 +119,28 @@ class AlexNet(nn.Module):
             std *= (paper_fan_in / fan_in) ** 0.5
         return nn.initializers.normal(std)
 
+    def _post_conv(self, name: str, x: Array) -> Array:
+        """Activation, normalisation and pooling after `name`, within each tower."""
+        if name == "conv1":
+            if self.use_lrn and self.lrn1_before_relu:
+                # ReLU commutes with max-pooling, so applying it after pool1
+                # (as the 2012 code does) equals applying it right here
+                # after LRN1; only LRN's position relative to ReLU matters.
+                x = self._act(self._lrn(x, self.towers))
+            elif self.use_lrn:
+                x = self._lrn(self._act(x), self.towers)
+            else:
+                x = self._act(x)
+            return self._pool(x)
+        x = self._act(x)
+        if name == "conv2":
+            if self.use_lrn:
+                x = self._lrn(x, self.towers)
+                if self.within_channel_norm:
+                    x = layers.within_channel_norm(x)
+            return self._pool(x)
+        return self._pool(x) if name == "conv5" else x
+
     @nn.compact
     def __call__(self, images_nhwc: Array, *, train: bool) -> Array:
         if images_nhwc.shape[1:] != (self.input_size, self.input_size, 3):
@@ -127,10 +149,13 @@ class AlexNet(nn.Module):
                 f"input_size={self.input_size} (expected ({self.input_size}, {self.input_size}, 3))"
             )
         dtype = jnp.dtype(self.dtype)
-        x = images_nhwc.astype(dtype)
+        # Logical sharding constraints (no-ops without a mesh and rules in
+        # context): conv activations split their channels tower by tower,
+        # dense ones their outputs. Each layer runs in a named scope of its
+        # own so the compiled program's op names say which layer an op is in.
+        x = nn.with_logical_constraint(images_nhwc.astype(dtype), (layers.CONV_BATCH, None, None, None))
         # Towers are independent in conv1 too (each GPU had its own 48 filters),
         # but conv1 reads all input channels, so it is an ordinary convolution.
-        norm_towers = self.towers
         paper_in_features = 3
         for name, features, kernel, stride, grouped, bias_one, std in _CONVS:
             groups = self.towers if grouped else 1
@@ -144,58 +169,43 @@ class AlexNet(nn.Module):
                 padding = ((0, pad), (0, pad))
             else:
                 padding = "SAME"
-            x = layers.TowerConv(
-                features=_scaled(features, self.width, self.towers),
-                kernel_size=(kernel, kernel),
-                strides=(stride, stride),
-                padding=padding,
-                towers=groups,
-                impl=self.tower_impl,
-                kernel_init=self._init(std, paper_fan_in, fan_in),
-                bias_init=nn.initializers.ones if bias_one else nn.initializers.zeros,
-                dtype=dtype,
-                name=name,
-            )(x)
-            if name == "conv1":
-                if self.use_lrn and self.lrn1_before_relu:
-                    # ReLU commutes with max-pooling, so applying it after pool1
-                    # (as the 2012 code does) equals applying it right here
-                    # after LRN1; only LRN's position relative to ReLU matters.
-                    x = self._act(self._lrn(x, norm_towers))
-                elif self.use_lrn:
-                    x = self._lrn(self._act(x), norm_towers)
-                else:
-                    x = self._act(x)
-                x = self._pool(x)
-            elif name == "conv2":
-                x = self._act(x)
-                if self.use_lrn:
-                    x = self._lrn(x, norm_towers)
-                    if self.within_channel_norm:
-                        x = layers.within_channel_norm(x)
-                x = self._pool(x)
-            else:
-                x = self._act(x)
-        x = self._pool(x)
+            with jax.named_scope(name):
+                x = layers.TowerConv(
+                    features=_scaled(features, self.width, self.towers),
+                    kernel_size=(kernel, kernel),
+                    strides=(stride, stride),
+                    padding=padding,
+                    towers=groups,
+                    impl=self.tower_impl,
+                    kernel_init=self._init(std, paper_fan_in, fan_in),
+                    bias_init=nn.initializers.ones if bias_one else nn.initializers.zeros,
+                    dtype=dtype,
+                    name=name,
+                )(x)
+                x = nn.with_logical_constraint(self._post_conv(name, x), layers.CONV_ACTIVATION)
 
-        x = x.reshape(x.shape[0], -1)
         hidden = _scaled(_HIDDEN, self.width, self.towers)
         for name, paper_fan_in in (("fc6", 6 * 6 * 256), ("fc7", _HIDDEN)):
-            x = nn.Dense(
-                hidden,
-                kernel_init=self._init(0.01, paper_fan_in, x.shape[-1]),
-                bias_init=nn.initializers.ones,
+            with jax.named_scope(name):
+                x = x.reshape(x.shape[0], -1)  # fc6 flattens pool5's output (fan-in 6*6*256)
+                x = nn.Dense(
+                    hidden,
+                    kernel_init=self._init(0.01, paper_fan_in, x.shape[-1]),
+                    bias_init=nn.initializers.ones,
+                    dtype=dtype,
+                    param_dtype=jnp.float32,
+                    name=name,
+                )(x)
+                x = nn.with_logical_constraint(self._act(x), layers.DENSE_ACTIVATION)
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        with jax.named_scope("fc8"):
+            logits = nn.Dense(
+                self.num_classes,
+                kernel_init=self._init(0.01, _HIDDEN, x.shape[-1]),
                 dtype=dtype,
                 param_dtype=jnp.float32,
-                name=name,
+                name="fc8",
             )(x)
-            x = self._act(x)
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(
-            self.num_classes,
-            kernel_init=self._init(0.01, _HIDDEN, x.shape[-1]),
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            name="fc8",
-        )(x)
+            # Every device gets all logits: the softmax and metrics run locally.
+            logits = nn.with_logical_constraint(logits, (layers.DENSE_BATCH, None))
         return logits.astype(jnp.float32)

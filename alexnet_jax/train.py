@@ -36,7 +36,8 @@ def create_model(config: ml_collections.ConfigDict) -> models.AlexNet:
 def create_train_state(
     config: ml_collections.ConfigDict, model: models.AlexNet, steps_per_epoch: int, mesh: jax.sharding.Mesh
 ) -> TrainState:
-    """Initialises parameters (from `config.seed`) directly in their sharding."""
+    """Initialises parameters (from `config.seed`) directly in their sharding
+    (`sharding.state_shardings`: each device creates only its own part)."""
     size = config.model.input_size
     tx = optim.make_optimizer(config.optimizer, steps_per_epoch)
 
@@ -45,7 +46,8 @@ def create_train_state(
         params = model.init(jax.random.key(config.seed), dummy, train=False)["params"]
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=optim.PlateauState.create())
 
-    return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+    shardings = sharding.state_shardings(jax.eval_shape(init), mesh, config.model_parallel)
+    return jax.jit(init, out_shardings=shardings)()
 
 
 def train_step(
@@ -117,6 +119,31 @@ def evaluate(eval_fn, params: Any, batches: Iterator[dict], mesh: jax.sharding.M
     return total
 
 
+def make_step_fns(
+    config: ml_collections.ConfigDict,
+    model: models.AlexNet,
+    mesh: jax.sharding.Mesh,
+    state: TrainState,
+    stats: augment.DataStats,
+):
+    """The jitted train and eval steps under `config.model_parallel`; the
+    state keeps its sharding from step to step, metrics are replicated."""
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    replicated = sharding.replicated(mesh)
+    train_fn = jax.jit(
+        sharding.partitioned(functools.partial(train_step, config=config, stats=stats), mesh, config.model_parallel),
+        donate_argnums=0,
+        out_shardings=(state_sharding, replicated),
+    )
+    eval_fn = jax.jit(
+        sharding.partitioned(
+            functools.partial(eval_step, config=config, model=model, stats=stats), mesh, config.model_parallel
+        ),
+        out_shardings=replicated,
+    )
+    return train_fn, eval_fn
+
+
 @jax.jit
 def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -174,6 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps = num_train_steps(config, steps_per_epoch)
 
     mesh = sharding.make_mesh(config.mesh)
+    logging.info("Mesh %s over %d devices, model parallelism %r", dict(mesh.shape), mesh.size, config.model_parallel)
     model = create_model(config)
     state = create_train_state(config, model, steps_per_epoch, mesh)
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
@@ -195,12 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     replicated = sharding.replicated(mesh)
     stats = data_stats.load_or_compute(config, builder)
-    train_fn = jax.jit(
-        functools.partial(train_step, config=config, stats=stats),
-        donate_argnums=0,
-        out_shardings=(replicated, replicated),
-    )
-    eval_fn = jax.jit(functools.partial(eval_step, config=config, model=model, stats=stats), out_shardings=replicated)
+    train_fn, eval_fn = make_step_fns(config, model, mesh, state, stats)
     base_key = jax.random.key(config.seed + 1)
 
     def run_eval(step: int) -> dict[str, float]:

@@ -84,6 +84,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.plateau_max_drops = 3
 
     # --- devices ---
-    # ('data', 'model') mesh shape; -1 = all remaining devices.
+    # ('data', 'model') mesh shape; -1 = all remaining devices. (-1, 1) is pure
+    # data parallelism; (-1, 2) puts each model pair's two towers one per device.
     config.mesh = (-1, 1)
+    # How a model axis > 1 splits the net (alexnet_jax/sharding.py): "towers"
+    # (the paper: tower-local convs, conv3 and fc6-8 exchange) or "dense"
+    # (Krizhevsky 2014: data-parallel convs, model-parallel dense layers).
+    # "towers" needs a model axis of 1 or model.towers (one tower per device).
+    config.model_parallel = "towers"
     return config

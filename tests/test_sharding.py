@@ -1,0 +1,159 @@
+"""Placement of the towers on devices: sharded steps equal the single-device
+step, and the compiled program communicates only where the towers meet."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import collectives, data_stats, sharding, train
+from alexnet_jax.config_validation import validate_config
+
+TOWER_LOCAL = {"conv1", "conv2", "conv4", "conv5"}
+EXCHANGE = {"conv3", "fc6", "fc7", "fc8"}
+
+
+def _config(mesh, towers=2, model_parallel="towers"):
+    from configs import digits
+
+    config = digits.get_config()
+    config.model.width = 0.125
+    config.model.towers = towers
+    config.batch_size = 16
+    config.mesh = mesh
+    config.model_parallel = model_parallel
+    return config
+
+
+def _batch():
+    rng = np.random.RandomState(0)
+    return {
+        "image": rng.randint(0, 256, (16, 72, 72, 3)).astype(np.uint8),
+        "label": rng.randint(0, 10, (16,)).astype(np.int32),
+    }
+
+
+@functools.cache
+def _initial_state(towers):
+    """The single-device initial state (compiling init once per model)."""
+    config = _config((1, 1), towers)
+    return train.create_train_state(config, train.create_model(config), 89, sharding.make_mesh((1, 1)))
+
+
+@functools.cache
+def _one_step(mesh, towers=2, model_parallel="towers"):
+    """Loss, parameters and compiled HLO text of one train step from
+    `_initial_state` laid out on `mesh`."""
+    config = _config(mesh, towers, model_parallel)
+    validate_config(config)
+    device_mesh = sharding.make_mesh(mesh)
+    model = train.create_model(config)
+    initial = _initial_state(towers)
+    # Host copies: the step donates its input state, which must not be the cache.
+    host = jax.tree.map(np.asarray, initial)
+    state = jax.device_put(host, sharding.state_shardings(initial, device_mesh, model_parallel))
+    train_fn, _ = train.make_step_fns(config, model, device_mesh, state, data_stats.published(config.mean_rgb))
+    batch = sharding.global_batch(_batch(), device_mesh)
+    compiled = train_fn.lower(state, batch, jax.random.key(1)).compile()
+    new_state, metrics = compiled(state, batch, jax.random.key(1))
+    return float(metrics.loss.compute()), new_state.params, compiled.as_text()
+
+
+@pytest.mark.parametrize(
+    "mesh, towers, model_parallel",
+    [
+        ((8, 1), 2, "towers"),  # pure data parallel
+        ((4, 2), 2, "towers"),  # the paper's towers, data parallel over 4 pairs
+        ((1, 2), 2, "towers"),  # the paper's two GPUs
+        ((4, 2), 2, "dense"),  # data-parallel convs, model-parallel dense layers
+    ],
+)
+def test_sharded_step_matches_single_device(mesh, towers, model_parallel):
+    loss_ref, params_ref, _ = _one_step((1, 1), towers)
+    loss, params, _ = _one_step(mesh, towers, model_parallel)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for path, ref in jax.tree_util.tree_leaves_with_path(params_ref):
+        got = functools.reduce(lambda tree, key: tree[key.key], path, params)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+def test_state_is_created_in_place_one_tower_per_device():
+    """create_train_state on mesh (4, 2) gives the single-device parameters,
+    each device of a pair holding its own tower's half of conv2's kernel."""
+    config = _config((4, 2))
+    state = train.create_train_state(config, train.create_model(config), 89, sharding.make_mesh((4, 2)))
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(_initial_state(2))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kernel = state.params["conv2"]["kernel"]  # (5, 5, 2, 32): 16 output channels per tower
+    shards = {shard.device.id: np.asarray(shard.data) for shard in kernel.addressable_shards}
+    np.testing.assert_array_equal(shards[0], np.asarray(kernel)[..., :16])  # tower a
+    np.testing.assert_array_equal(shards[1], np.asarray(kernel)[..., 16:])  # tower b
+    np.testing.assert_array_equal(shards[2], shards[0])  # the next pair: data parallel
+    momentum = state.opt_state.inner_state[3].trace
+    assert momentum["fc7"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, "model")
+
+
+def _layers(items):
+    return {c.layer for c in items}
+
+
+def test_two_devices_talk_only_at_conv3_and_the_dense_layers():
+    """Mesh (1, 2), the paper's setup: the whole train step, forward and
+    backward, has collectives only in conv3 and fc6-fc8."""
+    found = collectives.collectives(_one_step((1, 2))[2])
+    assert _layers(c for c in found if not c.backward) == EXCHANGE
+    assert _layers(found) == EXCHANGE, [c.op_name for c in found if c.layer not in EXCHANGE]
+
+
+def test_tower_local_layers_have_no_collectives_in_the_forward_pass():
+    """Mesh (4, 2): the model's forward pass communicates only in conv3 and
+    fc6-fc8 (outside the model, the metrics reduce over the batch; the
+    backward pass adds the data-parallel gradient sums)."""
+    found = collectives.collectives(_one_step((4, 2))[2])
+    assert _layers(c for c in found if not c.backward and c.layer is not None) == EXCHANGE
+
+
+def test_pure_data_parallel_sums_exactly_the_gradients():
+    """Mesh (8, 1): no communication in the model's forward pass; the
+    backward pass all-reduces every gradient once (4 bytes a parameter; XLA
+    combines them with the few scalar sums of the loss and metrics)."""
+    _, params, hlo = _one_step((8, 1))
+    found = collectives.collectives(hlo)
+    assert not [c for c in found if not c.backward and c.layer is not None]
+    summed = sum(c.operand_bytes for c in found if c.kind == "all-reduce")
+    gradient_bytes = 4 * sum(x.size for x in jax.tree.leaves(params))
+    assert gradient_bytes <= summed <= gradient_bytes + 64
+
+
+def test_collective_bytes_are_read_from_operand_shapes():
+    hlo = """
+ENTRY %main (p: f32[2,8]) -> f32[4,8] {
+  %p = f32[2,8]{1,0} parameter(0)
+  %b = bf16[3]{0} parameter(1)
+  %ag = f32[4,8]{1,0} all-gather(%p), dimensions={0}, metadata={op_name="jit(f)/jvp(AlexNet)/fc6/fc6/dot_general"}
+  %ar = (f32[2,8]{1,0}, bf16[3]{0}) all-reduce(%p, %b), metadata={op_name="jit(f)/transpose(jvp(AlexNet))/conv3/x"}
+  ROOT %cp = f32[2,8]{1,0} collective-permute-start(%p), source_target_pairs={{0,1}}
+}
+"""
+    found = collectives.collectives(hlo)
+    assert [(c.kind, c.operand_bytes, c.layer, c.backward) for c in found] == [
+        ("all-gather", 64, "fc6", False),
+        ("all-reduce", 70, "conv3", True),
+        ("collective-permute", 64, None, False),
+    ]
+    assert collectives.bytes_by(found, "kind") == {"all-gather": 64, "all-reduce": 70, "collective-permute": 64}
+
+
+def test_mesh_without_one_tower_per_device_is_rejected():
+    config = _config((-1, 4))
+    with pytest.raises(ValueError, match=r"config.mesh=\(-1, 4\) puts 4 devices on model.towers=2"):
+        validate_config(config)
+    config.model.towers = 1
+    config.mesh = (-1, 2)
+    with pytest.raises(ValueError, match=r"config.mesh=\(-1, 2\) puts 2 devices on model.towers=1"):
+        validate_config(config)
+    config.model_parallel = "pipeline"
+    config.mesh = (-1, 2)
+    with pytest.raises(ValueError, match="config.model_parallel='pipeline' must be one of"):
+        validate_config(config)
