@@ -197,6 +197,10 @@ class AlexNet(nn.Module):
                     name=name,
                 )(x)
                 x = nn.with_logical_constraint(self._act(x), layers.DENSE_ACTIVATION)
+                if name == "fc7":
+                    # The last hidden layer (Figure 4's retrieval features); read it with
+                    # `apply(..., mutable=["intermediates"])`, free otherwise.
+                    self.sow("intermediates", "features", x)
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         with jax.named_scope("fc8"):
             logits = nn.Dense(

@@ -17,7 +17,17 @@ import optax
 from clu import metric_writers, periodic_actions
 from flax.training import train_state
 
-from alexnet_jax import augment, checkpointing, data_stats, input_pipeline, metrics, models, optim, sharding
+from alexnet_jax import (
+    augment,
+    checkpointing,
+    data_stats,
+    input_pipeline,
+    metrics,
+    models,
+    optim,
+    sharding,
+    summaries,
+)
 from alexnet_jax.config_validation import validate_config
 
 Batch = dict[str, jax.Array]
@@ -50,19 +60,14 @@ def create_train_state(
     return jax.jit(init, out_shardings=shardings)()
 
 
-def train_step(
-    state: TrainState,
-    batch: Batch,
-    base_key: jax.Array,
-    *,
-    config: ml_collections.ConfigDict,
-    stats: augment.DataStats,
-) -> tuple[TrainState, metrics.TrainMetrics]:
-    """One SGD step on a uint8 batch: augment on device, forward, backward, update.
+def _gradients(
+    state: TrainState, batch: Batch, base_key: jax.Array, config: ml_collections.ConfigDict, stats: augment.DataStats
+) -> tuple[jax.Array, Any, jax.Array]:
+    """The augmented inputs, gradients and logits of the step `state.step` on `batch`.
 
     Randomness (crops, flips, colour noise, dropout) comes from
     `fold_in(base_key, step)`, so a resumed run draws exactly what an
-    uninterrupted one would.
+    uninterrupted one would, and `inspect_step` sees the step's own draws.
     """
     step_key = jax.random.fold_in(base_key, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
@@ -75,21 +80,54 @@ def train_step(
         chunk=config.crop_chunk,
         pca_std=config.pca_noise_std,
     )
-    labels = batch["label"]
 
     def loss_fn(params):
         logits = state.apply_fn({"params": params}, images, train=True, rngs={"dropout": dropout_key})
         # Weight decay lives in the optimiser (PAPER.md's rule), not the loss.
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         return loss, logits
 
     (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return images, grads, logits
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    base_key: jax.Array,
+    *,
+    config: ml_collections.ConfigDict,
+    stats: augment.DataStats,
+) -> tuple[TrainState, metrics.TrainMetrics]:
+    """One SGD step on a uint8 batch: augment on device, forward, backward, update."""
+    _, grads, logits = _gradients(state, batch, base_key, config, stats)
     new_state = state.apply_gradients(grads=grads)
     step_metrics = metrics.TrainMetrics.single_from_model_output(
-        **metrics.per_example_outputs(logits, labels),
+        **metrics.per_example_outputs(logits, batch["label"]),
         learning_rate=optim.current_learning_rate(new_state.opt_state),
     )
     return new_state, step_metrics
+
+
+def inspect_step(
+    state: TrainState,
+    batch: Batch,
+    base_key: jax.Array,
+    *,
+    config: ml_collections.ConfigDict,
+    stats: augment.DataStats,
+) -> summaries.Inspection:
+    """What TensorBoard shows of the step `train_step(state, batch, base_key)`
+    is about to take: its first inputs, its gradients and the norms, computed
+    from the same batch and keys (one extra forward/backward pass)."""
+    images, grads, _ = _gradients(state, batch, base_key, config, stats)
+    return summaries.Inspection(
+        images=images[: summaries.NUM_INPUT_IMAGES],
+        params=state.params,
+        grads=grads,
+        param_norms=summaries.layer_norms(state.params),
+        grad_norms=summaries.layer_norms(grads),
+    )
 
 
 def eval_step(
@@ -142,6 +180,15 @@ def make_step_fns(
         out_shardings=replicated,
     )
     return train_fn, eval_fn
+
+
+def make_inspect_fn(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, stats: augment.DataStats):
+    """The jitted `inspect_step`; its outputs are replicated, so every process
+    (process 0 writes them) holds them whole, however the model is sharded."""
+    return jax.jit(
+        sharding.partitioned(functools.partial(inspect_step, config=config, stats=stats), mesh, config.model_parallel),
+        out_shardings=sharding.replicated(mesh),
+    )
 
 
 @jax.jit
@@ -219,11 +266,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start_step == 0:
-        writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
+        summaries.write_run_info(writer, config, num_params)
 
     replicated = sharding.replicated(mesh)
     stats = data_stats.load_or_compute(config, builder)
     train_fn, eval_fn = make_step_fns(config, model, mesh, state, stats)
+    inspect_fn = make_inspect_fn(config, mesh, stats)
     base_key = jax.random.key(config.seed + 1)
 
     def run_eval(step: int) -> dict[str, float]:
@@ -238,6 +286,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         for step in range(start_step + 1, total_steps + 1):
             batch = sharding.global_batch(next(train_iter), mesh)
+            if step == start_step + 1 or step % config.eval_every_steps == 0 or step == total_steps:
+                # Before the step: train_fn donates the state it is given.
+                summaries.write_inspection(writer, step, inspect_fn(state, batch, base_key), config)
             state, step_metrics = train_fn(state, batch, base_key)
             # Check the previous step while this one runs: no host stall.
             if previous is not None:
@@ -287,12 +338,3 @@ def _plateau_step(state: TrainState, error: float, opt: ml_collections.ConfigDic
         opt_state = optim.with_learning_rate(opt_state, new_rate)
     return state.replace(plateau=jax.device_put(plateau, replicated), opt_state=opt_state)
 
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -1,0 +1,117 @@
+"""What a run writes to TensorBoard besides the scalars, for inspection.
+
+- at the start: the config as text and as hparams (the HParams dashboard
+  compares a sweep's variants), and the parameter count;
+- at the first step and every evaluation: the first-layer kernels as one
+  image grid per tower (the paper's Figure 3), a few augmented training
+  inputs as the model saw them, per-layer weight and gradient norms
+  (scalars) and histograms.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import metric_writers
+
+NUM_INPUT_IMAGES = 8
+_KERNEL_ZOOM = 4  # 11x11 kernels are too small to see at 1:1
+
+
+@flax.struct.dataclass
+class Inspection:
+    """Device-side extras of one training step (see `train.inspect_step`)."""
+
+    images: jax.Array  # the first augmented, mean-subtracted inputs, NHWC float
+    params: Any  # the weights going into the step
+    grads: Any  # the step's gradients, shaped like the params
+    param_norms: dict[str, jax.Array]  # per parameter, keyed "conv1/kernel"
+    grad_norms: dict[str, jax.Array]
+
+
+def flatten(tree: Any, sep: str = ".") -> dict[str, Any]:
+    """A nested dict (or ConfigDict-as-dict) as {"a.b.c": leaf}."""
+    return flax.traverse_util.flatten_dict(dict(tree), sep=sep)
+
+
+def layer_norms(tree: Any) -> dict[str, jax.Array]:
+    """The L2 norm of every leaf, keyed by its path ("fc6/kernel")."""
+    return {path: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))) for path, x in flatten(tree, "/").items()}
+
+
+def _hparam(value: Any) -> bool | int | float | str:
+    # The HParams plugin takes bool, number or string; tuples become strings.
+    return value if isinstance(value, bool | int | float | str) else str(value)
+
+
+def write_run_info(writer: metric_writers.MetricWriter, config: ml_collections.ConfigDict, num_params: int) -> None:
+    """Config (text and hparams) and parameter count, at step 0."""
+    fields = flatten(config.to_dict())
+    writer.write_hparams({k: _hparam(v) for k, v in fields.items()})
+    # One `field = value` line per field, as `--config.field=value` takes it;
+    # indented into a code block because TensorBoard renders text as Markdown.
+    writer.write_texts(0, {"config": "\n".join(f"    {k} = {v!r}" for k, v in sorted(fields.items()))})
+    writer.write_scalars(0, {"num_params": num_params})
+
+
+def tile(images_nhwc: np.ndarray, cols: int, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
+    """Images laid out row by row on a `cols`-wide grid with `pad` pixels between them."""
+    n, height, width, channels = images_nhwc.shape
+    rows = math.ceil(n / cols)
+    grid = np.full(
+        (rows * (height + pad) + pad, cols * (width + pad) + pad, channels), pad_value, dtype=images_nhwc.dtype
+    )
+    for i, image in enumerate(images_nhwc):
+        top, left = pad + (i // cols) * (height + pad), pad + (i % cols) * (width + pad)
+        grid[top : top + height, left : left + width] = image
+    return grid
+
+
+def kernel_grids(kernel_hwio: np.ndarray, towers: int, cols: int = 8) -> list[np.ndarray]:
+    """conv1's filters as one uint8 RGB grid per tower (Figure 3 of the paper).
+
+    Output channels are laid out tower after tower. Each filter is scaled by
+    its own largest |weight| around mid-grey, so colour (or its absence) and
+    the pattern show whatever the filter's magnitude.
+    """
+    filters = np.moveaxis(np.asarray(kernel_hwio, np.float32), -1, 0)  # (out, h, w, in)
+    scale = np.abs(filters).max(axis=(1, 2, 3), keepdims=True)
+    filters = 0.5 + 0.5 * filters / np.where(scale > 0, scale, 1.0)
+    filters = filters.repeat(_KERNEL_ZOOM, axis=1).repeat(_KERNEL_ZOOM, axis=2)
+    grids = [tile(part, min(cols, len(part))) for part in np.split(filters, towers)]
+    return [np.round(255 * grid).astype(np.uint8) for grid in grids]
+
+
+def to_uint8(images_nhwc: np.ndarray, mean_rgb) -> np.ndarray:
+    """Mean-subtracted model inputs back to displayable uint8 RGB."""
+    return np.clip(np.round(np.asarray(images_nhwc, np.float32) + np.asarray(mean_rgb)), 0, 255).astype(np.uint8)
+
+
+def _host_arrays(tree: Any) -> dict[str, np.ndarray]:
+    return {path: np.asarray(x) for path, x in flatten(jax.device_get(tree), "/").items()}
+
+
+def write_inspection(
+    writer: metric_writers.MetricWriter, step: int, inspection: Inspection, config: ml_collections.ConfigDict
+) -> None:
+    """Kernel grids, inputs, norms and histograms of the weights going into `step`."""
+    if jax.process_index() > 0:  # only process 0 writes; skip the host copies too
+        return
+    kernels = np.asarray(jax.device_get(inspection.params["conv1"]["kernel"]))
+    images = {f"conv1_kernels/tower_{i}": grid for i, grid in enumerate(kernel_grids(kernels, config.model.towers))}
+    images["train_inputs"] = to_uint8(jax.device_get(inspection.images), config.mean_rgb)
+    writer.write_images(step, images)
+
+    norms = {f"weight_norm/{k}": float(v) for k, v in jax.device_get(inspection.param_norms).items()}
+    norms.update({f"grad_norm/{k}": float(v) for k, v in jax.device_get(inspection.grad_norms).items()})
+    writer.write_scalars(step, norms)
+
+    histograms = {f"weights/{k}": v for k, v in _host_arrays(inspection.params).items()}
+    histograms.update({f"grads/{k}": v for k, v in _host_arrays(inspection.grads).items()})
+    writer.write_histograms(step, histograms)

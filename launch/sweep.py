@@ -1,0 +1,232 @@
+"""Runs a sweep: one training run per variant of a config, each in its own workdir.
+
+    python -m launch.sweep --config configs/paper.py --sweep configs/sweeps/ablations.py \\
+        --workdir runs/ablations [--config.num_train_steps=N ...] [--dry-run | --index I]
+
+A sweep file defines `get_sweep()`, a list of variants, each a dict of config
+fields to values (`{"model.use_lrn": False}`); the first is the baseline the
+report compares against. `grid` and `product` below build the lists. Each
+variant runs `python -m alexnet_jax.main` in `<workdir>/<name>`, its name made
+of its settings (`use_lrn=False,pool_window=2`). `--config.*` arguments pass
+through to every variant.
+
+Locally the variants run one after the other. A variant counts as finished
+when its `sweep_done.json` records the exact command it ran to completion, so
+rerunning the sweep skips finished variants, resumes an interrupted one from
+its checkpoint, and reruns any whose command changed (e.g. more steps).
+`--dry-run` prints the commands, one per line, for any scheduler; `--index I`
+runs only variant I (a SLURM array task: see launch/sweep_array.sbatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Variant = dict[str, Any]
+
+MANIFEST = "sweep.json"
+DONE = "sweep_done.json"
+LOG = "sweep.log"
+
+
+def grid(axes: Mapping[str, Sequence[Any]]) -> list[Variant]:
+    """Every combination of the axes' values, the first axis varying slowest."""
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def product(*variant_lists: Sequence[Variant]) -> list[Variant]:
+    """Every combination of one variant from each list, merged (e.g. variants x seeds)."""
+    return [{k: v for variant in combo for k, v in variant.items()} for combo in itertools.product(*variant_lists)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    overrides: Variant
+    workdir: str
+    args: list[str]  # everything after the python executable
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, *self.args]
+
+
+def _load_module(path: str, what: str):
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {what} file {path} not found")
+    spec = importlib.util.spec_from_file_location(f"_sweep_{what}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _has_field(config, field: str) -> bool:
+    node = config
+    for part in field.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_variants(sweep_path: str, config_path: str) -> list[Variant]:
+    """The sweep file's variants, every field checked against the config file."""
+    variants = _load_module(sweep_path, "sweep").get_sweep()
+    config = _load_module(config_path, "config").get_config()
+    if not variants or not all(isinstance(v, dict) for v in variants):
+        raise SystemExit(f"error: {sweep_path}: get_sweep() must return a non-empty list of dicts")
+    for i, variant in enumerate(variants):
+        for field in variant:
+            if not _has_field(config, field):
+                raise SystemExit(
+                    f"error: {sweep_path}: variant {i} sets {field!r}, which is not a field of {config_path}"
+                )
+    return variants
+
+
+def _flag_value(value: Any) -> str:
+    # config_flags parses tuples and lists from their Python literal.
+    return repr(value) if isinstance(value, tuple | list) else str(value)
+
+
+def variant_name(variant: Variant) -> str:
+    """`use_lrn=False,pool_window=2` (last part of each field); `base` when empty."""
+    if not variant:
+        return "base"
+    parts = [f"{field.rsplit('.', 1)[-1]}={_flag_value(value)}" for field, value in variant.items()]
+    return re.sub(r"[^A-Za-z0-9._,=+-]", "", ",".join(parts))
+
+
+def _override_field(arg: str) -> str:
+    return arg.split("=", 1)[0].removeprefix("--config.")
+
+
+def plan(
+    config_path: str,
+    sweep_path: str,
+    workdir: str,
+    extra: Sequence[str],
+    entry_point: Sequence[str] = ("-m", "alexnet_jax.main"),
+) -> list[Run]:
+    """The runs of a sweep, in the sweep file's order; each runs `python <entry_point> --config ...`."""
+    variants = load_variants(sweep_path, config_path)
+    for arg in extra:
+        if not arg.startswith("--config.") or "=" not in arg:
+            raise SystemExit(f"error: unexpected argument {arg!r}: only --config.FIELD=VALUE passes to the runs")
+        field = _override_field(arg)
+        if any(field in v for v in variants):
+            raise SystemExit(f"error: --config.{field} is swept by {sweep_path}; drop it from the command line")
+    runs, seen = [], {}
+    for variant in variants:
+        name = variant_name(variant)
+        if name in seen:
+            raise SystemExit(f"error: {sweep_path}: variants {seen[name]} and {variant} are both named {name!r}")
+        seen[name] = variant
+        run_dir = os.path.join(workdir, name)
+        overrides = [f"--config.{k}={_flag_value(v)}" for k, v in variant.items()]
+        args = [*entry_point, f"--config={config_path}", f"--workdir={run_dir}", *overrides, *extra]
+        runs.append(Run(name, variant, run_dir, args))
+    return runs
+
+
+def write_manifest(workdir: str, config_path: str, sweep_path: str, extra: Sequence[str], runs: list[Run]) -> None:
+    """`<workdir>/sweep.json`: what launch.report needs to read the sweep back."""
+    os.makedirs(workdir, exist_ok=True)
+    manifest = {
+        "config": config_path,
+        "sweep": sweep_path,
+        "extra_overrides": list(extra),
+        "baseline": runs[0].name,
+        "runs": [{"name": r.name, "overrides": r.overrides, "command": shlex.join(r.command)} for r in runs],
+    }
+    # Written to a temporary file and renamed, so array tasks never read a partial file.
+    tmp = os.path.join(workdir, f".{MANIFEST}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, default=str)
+    os.replace(tmp, os.path.join(workdir, MANIFEST))
+
+
+def is_finished(run: Run) -> bool:
+    try:
+        with open(os.path.join(run.workdir, DONE)) as f:
+            return json.load(f)["args"] == run.args
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def execute(run: Run) -> int:
+    """Runs one variant, its output to the console and `<run>/sweep.log`; returns the exit code."""
+    os.makedirs(run.workdir, exist_ok=True)
+    start = time.monotonic()
+    with open(os.path.join(run.workdir, LOG), "a") as log:
+        log.write(f"$ {shlex.join(run.command)}\n")
+        process = subprocess.Popen(run.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            sys.stdout.write(f"[{run.name}] {line}")
+            log.write(line)
+        returncode = process.wait()
+    if returncode == 0:
+        done = {"args": run.args, "seconds": round(time.monotonic() - start, 1), "finished": time.ctime()}
+        with open(os.path.join(run.workdir, DONE), "w") as f:
+            json.dump(done, f, indent=2)
+    return returncode
+
+
+def run_all(runs: list[Run]) -> int:
+    """Runs the unfinished variants one after the other; 1 if any failed."""
+    failed = []
+    for i, run in enumerate(runs):
+        if is_finished(run):
+            print(f"[{i + 1}/{len(runs)}] {run.name}: finished before, skipped", flush=True)
+            continue
+        print(f"[{i + 1}/{len(runs)}] {run.name}: {shlex.join(run.command)}", flush=True)
+        returncode = execute(run)
+        if returncode:
+            failed.append(f"{run.name} (exit {returncode}, see {os.path.join(run.workdir, LOG)})")
+    if failed:
+        print(f"{len(failed)} of {len(runs)} variants failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"all {len(runs)} variants finished", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Other --config.FIELD=VALUE pass through."
+    )
+    parser.add_argument("--config", required=True, help="the base config file, e.g. configs/paper.py")
+    parser.add_argument("--sweep", required=True, help="a sweep file, e.g. configs/sweeps/ablations.py")
+    parser.add_argument("--workdir", required=True, help="one subdirectory per variant is made here")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the commands, one per line, and exit")
+    mode.add_argument("--index", type=int, help="run only this variant (0-based), e.g. $SLURM_ARRAY_TASK_ID")
+    args, extra = parser.parse_known_args(argv)
+    runs = plan(args.config, args.sweep, args.workdir, extra)
+    if args.dry_run:
+        print("\n".join(shlex.join(run.command) for run in runs))
+        return 0
+    write_manifest(args.workdir, args.config, args.sweep, extra, runs)
+    if args.index is not None:
+        if not 0 <= args.index < len(runs):
+            raise SystemExit(
+                f"error: --index={args.index} but {args.sweep} has {len(runs)} variants (0..{len(runs) - 1})"
+            )
+        return run_all(runs[args.index : args.index + 1])
+    return run_all(runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Using a trained model: predict (top-5 of image files) and fc7 retrieval."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import input_pipeline, predict, retrieval, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(config, workdir):
+    short = config.copy_and_resolve_references()
+    short.num_train_steps = 2
+    short.eval_every_steps = 2
+    train.train_and_evaluate(short, workdir)
+    return short
+
+
+def _digit_png(path):
+    from sklearn.datasets import load_digits
+
+    scan = np.round(load_digits().images[0] * 255 / 16).astype(np.uint8)  # a 0
+    Image.fromarray(scan).resize((40, 40)).save(path)
+
+
+def test_restore_predict_embed_retrieve_and_the_predict_command(tiny_config, tmp_path):
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="no checkpoints in .*: train first"):
+        predict.restore_params(tiny_config, workdir)
+    config = _train(tiny_config, workdir)
+    model, params, step = predict.restore_params(config, workdir)
+    assert step == 2
+
+    _digit_png(tmp_path / "zero.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    image = predict.load_image(str(tmp_path / "zero.png"), config.resize_size)
+    assert image.shape == (72, 72, 3) and image.dtype == np.uint8
+    with pytest.raises(ValueError, match=r"notes.txt: not an image PIL can read"):
+        predict.load_image(str(tmp_path / "notes.txt"), config.resize_size)
+    probs, ids = predict.top_k(model, params, np.stack([image, image]), config)
+    assert probs.shape == ids.shape == (2, 5)
+    assert np.all(np.diff(probs, axis=1) <= 0) and probs.sum(axis=1).max() <= 1 + 1e-5
+    assert len(set(ids[0].tolist())) == 5 and predict.class_names(config) == [str(d) for d in range(10)]
+
+    builder = input_pipeline.get_builder(config)
+    features, labels = retrieval.embed(model, params, config, builder, "test", limit=70)
+    assert features.shape == (70, 512) and labels.shape == (70,)  # fc7 of width 1/8: 4096 / 8
+    assert np.all(features >= 0)  # after the ReLU
+    database, _ = retrieval.embed(model, params, config, builder, "test")
+    assert len(database) == 360  # the padding of the last batch is dropped
+    np.testing.assert_allclose(database[:70], features, rtol=1e-5, atol=1e-5)
+
+    queries = database[[3, 10]]
+    order, distances = retrieval.nearest(queries, database, k=4, exclude=np.array([3, 10]))
+    brute = np.linalg.norm(queries[:, None] - database[None], axis=-1)
+    brute[[0, 1], [3, 10]] = np.inf
+    np.testing.assert_array_equal(order, np.argsort(brute, axis=1, kind="stable")[:, :4])
+    np.testing.assert_allclose(distances, np.sort(brute, axis=1)[:, :4], rtol=1e-4)
+
+    images = retrieval.images_at(config, builder, "test", [3, 10, 200])
+    assert sorted(images) == [3, 10, 200] and images[3].shape == (64, 64, 3)
+    grid = retrieval.retrieval_grid([images[3], images[10]], [[images[200]] * 4] * 2)
+    assert grid.shape == (2 + 2 * 66, 68 + 8 + 2 + 4 * 66, 3) and grid.dtype == np.uint8
+
+    # The command line: one line per image, a one-line message for a non-image, exit status 1.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alexnet_jax.predict",
+            "--config=configs/digits.py",
+            f"--workdir={workdir}",
+            f"--config.data_dir={config.data_dir}",
+            f"--config.model.width={config.model.width}",
+            "--config.mesh=(1, 1)",
+            str(tmp_path / "zero.png"),
+            str(tmp_path / "notes.txt"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    prediction = next(line for line in result.stdout.splitlines() if line.startswith(str(tmp_path / "zero.png")))
+    assert len(prediction.split(" | ")) == 5 and prediction.endswith("%")
+    assert f"error: {tmp_path / 'notes.txt'}: not an image PIL can read (JPEG, PNG, ...)" in result.stderr
+    assert "Traceback" not in result.stderr

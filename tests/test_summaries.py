@@ -1,0 +1,90 @@
+"""TensorBoard inspection: every kind of summary is in the event files."""
+
+import numpy as np
+import pytest
+
+from alexnet_jax import summaries, train
+
+
+def test_kernel_grids_split_towers_and_keep_colour():
+    kernel = np.zeros((11, 11, 3, 12), np.float32)
+    kernel[..., 0, 0] = 1.0  # a pure-red filter in tower 0
+    kernel[..., 6] = -1.0  # a grey (colour-agnostic) dark filter in tower 1
+    grids = summaries.kernel_grids(kernel, towers=2, cols=8)
+    zoom = 11 * 4
+    assert [g.shape for g in grids] == [(2 + zoom, 6 * (zoom + 1) + 1, 3)] * 2
+    assert grids[0].dtype == np.uint8
+    np.testing.assert_array_equal(grids[0][1, 1], [255, 128, 128])  # red up, others mid-grey
+    np.testing.assert_array_equal(grids[1][1, 1], [0, 0, 0])
+    np.testing.assert_array_equal(grids[1][1, zoom + 2], [128, 128, 128])  # an all-zero filter
+
+
+def test_tile_places_images_row_by_row():
+    images = np.arange(3, dtype=np.float32)[:, None, None, None] * np.ones((3, 2, 2, 1), np.float32)
+    grid = summaries.tile(images, cols=2, pad=1, pad_value=-1.0)
+    assert grid.shape == (7, 7, 1)
+    assert grid[1, 1, 0] == 0 and grid[1, 4, 0] == 1 and grid[4, 1, 0] == 2 and grid[4, 4, 0] == -1
+
+
+def _plugin_tags(workdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0})
+    events.Reload()
+    by_plugin = {}
+    for tag in events.Tags()["tensors"]:
+        plugin = events.SummaryMetadata(tag).plugin_data.plugin_name
+        by_plugin.setdefault(plugin, {})[tag] = [e.step for e in events.Tensors(tag)]
+    return by_plugin, events
+
+
+def test_run_writes_config_kernels_inputs_norms_and_histograms(tiny_config, tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
+
+    workdir = str(tmp_path / "inspect")
+    train.train_and_evaluate(tiny_config, workdir)
+    by_plugin, events = _plugin_tags(workdir)
+
+    assert "model.use_lrn = True" in tensor_util.make_ndarray(events.Tensors("config")[0].tensor_proto).item().decode()
+    assert by_plugin["text"]["config"] == [0]
+    num_params = float(tensor_util.make_ndarray(events.Tensors("num_params")[0].tensor_proto))
+    assert num_params == sum(x.size for x in _param_leaves(tiny_config))
+    # Inspection at the first step and at every evaluation (eval_every_steps=3).
+    assert by_plugin["images"] == {
+        "conv1_kernels/tower_0": [1, 3, 6],
+        "conv1_kernels/tower_1": [1, 3, 6],
+        "train_inputs": [1, 3, 6],
+    }
+    images = tensor_util.make_ndarray(events.Tensors("train_inputs")[0].tensor_proto)
+    assert len(images) == 2 + summaries.NUM_INPUT_IMAGES  # width, height, then one PNG per image
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        for kind in ("weight_norm", "grad_norm"):
+            assert f"{kind}/{layer}/kernel" in by_plugin["scalars"]
+        for kind in ("weights", "grads"):
+            assert by_plugin["histograms"][f"{kind}/{layer}/kernel"] == [1, 3, 6]
+    grad_norm = float(tensor_util.make_ndarray(events.Tensors("grad_norm/fc8/kernel")[0].tensor_proto))
+    assert np.isfinite(grad_norm) and grad_norm > 0
+
+    # The config as hparams, typed, so the HParams dashboard can sort and filter.
+    content = events.PluginTagToContent("hparams")
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(next(iter(content.values()))).session_start_info.hparams
+    assert hparams["model.use_lrn"].bool_value is True
+    assert hparams["model.pool_window"].number_value == 3
+    assert hparams["model.activation"].string_value == "relu"
+
+
+def _param_leaves(config):
+    import jax
+    import jax.numpy as jnp
+
+    model = train.create_model(config)
+    size = config.model.input_size
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    return jax.tree.leaves(shapes["params"])
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+def test_kernel_grid_count_follows_towers(towers):
+    kernel = np.random.default_rng(0).normal(size=(11, 11, 3, 24)).astype(np.float32)
+    assert len(summaries.kernel_grids(kernel, towers)) == towers
