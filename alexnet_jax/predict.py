@@ -5,13 +5,15 @@
 Restores the newest checkpoint in `--workdir` (the config, with the same
 `--config.*` overrides as training, gives the model's shape), preprocesses
 each file as the evaluation pipeline does (shorter side to `resize_size`,
-centre crop, centre `input_size` crop, mean subtracted) and prints one line
+centre crop, then the centre crop or 10 views of `config.eval_views`, the
+training set's mean subtracted) and prints one line
 per file: `a.png: 3 97.1% | 8 1.9% | ...`. A file that is not an image gets a
 one-line message; the exit status is 1 if any file failed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any
@@ -23,7 +25,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import augment, checkpointing, input_pipeline, models, sharding, train
+from alexnet_jax import augment, checkpointing, data_stats, input_pipeline, models, sharding, train
 
 FLAGS = flags.FLAGS
 _TOP_K = 5
@@ -71,12 +73,16 @@ def load_image(path: str, resize_size: int) -> np.ndarray:
 
 
 def top_k(
-    model: models.AlexNet, params: Any, images_uint8: np.ndarray, config: ml_collections.ConfigDict
+    model: models.AlexNet,
+    params: Any,
+    images_uint8: np.ndarray,
+    config: ml_collections.ConfigDict,
+    stats: augment.DataStats,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, class ids) of the likeliest classes per image, highest first."""
-    inputs = augment.subtract_mean(augment.center_crop(images_uint8, config.model.input_size), config.mean_rgb)
-    probs = jax.nn.softmax(jax.jit(model.apply, static_argnames="train")({"params": params}, inputs, train=False))
-    probs, ids = jax.lax.top_k(probs, min(_TOP_K, probs.shape[-1]))
+    """(probabilities, class ids) of the likeliest classes per image, highest
+    first; the views (`config.eval_views`) and mean as in evaluation."""
+    probs_fn = jax.jit(functools.partial(train.eval_probs, config=config, model=model, stats=stats))
+    probs, ids = jax.lax.top_k(probs_fn(params, images_uint8), min(_TOP_K, config.model.num_classes))
     return np.asarray(probs), np.asarray(ids)
 
 
@@ -92,6 +98,7 @@ def main(argv: list[str]) -> None:
     except ValueError as error:
         sys.exit(f"error: {error}")
     names = class_names(config)
+    stats = data_stats.load_or_compute(config, input_pipeline.get_builder(config))
     print(f"checkpoint of step {step} in {FLAGS.workdir}", flush=True)
     images, readable = [], []
     for path in paths:
@@ -101,7 +108,7 @@ def main(argv: list[str]) -> None:
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
     if images:  # one batch: this is for a handful of files
-        probs, ids = top_k(model, params, np.stack(images), config)
+        probs, ids = top_k(model, params, np.stack(images), config, stats)
         for path, p_row, id_row in zip(readable, probs, ids):
             print(f"{path}: " + " | ".join(f"{names[i]} {100 * p:.1f}%" for p, i in zip(p_row, id_row)), flush=True)
     if len(readable) < len(paths):

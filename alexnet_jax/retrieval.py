@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import augment, input_pipeline, models, predict, sharding, summaries
+from alexnet_jax import augment, data_stats, input_pipeline, models, predict, sharding, summaries
 
 FLAGS = flags.FLAGS
 
@@ -42,10 +42,11 @@ def embed(
     """fc7 features (float32, one row per example) and labels of the first
     `limit` (default: all) examples of `split`."""
     mesh = sharding.make_mesh(config.mesh)
+    stats = data_stats.load_or_compute(config, builder)
 
     @jax.jit
     def features_fn(params, batch):  # params as an argument, not baked in as constants
-        images = augment.subtract_mean(augment.center_crop(batch["image"], config.model.input_size), config.mean_rgb)
+        images = augment.eval_inputs(batch["image"], stats, crop=config.model.input_size, views="center")[0]
         _, state = model.apply({"params": params}, images, train=False, mutable=["intermediates"])
         return state["intermediates"]["features"][0].astype(jnp.float32)
 

@@ -130,6 +130,22 @@ def inspect_step(
     )
 
 
+def eval_probs(
+    params: Any,
+    images_uint8: jax.Array,
+    *,
+    config: ml_collections.ConfigDict,
+    model: models.AlexNet,
+    stats: augment.DataStats,
+) -> jax.Array:
+    """Class probabilities of uint8 `resize_size` images: centre crop or the
+    10 views (`config.eval_views`), the views' softmax outputs averaged."""
+    views = augment.eval_inputs(images_uint8, stats, crop=config.model.input_size, views=config.eval_views)
+    num_views, batch_size = views.shape[:2]
+    logits = model.apply({"params": params}, views.reshape(num_views * batch_size, *views.shape[2:]), train=False)
+    return jax.nn.softmax(logits.reshape(num_views, batch_size, -1).astype(jnp.float32)).mean(0)
+
+
 def eval_step(
     params: Any,
     batch: Batch,
@@ -138,12 +154,8 @@ def eval_step(
     model: models.AlexNet,
     stats: augment.DataStats,
 ) -> metrics.EvalMetrics:
-    """Centre-crop or 10-view evaluation (`config.eval_views`); the views'
-    softmax outputs are averaged. Padded examples (mask 0) do not count."""
-    views = augment.eval_inputs(batch["image"], stats, crop=config.model.input_size, views=config.eval_views)
-    num_views, batch_size = views.shape[:2]
-    logits = model.apply({"params": params}, views.reshape(num_views * batch_size, *views.shape[2:]), train=False)
-    probs = jax.nn.softmax(logits.reshape(num_views, batch_size, -1)).mean(0)
+    """Metrics of `eval_probs` on a batch; padded examples (mask 0) do not count."""
+    probs = eval_probs(params, batch["image"], config=config, model=model, stats=stats)
     # log of the averaged probabilities: cross-entropy and top-k of the ensemble.
     outputs = metrics.per_example_outputs(jnp.log(probs), batch["label"])
     return metrics.EvalMetrics.single_from_model_output(**outputs, mask=batch["mask"].astype(bool))
@@ -173,13 +185,19 @@ def make_step_fns(
         donate_argnums=0,
         out_shardings=(state_sharding, replicated),
     )
-    eval_fn = jax.jit(
+    return train_fn, make_eval_fn(config, model, mesh, stats)
+
+
+def make_eval_fn(
+    config: ml_collections.ConfigDict, model: models.AlexNet, mesh: jax.sharding.Mesh, stats: augment.DataStats
+):
+    """The jitted `eval_step`, (params, global batch) -> replicated metrics."""
+    return jax.jit(
         sharding.partitioned(
             functools.partial(eval_step, config=config, model=model, stats=stats), mesh, config.model_parallel
         ),
-        out_shardings=replicated,
+        out_shardings=sharding.replicated(mesh),
     )
-    return train_fn, eval_fn
 
 
 def make_inspect_fn(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, stats: augment.DataStats):
@@ -229,7 +247,8 @@ def _check_dataset(config: ml_collections.ConfigDict, builder) -> int:
     return train_examples // config.batch_size
 
 
-def _eval_summary(eval_metrics: metrics.EvalMetrics) -> dict[str, float]:
+def eval_summary(eval_metrics: metrics.EvalMetrics) -> dict[str, float]:
+    """Host floats of the metrics, with `eval_num_examples` (the examples counted)."""
     results = {f"eval_{k}": float(v) for k, v in eval_metrics.compute().items()}
     results["eval_num_examples"] = eval_metrics.num_examples()
     return results
@@ -275,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     base_key = jax.random.key(config.seed + 1)
 
     def run_eval(step: int) -> dict[str, float]:
-        summary = _eval_summary(evaluate(eval_fn, state.params, input_pipeline.eval_batches(config, builder), mesh))
+        summary = eval_summary(evaluate(eval_fn, state.params, input_pipeline.eval_batches(config, builder), mesh))
         writer.write_scalars(step, summary)
         return summary
 
@@ -337,4 +356,3 @@ def _plateau_step(state: TrainState, error: float, opt: ml_collections.ConfigDic
         logging.info("Validation error has not improved: learning rate -> %g", new_rate)
         opt_state = optim.with_learning_rate(opt_state, new_rate)
     return state.replace(plateau=jax.device_put(plateau, replicated), opt_state=opt_state)
-

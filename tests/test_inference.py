@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import input_pipeline, predict, retrieval, train
+from alexnet_jax import data_stats, input_pipeline, predict, retrieval, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,8 @@ def test_restore_predict_embed_retrieve_and_the_predict_command(tiny_config, tmp
     assert image.shape == (72, 72, 3) and image.dtype == np.uint8
     with pytest.raises(ValueError, match=r"notes.txt: not an image PIL can read"):
         predict.load_image(str(tmp_path / "notes.txt"), config.resize_size)
-    probs, ids = predict.top_k(model, params, np.stack([image, image]), config)
+    stats = data_stats.load_or_compute(config, input_pipeline.get_builder(config))
+    probs, ids = predict.top_k(model, params, np.stack([image, image]), config, stats)
     assert probs.shape == ids.shape == (2, 5)
     assert np.all(np.diff(probs, axis=1) <= 0) and probs.sum(axis=1).max() <= 1 + 1e-5
     assert len(set(ids[0].tolist())) == 5 and predict.class_names(config) == [str(d) for d in range(10)]
@@ -91,3 +92,40 @@ def test_restore_predict_embed_retrieve_and_the_predict_command(tiny_config, tmp
     assert len(prediction.split(" | ")) == 5 and prediction.endswith("%")
     assert f"error: {tmp_path / 'notes.txt'}: not an image PIL can read (JPEG, PNG, ...)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_evaluate_a_checkpoint_centre_and_ten_view(tiny_config, tmp_path):
+    from alexnet_jax import evaluate
+
+    workdir = str(tmp_path / "run")
+    config = _train(tiny_config, workdir)
+    summary = train.train_and_evaluate(config, workdir)  # resumed a finished run: evaluates the restored state
+    centre, step = evaluate.evaluate_checkpoint(config, workdir)
+    assert step == 2 and centre["eval_num_examples"] == 360
+    assert centre["eval_top1_error"] == pytest.approx(summary["eval_top1_error"])  # the training loop's evaluation
+    config.eval_views = "ten_view"
+    ten, _ = evaluate.evaluate_checkpoint(config, workdir)
+    assert ten["eval_num_examples"] == 360 and ten["eval_loss"] != pytest.approx(centre["eval_loss"])
+    config.eval_split = "validation"
+    with pytest.raises(ValueError, match=r"config.eval_split='validation' is not a split of sklearn_digits"):
+        evaluate.evaluate_checkpoint(config, workdir)
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alexnet_jax.evaluate",
+            "--config=configs/digits.py",
+            f"--workdir={workdir}",
+            f"--config.data_dir={config.data_dir}",
+            f"--config.model.width={config.model.width}",
+            "--config.mesh=(1, 1)",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = f"test (center, step 2): top-1 error {100 * centre['eval_top1_error']:.2f}%"
+    assert expected in result.stdout and "(360 examples)" in result.stdout
