@@ -35,6 +35,30 @@ class Inspection:
     grad_norms: dict[str, jax.Array]
 
 
+class _ConsoleWriter(metric_writers.LoggingWriter):
+    """Logs the run's own scalars (loss, errors, rates); the per-layer norms,
+    histograms and the config text go to TensorBoard only, not the console."""
+
+    def write_scalars(self, step: int, scalars) -> None:
+        own = {k: v for k, v in scalars.items() if "/" not in k}
+        if own:
+            super().write_scalars(step, own)
+
+    def write_histograms(self, step: int, arrays, num_buckets=None) -> None:
+        pass
+
+    def write_texts(self, step: int, texts) -> None:
+        pass
+
+
+def create_writer(workdir: str, just_logging: bool) -> metric_writers.MetricWriter:
+    """clu's default pair (console + TensorBoard event files in `workdir`),
+    asynchronous, with a console that leaves the inspection to TensorBoard.
+    `just_logging` (processes other than 0): console only."""
+    writers = [_ConsoleWriter()] + ([] if just_logging else [metric_writers.SummaryWriter(workdir)])
+    return metric_writers.AsyncMultiWriter(writers)
+
+
 def flatten(tree: Any, sep: str = ".") -> dict[str, Any]:
     """A nested dict (or ConfigDict-as-dict) as {"a.b.c": leaf}."""
     return flax.traverse_util.flatten_dict(dict(tree), sep=sep)

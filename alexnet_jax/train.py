@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 from flax.training import train_state
 
 from alexnet_jax import (
@@ -283,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         steps_per_epoch,
     )
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = summaries.create_writer(workdir, just_logging=jax.process_index() > 0)
     if start_step == 0:
         summaries.write_run_info(writer, config, num_params)
 
