@@ -7,7 +7,7 @@ Restores the newest checkpoint in `--workdir` (the config, with the same
 each file as the evaluation pipeline does (shorter side to `resize_size`,
 centre crop, then the centre crop or 10 views of `config.eval_views`, the
 training set's mean subtracted) and prints one line
-per file: `a.png: 3 97.1% | 8 1.9% | ...`. A file that is not an image gets a
+per file: `a.png: <class> <p>% | ...` (the top five). A file that is not an image gets a
 one-line message; the exit status is 1 if any file failed.
 """
 

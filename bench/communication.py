@@ -90,12 +90,23 @@ def main() -> None:
     print("per device per training step, from the compiled HLO (forced CPU devices).\n")
     print("| scheme | mesh (data, model) | total MB | forward MB | backward MB | by collective (MB) |")
     print("|---|---|---|---|---|---|")
+    by_scheme = {}
     for label, mesh_spec, model_parallel in SCHEMES:
-        found = compiled_collectives(config, mesh_spec, model_parallel)
+        found = by_scheme[label] = compiled_collectives(config, mesh_spec, model_parallel)
         total = sum(c.operand_bytes for c in found)
         backward = sum(c.operand_bytes for c in found if c.backward)
         kinds = ", ".join(f"{k} {_mb(v)}" for k, v in sorted(collectives.bytes_by(found, "kind").items()))
         print(f"| {label} | {mesh_spec} | {_mb(total)} | {_mb(total - backward)} | {_mb(backward)} | {kinds} |")
+
+    # Where each scheme communicates: per layer ("outside" = the loss, metrics
+    # and optimiser, e.g. the data-parallel gradient sums of biases).
+    print("\n| scheme | layer | forward MB | backward MB |")
+    print("|---|---|---|---|")
+    for label, found in by_scheme.items():
+        for layer in sorted({c.layer or "outside" for c in found}):
+            mine = [c for c in found if (c.layer or "outside") == layer]
+            backward = sum(c.operand_bytes for c in mine if c.backward)
+            print(f"| {label} | {layer} | {_mb(sum(c.operand_bytes for c in mine) - backward)} | {_mb(backward)} |")
 
 
 if __name__ == "__main__":
