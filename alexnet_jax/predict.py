@@ -23,7 +23,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import augment, checkpointing, input_pipeline, models, sharding, train
+from alexnet_jax import augment, checkpointing, image_folder, input_pipeline, models, sharding, train
 
 FLAGS = flags.FLAGS
 _TOP_K = 5
@@ -52,6 +52,8 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
     """The dataset's label names (ImageNet: WordNet ids such as n01440764)."""
     import tensorflow_datasets as tfds
 
+    if config.dataset == image_folder.DATASET:  # the class folders' names, without preparing anything
+        return list(image_folder.scan(config.image_folder)[0].classes)
     builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
     return list(builder.info.features["label"].names)
 

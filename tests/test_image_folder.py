@@ -169,3 +169,11 @@ def test_bad_layout_names_the_folder(layout, message, tmp_path):
     with pytest.raises(ValueError) as error:
         image_folder.scan(str(root))
     assert str(error.value).startswith(f"config.image_folder='{root}'") and message in str(error.value)
+
+
+def test_predict_names_the_folder_classes(tiny_config, pets, tmp_path):
+    from alexnet_jax import predict
+
+    config = _folder_config(tiny_config, pets, str(tmp_path / "tfds"))
+    assert predict.class_names(config) == ["cat", "dog"]
+    assert not (tmp_path / "tfds").exists()  # read from the folder names: nothing prepared
