@@ -157,6 +157,7 @@ class UserImageFolder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, examples: tuple[tuple[str, str], ...]):
         bad_files = self.info.metadata["bad_files"]  # written with the dataset info after generation
+        good = 0
         for relpath, label in examples:
             try:
                 with open(os.path.join(self.builder_config.root_dir, relpath), "rb") as f:
@@ -166,7 +167,15 @@ class UserImageFolder(tfds.core.GeneratorBasedBuilder):
             if image is None:
                 bad_files.append([relpath, why])
                 continue
+            good += 1
             yield relpath, {"image": image, "label": label, "file_name": relpath}
+        if not good:  # else tfds stops with "No examples were yielded", naming no file
+            split = examples[0][0].split("/")[0]
+            names = ", ".join(relpath for relpath, _ in examples[:3])
+            raise ValueError(
+                f"config.image_folder={self.builder_config.root_dir!r}: none of the {len(examples)} files of "
+                f"split {split!r} could be decoded (e.g. {names}): replace them or remove the split folder"
+            )
 
 
 def bad_files(builder: tfds.core.DatasetBuilder) -> list[tuple[str, str]]:

@@ -177,3 +177,22 @@ def test_predict_names_the_folder_classes(tiny_config, pets, tmp_path):
     config = _folder_config(tiny_config, pets, str(tmp_path / "tfds"))
     assert predict.class_names(config) == ["cat", "dog"]
     assert not (tmp_path / "tfds").exists()  # read from the folder names: nothing prepared
+
+
+def test_a_split_with_no_readable_file_stops_before_the_workdir(tiny_config, tmp_path):
+    root = tmp_path / "root"
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        (root / "train" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        _write_image(str(root / "train" / f"c{i % 2}" / f"{i}.png"), rng, "PNG")
+    (root / "validation" / "c0").mkdir(parents=True)
+    (root / "validation" / "c0" / "x.jpg").write_bytes(b"garbage")
+    config = _folder_config(tiny_config, str(root), str(tmp_path / "tfds"))
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError) as error:
+        train.train_and_evaluate(config, str(workdir))
+    assert str(error.value) == (
+        f"config.image_folder='{root}': none of the 1 files of split 'validation' could be decoded "
+        f"(e.g. validation/c0/x.jpg): replace them or remove the split folder"
+    )
+    assert not workdir.exists()
