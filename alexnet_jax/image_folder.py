@@ -6,7 +6,8 @@
 Every sub-folder of the root is a split, every sub-folder of a split is a
 class (label names: the union over splits, sorted), every other file in a
 class folder an image of any type TensorFlow or PIL can decode. Hidden files
-and folders (".name") are ignored.
+and folders (".name"), and files directly in the root or a split folder, are
+ignored.
 
 The folder is prepared once into the tfds data_dir as an ordinary tfds
 dataset (`UserImageFolder`), so splits, per-process sub-splits, file
@@ -64,7 +65,7 @@ def _visible(entries: Iterator[os.DirEntry], want_dirs: bool) -> list[os.DirEntr
     return sorted(kept, key=lambda e: e.name)
 
 
-def scan(root_dir: str) -> tuple[FolderConfig, str]:
+def scan(root_dir: str) -> FolderConfig:
     """Lists `root/split/class/*` and fingerprints the listing (names, sizes,
     modification times). Raises ValueError naming config.image_folder if the
     layout is not split/class/files."""
@@ -102,8 +103,7 @@ def scan(root_dir: str) -> tuple[FolderConfig, str]:
         )
     slug = re.sub(r"\W", "_", os.path.basename(root_dir)) or "root"
     name = f"{slug}_{digest.hexdigest()[:12]}"
-    config = FolderConfig(name=name, root_dir=root_dir, classes=tuple(sorted(classes)), files=files)
-    return config, name
+    return FolderConfig(name=name, root_dir=root_dir, classes=tuple(sorted(classes)), files=files)
 
 
 def decode_or_none(data: bytes) -> tuple[bytes | np.ndarray | None, str]:
@@ -203,11 +203,11 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """The prepared builder of `config.image_folder`, preparing it (decoding
     every file once) if the folder is new or has changed; warns about the
     excluded files on every call."""
-    folder_config, name = scan(config.image_folder)
+    folder_config = scan(config.image_folder)
     data_dir = config.data_dir or None
     builder = UserImageFolder(config=folder_config, data_dir=data_dir)
     if not builder.is_prepared():
-        logging.info("Preparing %s once as tfds dataset %s/%s", folder_config.root_dir, builder.name, name)
+        logging.info("Preparing %s once, into %s", folder_config.root_dir, builder.data_dir)
         builder.download_and_prepare()
     _warn_bad_files(builder)
     return builder

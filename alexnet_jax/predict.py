@@ -53,7 +53,7 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
     import tensorflow_datasets as tfds
 
     if config.dataset == image_folder.DATASET:  # the class folders' names, without preparing anything
-        return list(image_folder.scan(config.image_folder)[0].classes)
+        return list(image_folder.scan(config.image_folder).classes)
     builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
     return list(builder.info.features["label"].names)
 
