@@ -7,12 +7,14 @@ value and what to use instead, e.g.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 import ml_collections
+import tensorflow_datasets as tfds
 
-from alexnet_jax import models, optim, sharding
+from alexnet_jax import digits_dataset, image_folder, models, optim, sharding  # noqa: F401  (sklearn_digits)
 
 
 def _fail(field: str, value: Any, fix: str) -> None:
@@ -107,10 +109,36 @@ def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
         _fail("optimizer.plateau_max_drops", opt.plateau_max_drops, "must be >= 0")
 
 
+def _validate_dataset(config: ml_collections.ConfigDict) -> None:
+    """The dataset must be a registered tfds name, or "image_folder" with an
+    existing `config.image_folder` (a folder set for another dataset is an
+    error, not silently ignored)."""
+    name, folder = config.dataset, config.get("image_folder", "")
+    if not isinstance(name, str) or not name:
+        _fail("dataset", name, "must be a tfds dataset name, e.g. 'sklearn_digits'")
+    if name == image_folder.DATASET:
+        if not folder:
+            _fail("image_folder", folder, "must be the root of split/class/image folders when dataset='image_folder'")
+        if not os.path.isdir(os.path.expanduser(folder)):
+            _fail("image_folder", folder, "is not a folder: give the root of split/class/image folders")
+        return
+    if folder:
+        _fail("image_folder", folder, f"is set but config.dataset={name!r}: set config.dataset='image_folder'")
+    try:  # Only the registry is read: nothing is downloaded or prepared here.
+        dataset_name, _ = tfds.core.naming.parse_builder_name_kwargs(name)
+        tfds.builder_cls(str(dataset_name))
+    except (tfds.core.registered.DatasetNotFoundError, ValueError):
+        _fail(
+            "dataset",
+            name,
+            "is not a tfds dataset: use a name from tfds.list_builders() (e.g. 'imagenet2012', 'cifar10'), "
+            "'sklearn_digits', or 'image_folder' with config.image_folder",
+        )
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first wrong field; returns None if all is well."""
-    if not isinstance(config.dataset, str) or not config.dataset:
-        _fail("dataset", config.dataset, "must be a tfds dataset name, e.g. 'sklearn_digits'")
+    _validate_dataset(config)
     for field in (
         "batch_size",
         "eval_batch_size",

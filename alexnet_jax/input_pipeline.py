@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import digits_dataset  # noqa: F401  (registers `sklearn_digits`)
+from alexnet_jax import digits_dataset, image_folder  # noqa: F401  (digits_dataset registers `sklearn_digits`)
 
 Batch = dict[str, np.ndarray]
 
@@ -43,8 +43,11 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
     imagenet2012 cannot be downloaded: its tar files must be placed in the
     manual directory first, and a missing one raises DatasetUnavailableError
-    naming the file, the directory and the command to run.
+    naming the file, the directory and the command to run. `config.dataset =
+    "image_folder"` reads the user's `config.image_folder` (image_folder.py).
     """
+    if config.dataset == image_folder.DATASET:
+        return image_folder.get_builder(config)
     builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
     if builder.is_prepared():
         return builder

@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import augment, checkpointing, data_stats, input_pipeline, models, sharding, train
+from alexnet_jax import augment, checkpointing, data_stats, image_folder, input_pipeline, models, sharding, train
 
 FLAGS = flags.FLAGS
 _TOP_K = 5
@@ -54,6 +54,8 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
     """The dataset's label names (ImageNet: WordNet ids such as n01440764)."""
     import tensorflow_datasets as tfds
 
+    if config.dataset == image_folder.DATASET:  # the class folders' names, without preparing anything
+        return list(image_folder.scan(config.image_folder).classes)
     builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
     return list(builder.info.features["label"].names)
 

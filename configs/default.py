@@ -12,7 +12,13 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     # --- data ---
-    config.dataset = "imagenet2012"  # a tfds name; "sklearn_digits" is embedded
+    # A tfds image-classification dataset name (e.g. "imagenet2012", "cifar10";
+    # "sklearn_digits" is embedded), or "image_folder" for config.image_folder.
+    config.dataset = "imagenet2012"
+    # With dataset="image_folder": the root of the user's images, laid out as
+    # root/<split>/<class>/<image> (any type TF or PIL decodes). Prepared once
+    # into data_dir; unreadable files are excluded and listed in a warning.
+    config.image_folder = ""
     config.data_dir = ""  # tfds data_dir ("" = tfds's default, ~/tensorflow_datasets)
     config.manual_dir = ""  # where ILSVRC2012_img_{train,val}.tar are ("" = <data_dir>/downloads/manual)
     config.train_split = "train"
