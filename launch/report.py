@@ -197,7 +197,8 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 def plot_curves(results: list[RunResult], target_error: float, path: str) -> None:
     """Training and validation top-1 error per variant: the mean over seeds
-    at the steps they share, shaded between the best and worst seed."""
+    at the steps they share, shaded between the best and worst seed; the
+    legend counts the runs drawn (finished ones, when any finished)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -209,7 +210,10 @@ def plot_curves(results: list[RunResult], target_error: float, path: str) -> Non
         groups.setdefault(result.group, []).append(result)
     for ax, tag, title in zip(axes, ("train_top1_error", "eval_top1_error"), ("training", "validation")):
         for name, runs in groups.items():
-            curves = [r.curves[tag] for r in runs if tag in r.curves]
+            # A run that stopped early (e.g. diverged) would cut the shared steps short:
+            # draw the finished runs when there are any.
+            logged = [r for r in runs if tag in r.curves]
+            curves = [r.curves[tag] for r in ([r for r in logged if r.status == "finished"] or logged)]
             if not curves:
                 continue
             steps = curves[0][0]
