@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from alexnet_jax import models, optim, sharding
+from alexnet_jax import data_cache, models, optim, sharding, synthetic_data
 
 
 def _fail(field: str, value: Any, fix: str) -> None:
@@ -111,6 +111,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first wrong field; returns None if all is well."""
     if not isinstance(config.dataset, str) or not config.dataset:
         _fail("dataset", config.dataset, "must be a tfds dataset name, e.g. 'sklearn_digits'")
+    if config.dataset.lower().startswith("synthetic") and config.dataset != synthetic_data.NAME:
+        _fail("dataset", config.dataset, f"is not a dataset: use {synthetic_data.NAME!r} for benchmark data")
+    _one_of(config.cache_format, "cache_format", data_cache.FORMATS)
     for field in (
         "batch_size",
         "eval_batch_size",
@@ -120,6 +123,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "keep_checkpoints",
         "shuffle_buffer_size",
         "resize_size",
+        "prefetch_batches",
     ):
         _positive_int(config, field)
     if config.num_train_steps <= 0 and not config.num_epochs > 0:

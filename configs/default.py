@@ -12,12 +12,17 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     # --- data ---
-    config.dataset = "imagenet2012"  # a tfds name; "sklearn_digits" is embedded
+    config.dataset = "imagenet2012"  # a tfds name; "sklearn_digits" is embedded; "synthetic": benchmarks only
     config.data_dir = ""  # tfds data_dir ("" = tfds's default, ~/tensorflow_datasets)
     config.manual_dir = ""  # where ILSVRC2012_img_{train,val}.tar are ("" = <data_dir>/downloads/manual)
     config.train_split = "train"
     config.eval_split = "validation"
-    config.shuffle_buffer_size = 16_384
+    config.shuffle_buffer_size = 16_384  # examples, shuffled before decoding (encoded bytes)
+    # Preprocessed cache next to the data (alexnet_jax/data_cache.py), made
+    # once per dataset and process part: "jpeg" (quality 95, ~10x smaller
+    # than pixels), "png" (lossless) or "none" (decode the source every epoch).
+    config.cache_format = "jpeg"
+    config.prefetch_batches = 2  # global batches placed on the devices ahead of the step
     # Host side: shorter side to resize_size, centre crop resize_size^2 (uint8);
     # the device then takes model.input_size crops (random when training).
     config.resize_size = 256
