@@ -251,6 +251,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     builder = None if synthetic else input_pipeline.get_builder(config)
     steps_per_epoch = _check_dataset(config, builder)
     total_steps = num_train_steps(config, steps_per_epoch)
+    # Data first, before the workdir is touched: a cache of other data stops here.
+    if synthetic:
+        stats = data_stats.published(config.mean_rgb)
+    else:
+        input_pipeline.prepare(config, builder)  # the preprocessed caches, once per dataset
+        stats = data_stats.load_or_compute(config, builder)
 
     mesh = sharding.make_mesh(config.mesh)
     logging.info("Mesh %s over %d devices, model parallelism %r", dict(mesh.shape), mesh.size, config.model_parallel)
@@ -281,11 +287,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         summaries.write_run_info(writer, config, num_params)
 
     replicated = sharding.replicated(mesh)
-    if synthetic:
-        stats = data_stats.published(config.mean_rgb)
-    else:
-        input_pipeline.prepare(config, builder)  # the preprocessed caches, once per dataset
-        stats = data_stats.load_or_compute(config, builder)
     train_fn, eval_fn = make_step_fns(config, model, mesh, state, stats)
     inspect_fn = make_inspect_fn(config, mesh, stats)
     base_key = jax.random.key(config.seed + 1)
