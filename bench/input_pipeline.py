@@ -25,49 +25,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
-PHOTO_SHAPE = (375, 500, 3)  # a typical ImageNet photo (height, width)
-
-
-class BenchPhotos(tfds.core.GeneratorBasedBuilder):
-    """ImageNet-sized JPEG photos for the benchmark (random crops, flips and
-    colour scalings of scikit-learn's china.jpg and flower.jpg)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = []
-    num_images = 256
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                    "label": tfds.features.ClassLabel(num_classes=1000),
-                }
-            ),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {"train": self._generate_examples()}
-
-    def _generate_examples(self):
-        from sklearn.datasets import load_sample_images
-
-        photos = load_sample_images().images
-        rng = np.random.default_rng(0)
-        height, width, _ = PHOTO_SHAPE
-        for index in range(self.num_images):
-            photo = photos[index % len(photos)]
-            top = rng.integers(0, photo.shape[0] - height + 1)
-            left = rng.integers(0, photo.shape[1] - width + 1)
-            image = photo[top : top + height, left : left + width].astype(np.float32)
-            image = image * rng.uniform(0.7, 1.3, 3)
-            if rng.random() < 0.5:
-                image = image[:, ::-1]
-            yield index, {"image": np.clip(image, 0, 255).astype(np.uint8), "label": int(rng.integers(1000))}
 
 
 def _images_per_sec(make_batches, passes: int) -> float:
@@ -83,6 +42,7 @@ def _images_per_sec(make_batches, passes: int) -> float:
 
 def host_rows(num_images: int, passes: int, data_dir: str) -> list[tuple[str, float, str]]:
     from alexnet_jax import data_cache, input_pipeline
+    from bench.photos_dataset import BenchPhotos
 
     BenchPhotos.num_images = num_images
     builder = BenchPhotos(data_dir=data_dir)
