@@ -310,6 +310,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for step in range(start_step + 1, total_steps + 1):
             batch = next(train_iter)
             if step == start_step + 1 or step % config.eval_every_steps == 0 or step == total_steps:
+                # Histograms of non-finite weights would fail in the writer's
+                # thread and hide the real error: stop here, naming the step.
+                if previous is not None:
+                    _check_finite(*previous)
+                if not bool(_all_finite(state.params)):
+                    raise FloatingPointError(f"parameters are not finite before step {step}: stopping")
                 # Before the step: train_fn donates the state it is given.
                 summaries.write_inspection(writer, step, inspect_fn(state, batch, base_key), config)
             state, step_metrics = train_fn(state, batch, base_key)
