@@ -1,9 +1,11 @@
-"""Orbax checkpoints of the train state in `<workdir>/checkpoints`.
+"""Orbax checkpoints in `<workdir>/checkpoints`: the train state (item
+"state") and the position of the training data stream (item "data", JSON).
 
 Orbax writes each step into a temporary folder and renames it only when the
 write is complete, so a crash or kill mid-save leaves the previous checkpoints
 intact and the half-written one is ignored. Every process calls save and
-restore (orbax coordinates them); only the primary host writes metadata.
+restore (orbax coordinates them); only the primary host writes metadata and
+the JSON item, and every process reads it back on restore.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 PyTree = Any
+STATE, DATA = "state", "data"
 
 
 def make_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
@@ -23,16 +26,32 @@ def make_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: PyTree) -> None:
-    """Saves asynchronously: training continues while the files are written."""
-    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+def save(manager: ocp.CheckpointManager, step: int, state: PyTree, data: dict) -> None:
+    """Saves asynchronously: training continues while the files are written.
+    `data` (JSON) is where the input stream continues after `step`."""
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data)})
+    manager.save(step, args=args, force=True)
+
+
+def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> tuple[PyTree, int, dict | None]:
+    """The newest checkpoint's state (on `target`'s structure and shardings),
+    its step and its data position; (`target`, 0, None) when there is none.
+    The position is None for checkpoints written before it was saved (a
+    single "default" item holding the state)."""
+    step = manager.latest_step()
+    if step is None:
+        return target, 0, None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    step_dir = manager.directory / str(step)
+    if not (step_dir / STATE).exists():
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step, None
+    restored = manager.restore(
+        step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract), DATA: ocp.args.JsonRestore()})
+    )
+    return restored[STATE], step, restored[DATA]
 
 
 def restore_latest(manager: ocp.CheckpointManager, target: PyTree) -> tuple[PyTree, int]:
-    """The newest checkpoint restored onto `target`'s structure and shardings,
-    or (`target`, 0) when the workdir has none."""
-    step = manager.latest_step()
-    if step is None:
-        return target, 0
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
+    """The newest checkpoint's state and step, or (`target`, 0) when there is none."""
+    state, step, _ = restore_latest_with_data(manager, target)
+    return state, step

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import tensorflow_datasets as tfds
 
-from alexnet_jax import digits_dataset, image_folder, models, optim, sharding  # noqa: F401  (sklearn_digits)
+from alexnet_jax import data_cache, digits_dataset, image_folder, models, optim, sharding, synthetic_data  # noqa: F401
 
 
 def _fail(field: str, value: Any, fix: str) -> None:
@@ -116,6 +116,8 @@ def _validate_dataset(config: ml_collections.ConfigDict) -> None:
     name, folder = config.dataset, config.get("image_folder", "")
     if not isinstance(name, str) or not name:
         _fail("dataset", name, "must be a tfds dataset name, e.g. 'sklearn_digits'")
+    if name.lower().startswith("synthetic") and name != synthetic_data.NAME:
+        _fail("dataset", name, f"is not a dataset: use {synthetic_data.NAME!r} for benchmark data")
     if name == image_folder.DATASET:
         if not folder:
             _fail("image_folder", folder, "must be the root of split/class/image folders when dataset='image_folder'")
@@ -124,6 +126,8 @@ def _validate_dataset(config: ml_collections.ConfigDict) -> None:
         return
     if folder:
         _fail("image_folder", folder, f"is set but config.dataset={name!r}: set config.dataset='image_folder'")
+    if name == synthetic_data.NAME:
+        return
     try:  # Only the registry is read: nothing is downloaded or prepared here.
         dataset_name, _ = tfds.core.naming.parse_builder_name_kwargs(name)
         tfds.builder_cls(str(dataset_name))
@@ -139,6 +143,7 @@ def _validate_dataset(config: ml_collections.ConfigDict) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first wrong field; returns None if all is well."""
     _validate_dataset(config)
+    _one_of(config.cache_format, "cache_format", data_cache.FORMATS)
     for field in (
         "batch_size",
         "eval_batch_size",
@@ -148,6 +153,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "keep_checkpoints",
         "shuffle_buffer_size",
         "resize_size",
+        "prefetch_batches",
     ):
         _positive_int(config, field)
     if config.num_train_steps <= 0 and not config.num_epochs > 0:

@@ -76,7 +76,9 @@ def load_or_compute(config: ml_collections.ConfigDict, builder: tfds.core.Datase
     path = cache_path(config, builder)
     if not os.path.exists(path):
         logging.info("Computing training-set statistics once; cached in %s", path)
-        batches = input_pipeline.full_split_batches(builder, config.train_split, config.resize_size, batch_size=256)
+        batches = input_pipeline.full_split_batches(
+            builder, config.train_split, config.resize_size, batch_size=256, cache_format=config.cache_format
+        )
         stats = compute(batches, input_pipeline.num_examples(builder, config.train_split))
         # Write-then-rename: a killed run never leaves a half-written cache.
         tmp = f"{path}.tmp-{os.getpid()}.npz"

@@ -1,20 +1,26 @@
 """tfds input: any image-classification dataset, per-process, as uint8 batches.
 
-The host decodes, resizes the shorter side to `resize_size` and centre-crops
-a square (the paper's offline 256x256 step), and ships uint8 batches; random
-crops, flips and mean subtraction run on the device (alexnet_jax.augment).
+The host resizes the shorter side to `resize_size` and centre-crops a square
+(the paper's offline 256x256 step) once, into a preprocessed cache next to
+the data (alexnet_jax.data_cache; `config.cache_format`), and ships uint8
+batches; random crops, flips and mean subtraction run on the device
+(alexnet_jax.augment).
 
 Each process reads a disjoint, even part of the split
 (`tfds.even_splits(split, process_count)[process_index]`). The training
-stream is a deterministic function of the seed, so a resumed run skips to
-the step it stopped at instead of replaying the epoch.
+stream is a deterministic function of (seed, epoch), so a resumed run starts
+at its `StreamPosition` (epoch, batch within it) and skips the consumed part
+of that one epoch before decoding, instead of replaying the stream.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -22,7 +28,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import digits_dataset, image_folder  # noqa: F401  (digits_dataset registers `sklearn_digits`)
+from alexnet_jax import (
+    data_cache,
+    digits_dataset,  # noqa: F401  (registers `sklearn_digits`)
+    image_folder,
+)
 
 Batch = dict[str, np.ndarray]
 
@@ -88,50 +98,192 @@ def _resize_square(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.ensure_shape(image, (size, size, 3))
 
 
-def _process_split(split: str) -> str:
-    return tfds.even_splits(split, n=jax.process_count(), drop_remainder=False)[jax.process_index()]
+def _process_part(split: str, per_process: bool) -> tuple[object, int, int]:
+    """This process's even part of `split` (tfds split spec, index, count), or
+    the whole split as part 0 of 1."""
+    if not per_process:
+        return split, 0, 1
+    index, count = jax.process_index(), jax.process_count()
+    return tfds.even_splits(split, n=count, drop_remainder=False)[index], index, count
 
 
 def _local_batch_size(global_batch: int) -> int:
     return global_batch // jax.process_count()
 
 
-def _decoded(
-    builder: tfds.core.DatasetBuilder, split: str, size: int, shuffle_files: bool, seed: int, per_process: bool = True
-):
-    read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4)
-    split = _process_split(split) if per_process else split
-    ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+def steps_per_epoch(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> int:
+    """Batches per epoch, the same on every process: the smallest process part
+    (even splits differ by at most one example) in local batches."""
+    smallest_part = num_examples(builder, config.train_split) // jax.process_count()
+    return smallest_part // _local_batch_size(config.batch_size)
 
-    def prepare(example):
-        return {"image": _resize_square(example["image"], size), "label": example["label"]}
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+@dataclasses.dataclass(frozen=True)
+class StreamPosition:
+    """Where the training stream stands: `batch` batches of epoch `epoch` consumed."""
+
+    epoch: int = 0
+    batch: int = 0
+
+    @classmethod
+    def at_step(cls, step: int, steps_per_epoch: int) -> StreamPosition:
+        return cls(step // steps_per_epoch, step % steps_per_epoch)
+
+    def advanced(self, batches: int, steps_per_epoch: int) -> StreamPosition:
+        return StreamPosition.at_step(self.epoch * steps_per_epoch + self.batch + batches, steps_per_epoch)
+
+
+# Saved with each checkpoint: what must match for the position to mean the
+# same examples when the run resumes.
+_MUST_MATCH = ("batch_size", "process_count", "seed", "dataset", "train_split")
+
+
+def position_record(config: ml_collections.ConfigDict, position: StreamPosition, step: int, steps: int) -> dict:
+    """The JSON item saved next to the train state after `step` (`steps` per epoch)."""
+    return {
+        "epoch": position.epoch,
+        "batch_in_epoch": position.batch,
+        "examples_seen": step * config.batch_size,
+        "steps_per_epoch": steps,
+        "local_batch_size": _local_batch_size(config.batch_size),
+        "batch_size": config.batch_size,
+        "process_count": jax.process_count(),
+        "seed": config.seed,
+        "dataset": config.dataset,
+        "train_split": config.train_split,
+    }
+
+
+def resume_position(config: ml_collections.ConfigDict, saved: dict | None, step: int, steps: int) -> StreamPosition:
+    """Where the stream continues after the checkpoint of `step`.
+
+    The saved position is used as is; if the dataset's size changed since,
+    the epoch and batch stay and the epoch's length follows the new data. A
+    checkpoint without one (written before positions were saved) resumes at
+    `StreamPosition.at_step`. Raises ValueError (one line) when the batch
+    size, process count, seed, dataset or split differ from the checkpoint's:
+    its position would then name other examples.
+    """
+    if saved is None:
+        return StreamPosition.at_step(step, steps)
+    current = {**position_record(config, StreamPosition(), step, steps), "process_count": jax.process_count()}
+    for field in _MUST_MATCH:
+        if saved.get(field) != current[field]:
+            where = "the number of processes" if field == "process_count" else f"config.{field}"
+            raise ValueError(
+                f"the checkpoint of step {step} was written with {field}={saved.get(field)!r} but {where} is "
+                f"now {current[field]!r}: resume with the same value, or start a new --workdir"
+            )
+    return StreamPosition(saved["epoch"], saved["batch_in_epoch"]).advanced(0, steps)
+
+
+class _Source(NamedTuple):
+    """Undecoded examples of one process part and how to decode them."""
+
+    records: Callable[[tf.Tensor | None], tf.data.Dataset]  # file-shuffle seed (None: fixed order)
+    decode: Callable[[dict], dict]  # -> {"image": uint8 size x size x 3, "label"}
+    num_examples: int
+
+
+def _tfds_source(builder: tfds.core.DatasetBuilder, part, size: int) -> _Source:
+    """The tfds split itself: images stay encoded until `decode` (so skipping
+    reads bytes but decodes nothing); file order fixed (tfds shuffled the
+    examples when it prepared the data; epochs reshuffle through the buffer)."""
+    ds = builder.as_dataset(split=part, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    image_feature = builder.info.features["image"]
+
+    def decode(example: dict) -> dict:
+        return {
+            "image": _resize_square(image_feature.decode_example(example["image"]), size),
+            "label": example["label"],
+        }
+
+    return _Source(lambda seed: ds, decode, num_examples(builder, part))
+
+
+def _source(builder: tfds.core.DatasetBuilder, split: str, size: int, cache_format: str, per_process: bool) -> _Source:
+    """This process's part of `split`, from the preprocessed cache (written
+    first if missing) or, with `cache_format="none"`, from tfds."""
+    part, index, count = _process_part(split, per_process)
+    source = _tfds_source(builder, part, size)
+    if cache_format == "none":
+        return source
+    path = data_cache.cache_dir(str(builder.data_dir), split, size, cache_format, index, count)
+    description = {"dataset": builder.name, "split": split, "part": index, "parts": count, "resize_size": size}
+    info = data_cache.read_info(path)
+    if info is None:
+        logging.info("Preprocessing %s once into %s (%s)", split, path, cache_format)
+        decoded = source.records(None).map(source.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        data_cache.write(path, decoded, source.num_examples, cache_format, description)
+        info = data_cache.read_info(path)
+    data_cache.check(path, info, {**description, "format": cache_format}, source.num_examples)
+    files = data_cache.shard_files(path, info)
+    return _Source(
+        lambda seed: data_cache.records(files, seed), data_cache.decode(cache_format, size), info["num_examples"]
+    )
+
+
+def prepare(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> None:
+    """Writes this process's preprocessed caches of the train and eval splits
+    (no-op when they exist or `config.cache_format` is "none")."""
+    for split in (config.train_split, config.eval_split):
+        _source(builder, split, config.resize_size, config.cache_format, per_process=True)
+
+
+def _decoded(source: _Source) -> tf.data.Dataset:
+    """Every example of `source` once, in its fixed order, decoded."""
+    return source.records(None).map(source.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def full_split_batches(
-    builder: tfds.core.DatasetBuilder, split: str, size: int, batch_size: int
+    builder: tfds.core.DatasetBuilder, split: str, size: int, batch_size: int, cache_format: str = "none"
 ) -> Iterator[np.ndarray]:
     """Every image of `split` (all processes' parts), resized as for training,
-    in uint8 batches: the input of the training-set statistics."""
-    ds = _decoded(builder, split, size, False, 0, per_process=False).map(lambda ex: ex["image"])
+    in uint8 batches: the input of the training-set statistics. A single
+    process reads (and makes) its cache; several decode the split themselves
+    rather than each caching the whole split."""
+    cache_format = cache_format if jax.process_count() == 1 else "none"
+    ds = _decoded(_source(builder, split, size, cache_format, per_process=False)).map(lambda ex: ex["image"])
     return iter(tfds.as_numpy(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)))
 
 
-def train_batches(
-    config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, start_step: int = 0
-) -> Iterator[Batch]:
-    """Endless shuffled uint8 training batches of this process, from `start_step` on.
+def _epoch_seeds(seed: int, epoch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Seeds of the file order and the example shuffle of `epoch`: distinct for
+    every (seed, epoch) pair with epoch < 2**20."""
+    base = (tf.constant(seed, tf.int64) * (1 << 20) + epoch) * 2
+    return base, base + 1
 
-    The order depends only on `config.seed`, so batch k is the same whether
-    the run started at 0 or resumed at k.
+
+def train_batches(
+    config: ml_collections.ConfigDict,
+    builder: tfds.core.DatasetBuilder,
+    position: StreamPosition = StreamPosition(),
+) -> Iterator[Batch]:
+    """Endless shuffled uint8 training batches of this process, from `position` on.
+
+    Epoch e is a function of (`config.seed`, e) alone: the cache's files and
+    then its examples are shuffled with seeds drawn from both, and it holds
+    exactly `steps_per_epoch` batches (the rest of the shuffled part waits for
+    another epoch). Resuming in epoch e skips its consumed examples before
+    they are decoded: a resume reads part of one epoch and decodes nothing
+    extra, and batch k is the same whether the run started at 0 or resumed.
     """
-    ds = _decoded(builder, config.train_split, config.resize_size, True, config.seed)
-    ds = ds.cache() if num_examples(builder, config.train_split) <= 50_000 else ds
-    ds = ds.shuffle(config.shuffle_buffer_size, seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(_local_batch_size(config.batch_size), drop_remainder=True)
-    ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
-    return iter(tfds.as_numpy(ds))
+    source = _source(builder, config.train_split, config.resize_size, config.cache_format, per_process=True)
+    local_batch = _local_batch_size(config.batch_size)
+    examples_per_epoch = steps_per_epoch(config, builder) * local_batch
+    consumed = tf.constant(position.batch * local_batch, tf.int64)
+
+    def epoch_examples(epoch: tf.Tensor) -> tf.data.Dataset:
+        file_seed, shuffle_seed = _epoch_seeds(config.seed, epoch)
+        ds = source.records(file_seed).shuffle(config.shuffle_buffer_size, seed=shuffle_seed)
+        ds = ds.take(examples_per_epoch)
+        return ds.skip(tf.where(epoch == position.epoch, consumed, tf.constant(0, tf.int64)))
+
+    ds = tf.data.Dataset.range(position.epoch, 1 << 62).flat_map(epoch_examples)
+    ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
 
 
 def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> Iterator[Batch]:
@@ -143,8 +295,8 @@ def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBu
     local_batch = _local_batch_size(config.eval_batch_size)
     total = num_examples(builder, config.eval_split)
     num_batches = math.ceil(math.ceil(total / jax.process_count()) / local_batch)
-    ds = _decoded(builder, config.eval_split, config.resize_size, False, config.seed)
-    ds = ds.map(lambda ex: {**ex, "mask": tf.constant(1, tf.int32)})
+    source = _source(builder, config.eval_split, config.resize_size, config.cache_format, per_process=True)
+    ds = _decoded(source).map(lambda ex: {**ex, "mask": tf.constant(1, tf.int32)})
     size = config.resize_size
     padding = tf.data.Dataset.from_tensors(
         {

@@ -21,9 +21,11 @@ With a model axis of size 1 both schemes are pure data parallelism.
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -93,6 +95,27 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
     """Assembles this process's part of a batch into global arrays."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def prefetch_to_device(
+    local_batches: Iterable[dict[str, np.ndarray]], mesh: Mesh, size: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """`global_batch` of each host batch, `size` batches ahead of the consumer.
+
+    The host-to-device copies are asynchronous, so the next batches travel
+    while the current step runs; `size` bounds the device memory they hold.
+    """
+    local_batches = iter(local_batches)
+    queue: collections.deque = collections.deque()
+
+    def enqueue(n: int) -> None:
+        for local in itertools.islice(local_batches, n):
+            queue.append(global_batch(local, mesh))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
 
 
 def _path_name(path: tuple) -> str:

@@ -27,6 +27,7 @@ from alexnet_jax import (
     optim,
     sharding,
     summaries,
+    synthetic_data,
 )
 from alexnet_jax.config_validation import validate_config
 
@@ -230,6 +231,8 @@ def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
 
 def _check_dataset(config: ml_collections.ConfigDict, builder) -> int:
     """Validates the config against the prepared dataset; returns steps per epoch."""
+    if builder is None:  # synthetic data: any number of classes
+        return synthetic_data.steps_per_epoch(config)
     for field in ("train_split", "eval_split"):
         if config[field] not in builder.info.splits:
             raise ValueError(
@@ -244,7 +247,7 @@ def _check_dataset(config: ml_collections.ConfigDict, builder) -> int:
     train_examples = input_pipeline.num_examples(builder, config.train_split)
     if train_examples < config.batch_size:
         raise ValueError(f"config.batch_size={config.batch_size} exceeds the {train_examples} training examples")
-    return train_examples // config.batch_size
+    return input_pipeline.steps_per_epoch(config, builder)
 
 
 def eval_summary(eval_metrics: metrics.EvalMetrics) -> dict[str, float]:
@@ -262,18 +265,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     anything to `workdir`, and FloatingPointError on a non-finite loss.
     """
     validate_config(config)
-    builder = input_pipeline.get_builder(config)
+    synthetic = config.dataset == synthetic_data.NAME
+    # Synthetic data needs no tfds builder: no dataset, split or statistics.
+    builder = None if synthetic else input_pipeline.get_builder(config)
     steps_per_epoch = _check_dataset(config, builder)
     total_steps = num_train_steps(config, steps_per_epoch)
+    # Data first, before the workdir is touched: a cache of other data stops here.
+    if synthetic:
+        stats = data_stats.published(config.mean_rgb)
+    else:
+        input_pipeline.prepare(config, builder)  # the preprocessed caches, once per dataset
+        stats = data_stats.load_or_compute(config, builder)
 
     mesh = sharding.make_mesh(config.mesh)
     logging.info("Mesh %s over %d devices, model parallelism %r", dict(mesh.shape), mesh.size, config.model_parallel)
     model = create_model(config)
     state = create_train_state(config, model, steps_per_epoch, mesh)
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-    state, start_step = checkpointing.restore_latest(manager, state)
+    state, start_step, saved_position = checkpointing.restore_latest_with_data(manager, state)
+    position = input_pipeline.resume_position(config, saved_position, start_step, steps_per_epoch)
     if start_step:
-        logging.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
+        logging.info(
+            "Resumed from the checkpoint of step %d in %s; data at epoch %d, batch %d",
+            start_step,
+            workdir,
+            position.epoch,
+            position.batch,
+        )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
         "AlexNet with %d parameters; %d steps of %d (%d per epoch)",
@@ -288,24 +306,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         summaries.write_run_info(writer, config, num_params)
 
     replicated = sharding.replicated(mesh)
-    stats = data_stats.load_or_compute(config, builder)
     train_fn, eval_fn = make_step_fns(config, model, mesh, state, stats)
     inspect_fn = make_inspect_fn(config, mesh, stats)
     base_key = jax.random.key(config.seed + 1)
 
     def run_eval(step: int) -> dict[str, float]:
-        summary = eval_summary(evaluate(eval_fn, state.params, input_pipeline.eval_batches(config, builder), mesh))
+        batches = synthetic_data.eval_batches(config) if synthetic else input_pipeline.eval_batches(config, builder)
+        summary = eval_summary(evaluate(eval_fn, state.params, batches, mesh))
         writer.write_scalars(step, summary)
         return summary
 
-    train_iter = input_pipeline.train_batches(config, builder, start_step=start_step)
+    if synthetic:
+        local_batches = synthetic_data.train_batches(config)
+    else:
+        local_batches = input_pipeline.train_batches(config, builder, position)
+    # Global arrays a few steps ahead: the copies overlap the running step.
+    train_iter = sharding.prefetch_to_device(local_batches, mesh, config.prefetch_batches)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
     train_metrics, previous, summary = None, None, None
     period_start, period_steps = time.monotonic(), 0
     try:
         for step in range(start_step + 1, total_steps + 1):
-            batch = sharding.global_batch(next(train_iter), mesh)
+            batch = next(train_iter)
             if step == start_step + 1 or step % config.eval_every_steps == 0 or step == total_steps:
+                # Histograms of non-finite weights would fail in the writer's
+                # thread and hide the real error: stop here, naming the step.
+                if previous is not None:
+                    _check_finite(*previous)
+                if not bool(_all_finite(state.params)):
+                    raise FloatingPointError(f"parameters are not finite before step {step}: stopping")
                 # Before the step: train_fn donates the state it is given.
                 summaries.write_inspection(writer, step, inspect_fn(state, batch, base_key), config)
             state, step_metrics = train_fn(state, batch, base_key)
@@ -334,7 +363,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 _check_finite(*previous)
                 if not bool(_all_finite(state.params)):
                     raise FloatingPointError(f"parameters are not finite after step {step}: not saving them")
-                checkpointing.save(manager, step, state)
+                data = input_pipeline.position_record(
+                    config, position.advanced(step - start_step, steps_per_epoch), step, steps_per_epoch
+                )
+                checkpointing.save(manager, step, state, data)
     finally:
         manager.wait_until_finished()
         writer.flush()

@@ -13,7 +13,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- data ---
     # A tfds image-classification dataset name (e.g. "imagenet2012", "cifar10";
-    # "sklearn_digits" is embedded), or "image_folder" for config.image_folder.
+    # "sklearn_digits" is embedded), "image_folder" for config.image_folder, or
+    # "synthetic" (random images of the paper's shape: benchmarks only).
     config.dataset = "imagenet2012"
     # With dataset="image_folder": the root of the user's images, laid out as
     # root/<split>/<class>/<image> (any type TF or PIL decodes). Prepared once
@@ -23,7 +24,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.manual_dir = ""  # where ILSVRC2012_img_{train,val}.tar are ("" = <data_dir>/downloads/manual)
     config.train_split = "train"
     config.eval_split = "validation"
-    config.shuffle_buffer_size = 16_384
+    config.shuffle_buffer_size = 16_384  # examples, shuffled before decoding (encoded bytes)
+    # Preprocessed cache next to the data (alexnet_jax/data_cache.py), made
+    # once per dataset and process part: "jpeg" (quality 95, ~10x smaller
+    # than pixels), "png" (lossless) or "none" (decode the source every epoch).
+    config.cache_format = "jpeg"
+    config.prefetch_batches = 2  # global batches placed on the devices ahead of the step
     # Host side: shorter side to resize_size, centre crop resize_size^2 (uint8);
     # the device then takes model.input_size crops (random when training).
     config.resize_size = 256

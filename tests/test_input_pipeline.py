@@ -1,12 +1,16 @@
 """The tfds input: exact evaluation, per-process parts, a resumable stream."""
 
 import hashlib
+import json
+import os
+import time
 
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import data_cache, input_pipeline, sharding
 
 
 @pytest.fixture
@@ -42,10 +46,146 @@ def test_two_processes_read_disjoint_complete_halves(tiny_config, builder, monke
     assert sorted(seen[0] + seen[1]) == sorted(_fingerprints(everything))
 
 
-def test_resumed_stream_continues_where_it_stopped(tiny_config, builder):
-    from_start = input_pipeline.train_batches(tiny_config, builder)
-    first_five = [next(from_start) for _ in range(5)]
-    resumed = next(input_pipeline.train_batches(tiny_config, builder, start_step=3))
-    np.testing.assert_array_equal(resumed["image"], first_five[3]["image"])
-    np.testing.assert_array_equal(resumed["label"], first_five[3]["label"])
-    assert not np.array_equal(first_five[0]["image"], first_five[1]["image"])
+def _stream(config, builder, position=None, count=1):
+    position = position or input_pipeline.StreamPosition()
+    batches = input_pipeline.train_batches(config, builder, position)
+    return [next(batches) for _ in range(count)]
+
+
+def test_resumed_stream_continues_across_an_epoch_boundary(tiny_config, builder):
+    steps = input_pipeline.steps_per_epoch(tiny_config, builder)
+    assert steps == 1437 // 16 == 89
+    from_start = _stream(tiny_config, builder, count=steps + 3)
+    resumed = _stream(tiny_config, builder, input_pipeline.StreamPosition.at_step(steps - 2, steps), count=5)
+    for offset, batch in enumerate(resumed):
+        np.testing.assert_array_equal(batch["image"], from_start[steps - 2 + offset]["image"])
+        np.testing.assert_array_equal(batch["label"], from_start[steps - 2 + offset]["label"])
+    # Every epoch is a fresh shuffle of the part, without repeats inside it.
+    epoch0 = _fingerprints(np.concatenate([b["image"] for b in from_start[:steps]]))
+    assert len(set(epoch0)) > 1400
+    assert not np.array_equal(from_start[0]["image"], from_start[steps]["image"])
+
+
+def test_resume_skips_the_consumed_examples_before_decoding(tiny_config, builder, monkeypatch):
+    """Resuming 80 batches into epoch 1 decodes a few batches, not 1,280 images."""
+    decoded = []
+    original = data_cache.decode
+
+    def counting_decode(fmt, size):
+        decode = original(fmt, size)
+
+        def fn(example):
+            tf.py_function(lambda: decoded.append(1) or 0, [], tf.int32)
+            return decode(example)
+
+        return fn
+
+    monkeypatch.setattr(data_cache, "decode", counting_decode)
+    position = input_pipeline.StreamPosition(epoch=1, batch=80)
+    batch = _stream(tiny_config, builder, position)[0]
+    time.sleep(1.0)  # let the prefetching settle
+    assert 16 <= len(decoded) < 640, len(decoded)
+    monkeypatch.undo()
+    expected = _stream(tiny_config, builder, count=89 + 81)[-1]
+    np.testing.assert_array_equal(batch["image"], expected["image"])
+
+
+def _in_order(config, builder, split="train"):
+    """Every image of `split` in the source's fixed order (no shuffling)."""
+    batches = input_pipeline.full_split_batches(
+        builder, split, config.resize_size, batch_size=512, cache_format=config.cache_format
+    )
+    return np.concatenate(list(batches))
+
+
+def test_png_cache_is_lossless_and_jpeg_close(tiny_config, builder):
+    uncached = tiny_config.copy_and_resolve_references()
+    uncached.cache_format = "none"
+    reference = _in_order(uncached, builder)
+    assert reference.shape == (1437, 72, 72, 3)
+    np.testing.assert_array_equal(_in_order(tiny_config, builder), reference)  # png
+    jpeg = tiny_config.copy_and_resolve_references()
+    jpeg.cache_format = "jpeg"
+    error = np.abs(_in_order(jpeg, builder).astype(np.int32) - reference).mean()
+    assert error < 2.0, error  # quality 95: about a grey level on average
+    eval_cached = list(input_pipeline.eval_batches(tiny_config, builder))
+    eval_plain = list(input_pipeline.eval_batches(uncached, builder))
+    for a, b in zip(eval_cached, eval_plain, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def _cache_path(config, builder):
+    return data_cache.cache_dir(
+        str(builder.data_dir), config.train_split, config.resize_size, config.cache_format, 0, 1
+    )
+
+
+def test_killed_preparation_leaves_no_trusted_cache(tiny_config, builder, monkeypatch, capsys):
+    config = tiny_config.copy_and_resolve_references()
+    config.resize_size = 66  # a cache of its own
+    config.model.input_size = 64
+    path = _cache_path(config, builder)
+    assert not os.path.exists(path)
+    written = []
+
+    def dying_serialize(encoded, label):
+        if len(written) == 500:
+            raise KeyboardInterrupt  # stands for a kill in the middle of the preparation
+        written.append(label)
+        return original(encoded, label)
+
+    original = data_cache._serialize
+    monkeypatch.setattr(data_cache, "_serialize", dying_serialize)
+    with pytest.raises(KeyboardInterrupt):
+        _stream(config, builder)
+    assert not os.path.exists(path)
+    # A kill -9 would leave its temporary folder: later runs ignore it.
+    os.makedirs(f"{path}.tmp-otherhost-1")
+    monkeypatch.undo()
+    cached = _stream(config, builder)[0]
+    assert "caching" in capsys.readouterr().err  # the progress bar
+    info = data_cache.read_info(path)
+    assert info["num_examples"] == 1437 and info["num_shards"] == 2
+    del cached
+    uncached = config.copy_and_resolve_references()
+    uncached.cache_format = "none"
+    np.testing.assert_array_equal(_in_order(config, builder), _in_order(uncached, builder))
+
+    # Made once: a second reader never writes.
+    monkeypatch.setattr(data_cache, "write", lambda *args: pytest.fail("rewrote an existing cache"))
+    _stream(config, builder)
+
+
+def test_cache_of_other_data_is_refused_with_one_line(tiny_config, builder):
+    _stream(tiny_config, builder)  # makes the cache if this test runs alone
+    path = _cache_path(tiny_config, builder)
+    info_file = os.path.join(path, data_cache.INFO_FILE)
+    with open(info_file) as f:
+        good = f.read()
+    try:
+        with open(info_file, "w") as f:
+            json.dump({**json.loads(good), "num_examples": 99}, f)
+        with pytest.raises(data_cache.CacheMismatchError) as error:
+            _stream(tiny_config, builder)
+        assert "num_examples=99" in str(error.value) and path in str(error.value)
+        assert "\n" not in str(error.value)
+    finally:
+        with open(info_file, "w") as f:
+            f.write(good)
+
+
+def test_prefetch_to_device_runs_two_batches_ahead(tiny_config):
+    mesh = sharding.make_mesh((-1, 1))
+    pulled = []
+
+    def host_batches():
+        for index in range(5):
+            pulled.append(index)
+            yield {"image": np.full((8, 2), index, np.uint8)}
+
+    batches = sharding.prefetch_to_device(host_batches(), mesh, size=2)
+    first = next(batches)
+    assert pulled == [0, 1] and first["image"].sharding == sharding.batch_sharding(mesh)
+    rest = list(batches)
+    assert [int(b["image"][0, 0]) for b in [first, *rest]] == [0, 1, 2, 3, 4]

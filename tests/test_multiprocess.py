@@ -55,7 +55,7 @@ def _launch_two_processes(workdir: str, data_dir: str, steps: int) -> str:
     return result.stderr
 
 
-def _two_process_global_batches(config, builder, start_step=0):
+def _two_process_global_batches(config, builder, position=None):
     """What the two processes feed together: process 0's local batch, then
     process 1's (its devices hold the second half of the 'data' axis)."""
     streams = []
@@ -64,7 +64,7 @@ def _two_process_global_batches(config, builder, start_step=0):
             mock.patch.object(jax, "process_index", return_value=index),
             mock.patch.object(jax, "process_count", return_value=2),
         ):
-            streams.append(_TRAIN_BATCHES(config, builder, start_step=start_step))
+            streams.append(_TRAIN_BATCHES(config, builder, position or input_pipeline.StreamPosition()))
     for local_batches in zip(*streams):
         yield {k: np.concatenate([b[k] for b in local_batches]) for k in local_batches[0]}
 
