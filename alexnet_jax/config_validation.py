@@ -180,6 +180,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"(mesh {tuple(config.mesh)} on {jax.device_count()} devices)",
             )
 
+    micro = config.micro_batch_size
+    if micro:
+        if micro < 0 or config.batch_size % micro or micro % devices_per_batch:
+            _fail(
+                "micro_batch_size",
+                micro,
+                f"must divide batch_size={config.batch_size} and be divisible by the {devices_per_batch} "
+                "data-parallel devices (0 = no micro-batches)",
+            )
+
     _validate_model(config.model)
     if config.resize_size < config.model.input_size:
         _fail("resize_size", config.resize_size, f"must be >= model.input_size={config.model.input_size}")

@@ -3,12 +3,15 @@ the machine's matrix-multiply limit, in one run.
 
     python -m bench.train_step                       # paper + digits, batch 128
     python -m bench.train_step --models paper --rounds 3 --steps 3
+    python -m bench.train_step --micro_batch 0,16,32,64   # alexnet_jax's micro-batch sizes
 
 Each (contender, model) runs in its own subprocess per round, contenders
 alternating within a round, so machine noise hits both alike and each one's
 peak memory (max RSS of its process) is its own. Inputs are synthetic uint8
 images of the host-side size (256x256 for the paper model): this measures
 the step (augmentation on device included), not the input pipeline.
+alexnet_jax runs once per `--micro_batch` value (`config.micro_batch_size`:
+the same update computed in micro-batches; 0 = the whole batch at once).
 
 Needs requirements-bench.txt (torch, CPU build) for the PyTorch rows;
 `--no-torch` runs without it.
@@ -30,11 +33,12 @@ PAPER_GFLOP_PER_IMAGE = 4.1
 COMPARABLE = {"model.within_channel_norm": False, "pca_noise_std": 0.0}  # the PyTorch peer has neither
 
 
-def _config(name: str, batch: int):
+def _config(name: str, batch: int, micro_batch: int = 0):
     from configs import digits, paper
 
     config = (paper if name == "paper" else digits).get_config()
     config.batch_size = batch
+    config.micro_batch_size = micro_batch
     config.mesh = (1, 1)
     for field, value in COMPARABLE.items():
         parent, _, leaf = field.rpartition(".")
@@ -57,7 +61,7 @@ def _time_steps(run_step, warmup: int, steps: int) -> list[float]:
     return times
 
 
-def worker_jax(model_name: str, batch: int, warmup: int, steps: int) -> dict:
+def worker_jax(model_name: str, batch: int, warmup: int, steps: int, micro_batch: int) -> dict:
     import functools
 
     import jax
@@ -65,7 +69,7 @@ def worker_jax(model_name: str, batch: int, warmup: int, steps: int) -> dict:
 
     from alexnet_jax import data_stats, sharding, train
 
-    config = _config(model_name, batch)
+    config = _config(model_name, batch, micro_batch)
     mesh = sharding.make_mesh(config.mesh)
     state = train.create_train_state(config, train.create_model(config), 10_000, mesh)
     rng = np.random.default_rng(0)
@@ -98,7 +102,7 @@ def worker_jax(model_name: str, batch: int, warmup: int, steps: int) -> dict:
     }
 
 
-def worker_torch(model_name: str, batch: int, warmup: int, steps: int) -> dict:
+def worker_torch(model_name: str, batch: int, warmup: int, steps: int, micro_batch: int = 0) -> dict:
     import torch
 
     from bench.torch_alexnet import AlexNetTorch, make_step
@@ -134,12 +138,15 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def _run_worker(contender: str, model: str, args) -> dict:
+    worker, _, micro_batch = contender.partition(":")
     command = [
         sys.executable,
         "-m",
         "bench.train_step",
         "--worker",
-        contender,
+        worker,
+        "--micro_batch",
+        micro_batch or "0",
         "--models",
         model,
         "--batch",
@@ -163,15 +170,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--micro_batch",
+        default="0,32",
+        help="alexnet_jax contenders: config.micro_batch_size values, comma-separated (0 = whole batch)",
+    )
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker = worker_jax if args.worker == "jax" else worker_torch
-        print(json.dumps(worker(args.models, args.batch, args.warmup, args.steps)))
+        print(json.dumps(worker(args.models, args.batch, args.warmup, args.steps, int(args.micro_batch))))
         return
 
-    contenders = ["jax"] if args.no_torch else ["jax", "torch"]
+    contenders = [f"jax:{m}" for m in args.micro_batch.split(",")] + ([] if args.no_torch else ["torch"])
     models = args.models.split(",")
     runs = {(c, m): [] for c in contenders for m in models}
     gemm = []
@@ -197,26 +209,33 @@ def main() -> None:
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for model in models:
-        jax_flop = statistics.mean(r["xla_gflop_per_image"] for r in runs["jax", model])
+        jax_flop = statistics.mean(r["xla_gflop_per_image"] for r in runs[contenders[0], model])
         flop = PAPER_GFLOP_PER_IMAGE if model == "paper" else jax_flop
-        rates = {}
+        medians = {c: statistics.median(t for r in runs[c, model] for t in r["times"]) for c in contenders}
         for contender in contenders:
             times = [t for r in runs[contender, model] for t in r["times"]]
-            median = statistics.median(times)
-            rates[contender] = args.batch / median
+            rate = args.batch / medians[contender]
             compile_s = runs[contender, model][0]["compile_s"]
             rss = max(r["peak_rss_mb"] for r in runs[contender, model])
-            ratio = f"{rates['jax'] / rates['torch']:.2f}" if contender == "torch" else ""
+            is_torch = contender == "torch"
+            ratio = "" if is_torch or "torch" not in medians else f"{medians['torch'] / medians[contender]:.2f}"
             print(
-                f"| {model} | {'alexnet_jax' if contender == 'jax' else 'PyTorch'} | {rates[contender]:.1f} "
-                f"| {median:.3f} | {min(times):.3f}-{max(times):.3f} "
+                f"| {model} | {_label(contender)} | {rate:.1f} "
+                f"| {medians[contender]:.3f} | {min(times):.3f}-{max(times):.3f} "
                 f"| {'-' if compile_s is None else f'{compile_s:.1f}'} | {rss:.0f} | {flop:.3f} "
-                f"| {100 * rates[contender] * flop / peak:.1f} | {ratio} |"
+                f"| {100 * rate * flop / peak:.1f} | {ratio} |"
             )
         print(
             f"\n{model}: XLA counts {jax_flop:.3f} GFLOP per image per train step"
             + (f" (PAPER.md: about {PAPER_GFLOP_PER_IMAGE}; the table uses PAPER.md's)" if model == "paper" else "")
         )
+
+
+def _label(contender: str) -> str:
+    if contender == "torch":
+        return "PyTorch"
+    micro_batch = int(contender.partition(":")[2])
+    return "alexnet_jax" + (f", micro-batches of {micro_batch}" if micro_batch else "")
 
 
 if __name__ == "__main__":

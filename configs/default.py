@@ -48,6 +48,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- schedule ---
     config.batch_size = 128  # global, over all devices and processes
+    # > 0: the step computes the batch's mean gradient in micro-batches of this
+    # many images (global), summed in a loop. Same update, less activation
+    # memory; on XLA:CPU large conv batches are slow per image, so 32 is faster
+    # there (BENCHMARKS.md). 0 = the whole batch at once.
+    config.micro_batch_size = 0
     config.eval_batch_size = 128
     config.num_epochs = 90.0
     config.num_train_steps = -1  # > 0 overrides num_epochs

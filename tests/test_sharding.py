@@ -14,7 +14,7 @@ TOWER_LOCAL = {"conv1", "conv2", "conv4", "conv5"}
 EXCHANGE = {"conv3", "fc6", "fc7", "fc8"}
 
 
-def _config(mesh, towers=2, model_parallel="towers"):
+def _config(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5):
     from configs import digits
 
     config = digits.get_config()
@@ -23,6 +23,8 @@ def _config(mesh, towers=2, model_parallel="towers"):
     config.batch_size = 16
     config.mesh = mesh
     config.model_parallel = model_parallel
+    config.micro_batch_size = micro_batch_size
+    config.model.dropout_rate = dropout_rate
     return config
 
 
@@ -42,10 +44,10 @@ def _initial_state(towers):
 
 
 @functools.cache
-def _one_step(mesh, towers=2, model_parallel="towers"):
+def _one_step(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5):
     """Loss, parameters and compiled HLO text of one train step from
     `_initial_state` laid out on `mesh`."""
-    config = _config(mesh, towers, model_parallel)
+    config = _config(mesh, towers, model_parallel, micro_batch_size, dropout_rate)
     validate_config(config)
     device_mesh = sharding.make_mesh(mesh)
     model = train.create_model(config)
@@ -53,6 +55,7 @@ def _one_step(mesh, towers=2, model_parallel="towers"):
     # Host copies: the step donates its input state, which must not be the cache.
     host = jax.tree.map(np.asarray, initial)
     state = jax.device_put(host, sharding.state_shardings(initial, device_mesh, model_parallel))
+    state = state.replace(apply_fn=model.apply)  # this config's model (e.g. its dropout rate)
     train_fn, _ = train.make_step_fns(config, model, device_mesh, state, data_stats.published(config.mean_rgb))
     batch = sharding.global_batch(_batch(), device_mesh)
     compiled = train_fn.lower(state, batch, jax.random.key(1)).compile()
@@ -76,6 +79,25 @@ def test_sharded_step_matches_single_device(mesh, towers, model_parallel):
     for path, ref in jax.tree_util.tree_leaves_with_path(params_ref):
         got = functools.reduce(lambda tree, key: tree[key.key], path, params)
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+@pytest.mark.parametrize("mesh", [(1, 1), (4, 2)])
+def test_micro_batches_give_the_whole_batch_step(mesh):
+    """Without dropout (the only randomness that differs), two micro-batches
+    of 8 give the loss and update of one batch of 16, on one device and with
+    the towers split and data parallel."""
+    loss_ref, params_ref, _ = _one_step((1, 1), dropout_rate=0.0)
+    loss, params, _ = _one_step(mesh, micro_batch_size=8, dropout_rate=0.0)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for path, ref in jax.tree_util.tree_leaves_with_path(params_ref):
+        got = functools.reduce(lambda tree, key: tree[key.key], path, params)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+@pytest.mark.parametrize("micro", [5, 2])
+def test_micro_batch_size_must_divide_the_batch_and_the_devices(micro):
+    with pytest.raises(ValueError, match=f"config.micro_batch_size={micro} must divide batch_size=16"):
+        validate_config(_config((4, 2), micro_batch_size=micro))
 
 
 def test_state_is_created_in_place_one_tower_per_device():
