@@ -112,8 +112,7 @@ def _accumulated_gradients(grad_fn, params: Any, images: jax.Array, labels: jax.
         return jnp.moveaxis(x.reshape(micro, num_micro, *x.shape[1:]), 1, 0)
 
     # A Python loop (unrolled into one program), not lax.scan: on XLA:CPU a
-    # scan over 4 micro-batches of the paper model did not finish one step in
-    # 120 s, where the unrolled loop takes about 10 s.
+    # scan over the paper model's micro-batches was far slower (BENCHMARKS.md).
     images_mb, labels_mb = interleave(images), interleave(labels)
     grads, logits = None, []
     for index in range(num_micro):
