@@ -26,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from bench.train_step import time_calls  # noqa: E402
+
 IMAGENET_TRAIN = 1_281_167
 
 
@@ -77,17 +79,6 @@ def host_rows(num_images: int, passes: int, data_dir: str) -> list[tuple[str, fl
     return rows
 
 
-def _time(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def augment_seconds(batch: int, repeats: int) -> float:
     import jax
     import jax.numpy as jnp
@@ -101,7 +92,7 @@ def augment_seconds(batch: int, repeats: int) -> float:
     stats = published._replace(mean=mean_image)  # the paper's per-pixel mean image
     fn = jax.jit(functools.partial(augment.train_inputs, stats=stats, crop=224, flip=True, pca_std=0.1))
     keys = iter(jax.random.split(jax.random.key(0), repeats + 2))
-    return statistics.median(_time(lambda: fn(images, next(keys)).block_until_ready(), 2, repeats))
+    return statistics.median(time_calls(lambda: fn(images, next(keys)).block_until_ready(), 2, repeats))
 
 
 def train_step_seconds(batch: int, steps: int) -> float:
@@ -131,7 +122,7 @@ def train_step_seconds(batch: int, steps: int) -> float:
         holder["state"], metrics = step(holder["state"], data, jax.random.key(0))
         jax.block_until_ready(metrics)
 
-    return statistics.median(_time(run, 1, steps))
+    return statistics.median(time_calls(run, 1, steps))
 
 
 def main() -> None:

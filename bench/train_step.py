@@ -50,13 +50,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time_steps(run_step, warmup: int, steps: int) -> list[float]:
+def time_calls(fn, warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn` after `warmup` untimed ones."""
     for _ in range(warmup):
-        run_step()
+        fn()
     times = []
-    for _ in range(steps):
+    for _ in range(repeats):
         start = time.perf_counter()
-        run_step()
+        fn()
         times.append(time.perf_counter() - start)
     return times
 
@@ -93,7 +94,7 @@ def worker_jax(model_name: str, batch: int, warmup: int, steps: int, micro_batch
         holder["state"], metrics = compiled(holder["state"], data, key)
         jax.block_until_ready(metrics)
 
-    times = _time_steps(run_step, warmup, steps)
+    times = time_calls(run_step, warmup, steps)
     return {
         "times": times,
         "compile_s": compile_s,
@@ -116,7 +117,7 @@ def worker_torch(model_name: str, batch: int, warmup: int, steps: int, micro_bat
     size = config.resize_size
     images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
     labels = torch.randint(0, m.num_classes, (batch,))
-    times = _time_steps(lambda: step(images, labels), warmup, steps)
+    times = time_calls(lambda: step(images, labels), warmup, steps)
     return {"times": times, "compile_s": None, "peak_rss_mb": _peak_rss_mb()}
 
 
