@@ -28,11 +28,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tupl
     """(summary, step): `eval_top1_error`, `eval_top5_error`, `eval_loss` and
     `eval_num_examples` of the newest checkpoint in `workdir` on `config.eval_split`."""
     builder = input_pipeline.get_builder(config)
-    if config.eval_split not in builder.info.splits:
-        raise ValueError(
-            f"config.eval_split={config.eval_split!r} is not a split of {config.dataset}: "
-            f"use one of {sorted(builder.info.splits.keys())}"
-        )
+    train.check_dataset(config, builder)  # splits and classes, as the training run checks them
     model, params, step = predict.restore_params(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
     stats = data_stats.load_or_compute(config, builder)

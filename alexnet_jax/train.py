@@ -262,7 +262,7 @@ def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
     return int(config.num_epochs * steps_per_epoch)
 
 
-def _check_dataset(config: ml_collections.ConfigDict, builder) -> int:
+def check_dataset(config: ml_collections.ConfigDict, builder) -> int:
     """Validates the config against the prepared dataset; returns steps per epoch."""
     if builder is None:  # synthetic data: any number of classes
         return synthetic_data.steps_per_epoch(config)
@@ -301,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     synthetic = config.dataset == synthetic_data.NAME
     # Synthetic data needs no tfds builder: no dataset, split or statistics.
     builder = None if synthetic else input_pipeline.get_builder(config)
-    steps_per_epoch = _check_dataset(config, builder)
+    steps_per_epoch = check_dataset(config, builder)
     total_steps = num_train_steps(config, steps_per_epoch)
     # Data first, before the workdir is touched: a cache of other data stops here.
     if synthetic:
