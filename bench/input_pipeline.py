@@ -26,9 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from alexnet_jax import synthetic_data  # noqa: E402  (ImageNet's training-set size)
 from bench.train_step import time_calls  # noqa: E402
-
-IMAGENET_TRAIN = 1_281_167
 
 
 def _images_per_sec(make_batches, passes: int) -> float:
@@ -72,7 +71,8 @@ def host_rows(num_images: int, passes: int, data_dir: str) -> list[tuple[str, fl
         info = data_cache.read_info(path)
         per_image = info["image_bytes"] / info["num_examples"]
         note = (
-            f"{per_image / 1e3:.1f} kB/img = {per_image * IMAGENET_TRAIN / 1e9:.0f} GB for ImageNet train; "
+            f"{per_image / 1e3:.1f} kB/img = {per_image * synthetic_data.TRAIN_EXAMPLES / 1e9:.0f} GB "
+            "for ImageNet train; "
             f"made at {num_images / prepare_s:.0f} img/s"
         )
         rows.append((f"(a) preprocessed cache, {fmt}: read + decode 256x256", rate, note))
