@@ -27,6 +27,22 @@ class DataStats(NamedTuple):
     sqrt_eigvals: Array  # (3,) square roots of the matching eigenvalues
 
 
+# cuda-convnet2's ImageNet PCA (PAPER.md): eigenvectors as columns, and the
+# square roots of the eigenvalues, on 0..255 pixels.
+PUBLISHED_EIGVECS = ((0.4180, -0.7126, -0.5635), (-0.8170, -0.0235, -0.5762), (0.3973, 0.7012, -0.5920))
+PUBLISHED_SQRT_EIGVALS = (19.72, 37.09, 121.78)
+
+
+def published_stats(mean_rgb) -> DataStats:
+    """PAPER.md's ImageNet statistics: the per-channel mean `mean_rgb` and
+    cuda-convnet2's PCA (`config.data_stats = "published"`)."""
+    return DataStats(
+        mean=jnp.asarray(mean_rgb, jnp.float32),
+        eigvecs=jnp.asarray(PUBLISHED_EIGVECS, jnp.float32),
+        sqrt_eigvals=jnp.asarray(PUBLISHED_SQRT_EIGVALS, jnp.float32),
+    )
+
+
 def random_crop_flip(images_bhwc: Array, key: Array, crop: int, flip: bool, chunk: int = 1) -> Array:
     """A random `crop` x `crop` window and (if `flip`) a random horizontal flip.
 

@@ -22,22 +22,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from alexnet_jax import input_pipeline
-from alexnet_jax.augment import DataStats
-
-# cuda-convnet2's ImageNet PCA (PAPER.md): eigenvectors as columns, and the
-# square roots of the eigenvalues, on 0..255 pixels.
-PUBLISHED_EIGVECS = np.array(
-    [[0.4180, -0.7126, -0.5635], [-0.8170, -0.0235, -0.5762], [0.3973, 0.7012, -0.5920]], np.float32
-)
-PUBLISHED_SQRT_EIGVALS = np.array([19.72, 37.09, 121.78], np.float32)
-
-
-def published(mean_rgb) -> DataStats:
-    return DataStats(
-        mean=jnp.asarray(mean_rgb, jnp.float32),
-        eigvecs=jnp.asarray(PUBLISHED_EIGVECS),
-        sqrt_eigvals=jnp.asarray(PUBLISHED_SQRT_EIGVALS),
-    )
+from alexnet_jax.augment import DataStats, published_stats
 
 
 def compute(images_uint8_batches, num_examples: int) -> dict[str, np.ndarray]:
@@ -72,7 +57,7 @@ def cache_path(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuil
 def load_or_compute(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> DataStats:
     """The DataStats `config` asks for, computing and caching them if needed."""
     if config.data_stats == "published":
-        return published(config.mean_rgb)
+        return published_stats(config.mean_rgb)
     path = cache_path(config, builder)
     if not os.path.exists(path):
         logging.info("Computing training-set statistics once; cached in %s", path)

@@ -19,7 +19,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import data_stats, input_pipeline, predict, sharding, train
+from alexnet_jax import data_stats, input_pipeline, predict, sharding, steps, train
 
 FLAGS = flags.FLAGS
 
@@ -32,7 +32,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tupl
     model, params, step = predict.restore_params(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
     stats = data_stats.load_or_compute(config, builder)
-    eval_fn = train.make_eval_fn(config, model, mesh, stats)
+    eval_fn = steps.make_eval_fn(config, model, mesh, stats)
     eval_metrics = train.evaluate(eval_fn, params, input_pipeline.eval_batches(config, builder), mesh)
     return train.eval_summary(eval_metrics), step
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import augment, checkpointing, data_stats, image_folder, input_pipeline, models, sharding, train
+from alexnet_jax import augment, checkpointing, data_stats, image_folder, input_pipeline, models, sharding, steps
 
 FLAGS = flags.FLAGS
 _TOP_K = 5
@@ -39,9 +39,9 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str) -> tuple[mod
             f"no checkpoints in {checkpoints}: train first with "
             f"`python -m alexnet_jax.main --config ... --workdir {workdir}`"
         )
-    model = train.create_model(config)
+    model = steps.create_model(config)
     # steps_per_epoch only shapes the schedule, not the state's structure.
-    template = train.create_train_state(config, model, steps_per_epoch=1, mesh=sharding.make_mesh(config.mesh))
+    template = steps.create_train_state(config, model, steps_per_epoch=1, mesh=sharding.make_mesh(config.mesh))
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     state, step = checkpointing.restore_latest(manager, template)
     manager.close()
@@ -83,7 +83,7 @@ def top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, class ids) of the likeliest classes per image, highest
     first; the views (`config.eval_views`) and mean as in evaluation."""
-    probs_fn = jax.jit(functools.partial(train.eval_probs, config=config, model=model, stats=stats))
+    probs_fn = jax.jit(functools.partial(steps.eval_probs, config=config, model=model, stats=stats))
     probs, ids = jax.lax.top_k(probs_fn(params, images_uint8), min(_TOP_K, config.model.num_classes))
     return np.asarray(probs), np.asarray(ids)
 

@@ -15,24 +15,13 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from clu import metric_writers
 
-NUM_INPUT_IMAGES = 8
+from alexnet_jax import steps
+
 _KERNEL_ZOOM = 4  # 11x11 kernels are too small to see at 1:1
-
-
-@flax.struct.dataclass
-class Inspection:
-    """Device-side extras of one training step (see `train.inspect_step`)."""
-
-    images: jax.Array  # the first augmented, mean-subtracted inputs, NHWC float
-    params: Any  # the weights going into the step
-    grads: Any  # the step's gradients, shaped like the params
-    param_norms: dict[str, jax.Array]  # per parameter, keyed "conv1/kernel"
-    grad_norms: dict[str, jax.Array]
 
 
 class _ConsoleWriter(metric_writers.LoggingWriter):
@@ -62,11 +51,6 @@ def create_writer(workdir: str, just_logging: bool) -> metric_writers.MetricWrit
 def flatten(tree: Any, sep: str = ".") -> dict[str, Any]:
     """A nested dict (or ConfigDict-as-dict) as {"a.b.c": leaf}."""
     return flax.traverse_util.flatten_dict(dict(tree), sep=sep)
-
-
-def layer_norms(tree: Any) -> dict[str, jax.Array]:
-    """The L2 norm of every leaf, keyed by its path ("fc6/kernel")."""
-    return {path: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))) for path, x in flatten(tree, "/").items()}
 
 
 def _hparam(value: Any) -> bool | int | float | str:
@@ -122,7 +106,7 @@ def _host_arrays(tree: Any) -> dict[str, np.ndarray]:
 
 
 def write_inspection(
-    writer: metric_writers.MetricWriter, step: int, inspection: Inspection, config: ml_collections.ConfigDict
+    writer: metric_writers.MetricWriter, step: int, inspection: steps.Inspection, config: ml_collections.ConfigDict
 ) -> None:
     """Kernel grids, inputs, norms and histograms of the weights going into `step`."""
     if jax.process_index() > 0:  # only process 0 writes; skip the host copies too

@@ -25,7 +25,7 @@ import importlib.util  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from alexnet_jax import collectives, data_stats, sharding, train  # noqa: E402
+from alexnet_jax import augment, collectives, sharding, steps  # noqa: E402
 
 # (label, mesh, model_parallel)
 SCHEMES = (
@@ -48,7 +48,7 @@ def compiled_collectives(config, mesh_spec, model_parallel) -> list[collectives.
     config = config.copy_and_resolve_references()
     config.mesh, config.model_parallel = mesh_spec, model_parallel
     mesh = sharding.make_mesh(mesh_spec)
-    model = train.create_model(config)
+    model = steps.create_model(config)
     size = config.model.input_size
     tx_steps = 10_000  # steps per epoch: only shapes the schedule, not the program's collectives
 
@@ -57,12 +57,12 @@ def compiled_collectives(config, mesh_spec, model_parallel) -> list[collectives.
         from alexnet_jax import optim
 
         tx = optim.make_optimizer(config.optimizer, tx_steps)
-        return train.TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=optim.PlateauState.create())
+        return steps.TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=optim.PlateauState.create())
 
     abstract = jax.eval_shape(init)
     shardings = sharding.state_shardings(abstract, mesh, model_parallel)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    train_fn, _ = train.make_step_fns(config, model, mesh, state, data_stats.published(config.mean_rgb))
+    train_fn, _ = steps.make_step_fns(config, model, mesh, state, augment.published_stats(config.mean_rgb))
     batch_sharding = sharding.batch_sharding(mesh)
     side = config.resize_size
     batch = {

@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from alexnet_jax import synthetic_data  # noqa: E402  (ImageNet's training-set size)
+from alexnet_jax import augment, synthetic_data  # noqa: E402  (ImageNet's training-set size)
 from bench.train_step import time_calls  # noqa: E402
 
 
@@ -83,11 +83,11 @@ def augment_seconds(batch: int, repeats: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from alexnet_jax import augment, data_stats
+    from alexnet_jax import augment
 
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8))
-    published = data_stats.published((127.3, 119.7, 104.9))
+    published = augment.published_stats((127.3, 119.7, 104.9))
     mean_image = jnp.asarray(rng.uniform(90, 140, (256, 256, 3)).astype(np.float32))
     stats = published._replace(mean=mean_image)  # the paper's per-pixel mean image
     fn = jax.jit(functools.partial(augment.train_inputs, stats=stats, crop=224, flip=True, pca_std=0.1))
@@ -95,17 +95,17 @@ def augment_seconds(batch: int, repeats: int) -> float:
     return statistics.median(time_calls(lambda: fn(images, next(keys)).block_until_ready(), 2, repeats))
 
 
-def train_step_seconds(batch: int, steps: int) -> float:
+def train_step_seconds(batch: int, timed: int) -> float:
     import jax
 
-    from alexnet_jax import data_stats, sharding, train
+    from alexnet_jax import sharding, steps
     from configs import paper
 
     config = paper.get_config()
     config.batch_size = batch
     config.mesh = (1, 1)
     mesh = sharding.make_mesh(config.mesh)
-    state = train.create_train_state(config, train.create_model(config), 10_000, mesh)
+    state = steps.create_train_state(config, steps.create_model(config), 10_000, mesh)
     rng = np.random.default_rng(0)
     data = sharding.global_batch(
         {
@@ -114,15 +114,15 @@ def train_step_seconds(batch: int, steps: int) -> float:
         },
         mesh,
     )
-    stats = data_stats.published(config.mean_rgb)
-    step = jax.jit(functools.partial(train.train_step, config=config, stats=stats), donate_argnums=0)
+    stats = augment.published_stats(config.mean_rgb)
+    step = jax.jit(functools.partial(steps.train_step, config=config, stats=stats), donate_argnums=0)
     holder = {"state": state}
 
     def run():
         holder["state"], metrics = step(holder["state"], data, jax.random.key(0))
         jax.block_until_ready(metrics)
 
-    return statistics.median(time_calls(run, 1, steps))
+    return statistics.median(time_calls(run, 1, timed))
 
 
 def main() -> None:

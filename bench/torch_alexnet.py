@@ -78,10 +78,11 @@ class AlexNetTorch(nn.Module):
         return self.fc8(x)
 
 
-def make_step(model: AlexNetTorch, crop: int, mean_rgb: tuple[float, float, float]):
-    """A train step on a uint8 NHWC batch: random crop + flip per image, mean
-    subtraction, forward, backward, SGD (momentum 0.9, weight decay 5e-4 on
-    weights, biases at 2x the rate without decay).
+def make_step(model: AlexNetTorch, crop: int, mean_rgb: tuple[float, float, float], dtype: torch.dtype):
+    """A train step on a uint8 NHWC batch on the model's device: random crop +
+    flip per image (one gather), mean subtraction, forward and backward
+    (`dtype` bfloat16: under autocast, float32 weights), SGD (momentum 0.9,
+    weight decay 5e-4 on weights, biases at 2x the rate without decay).
 
     torch.optim.SGD keeps the learning rate outside the momentum buffer; that
     changes the numbers only at a learning-rate drop and costs the same time.
@@ -93,22 +94,25 @@ def make_step(model: AlexNetTorch, crop: int, mean_rgb: tuple[float, float, floa
         lr=0.01,
         momentum=0.9,
     )
-    mean = torch.tensor(mean_rgb).view(1, 3, 1, 1)
+    device = next(model.parameters()).device
+    mean = torch.tensor(mean_rgb, device=device).view(1, 3, 1, 1)
+    offsets = torch.arange(crop, device=device)
 
     def step(images_bhwc: torch.Tensor, labels: torch.Tensor) -> float:
         batch, size = images_bhwc.shape[0], images_bhwc.shape[1]
-        ys = torch.randint(0, size - crop + 1, (batch,)).tolist()
-        xs = torch.randint(0, size - crop + 1, (batch,)).tolist()
-        flips = torch.rand(batch).lt(0.5).tolist()
-        crops = []
-        for image, y, x, flip in zip(images_bhwc, ys, xs, flips):
-            view = image[y : y + crop, x : x + crop]
-            crops.append(view.flip(1) if flip else view)
-        inputs = torch.stack(crops).permute(0, 3, 1, 2).float() - mean
-        loss = F.cross_entropy(model(inputs), labels)
+        ys = torch.randint(0, size - crop + 1, (batch, 1), device=device)
+        xs = torch.randint(0, size - crop + 1, (batch, 1), device=device)
+        flips = torch.rand(batch, 1, device=device) < 0.5
+        rows = ys + offsets
+        cols = torch.where(flips, xs + crop - 1 - offsets, xs + offsets)
+        index = torch.arange(batch, device=device)[:, None, None]
+        crops = images_bhwc[index, rows[:, :, None], cols[:, None, :]]  # (batch, crop, crop, 3)
+        inputs = crops.permute(0, 3, 1, 2).float() - mean
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = F.cross_entropy(model(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss)  # waits for the device, like block_until_ready
 
     return step

@@ -1,20 +1,29 @@
 """Train-step throughput: this project's jitted step vs the PyTorch peer, and
-the machine's matrix-multiply limit, in one run.
+the machine's matrix-multiply limit, in one run, on CPU or GPU.
 
     python -m bench.train_step                       # paper + digits, batch 128
     python -m bench.train_step --models paper --rounds 3 --steps 3
     python -m bench.train_step --micro_batch 0,16,32,64   # alexnet_jax's micro-batch sizes
+    python -m bench.train_step --dtypes float32,bfloat16 --max_batch paper   # the GPU defaults
 
-Each (contender, model) runs in its own subprocess per round, contenders
-alternating within a round, so machine noise hits both alike and each one's
-peak memory (max RSS of its process) is its own. Inputs are synthetic uint8
-images of the host-side size (256x256 for the paper model): this measures
-the step (augmentation on device included), not the input pipeline.
+Each (contender, model, dtype, batch) runs in its own subprocess per round,
+contenders alternating within a round, so machine noise hits both alike and
+each one's peak memory is its own (max RSS of the process on CPU, the
+device's peak bytes in use on GPU). Inputs are synthetic uint8 images of the
+host-side size (256x256 for the paper model), already on the device: this
+measures the step (augmentation on device included), not the input pipeline.
 alexnet_jax runs once per `--micro_batch` value (`config.micro_batch_size`:
 the same update computed in micro-batches; 0 = the whole batch at once).
 
-Needs requirements-bench.txt (torch, CPU build) for the PyTorch rows;
-`--no-torch` runs without it.
+The limit is the machine's measured matrix rate through XLA (`jnp.dot`):
+float32 on CPU, bfloat16 on GPU (the issue's yardstick for both dtypes).
+`--max_batch MODELS` also runs those models at the largest power-of-two
+multiple of `--batch` that XLA's memory analysis of the compiled step fits in
+the device's memory (two compilations, extrapolated linearly in the batch).
+
+Needs requirements-bench.txt (torch) for the PyTorch rows; `--no-torch` runs
+without it. On GPU the PyTorch peer gets cudnn.benchmark and TF32 matmuls
+(XLA's default precision for float32 on GPU) and bfloat16 through autocast.
 """
 
 from __future__ import annotations
@@ -33,12 +42,13 @@ PAPER_GFLOP_PER_IMAGE = 4.1
 COMPARABLE = {"model.within_channel_norm": False, "pca_noise_std": 0.0}  # the PyTorch peer has neither
 
 
-def _config(name: str, batch: int, micro_batch: int = 0):
+def _config(name: str, batch: int, micro_batch: int = 0, dtype: str = "float32"):
     from configs import digits, paper
 
     config = (paper if name == "paper" else digits).get_config()
     config.batch_size = batch
     config.micro_batch_size = micro_batch
+    config.model.dtype = dtype
     config.mesh = (1, 1)
     for field, value in COMPARABLE.items():
         parent, _, leaf = field.rpartition(".")
@@ -62,27 +72,42 @@ def time_calls(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
-def worker_jax(model_name: str, batch: int, warmup: int, steps: int, micro_batch: int) -> dict:
+def _jax_step(model_name: str, batch: int, dtype: str, micro_batch: int):
+    """(jitted train step, state, key, config) of alexnet_jax on one device."""
     import functools
 
     import jax
+
+    from alexnet_jax import augment, sharding, steps
+
+    config = _config(model_name, batch, micro_batch, dtype)
+    mesh = sharding.make_mesh(config.mesh)
+    state = steps.create_train_state(config, steps.create_model(config), 10_000, mesh)
+    stats = augment.published_stats(config.mean_rgb)  # synthetic data: any fixed statistics
+    step_fn = jax.jit(functools.partial(steps.train_step, config=config, stats=stats), donate_argnums=0)
+    return step_fn, state, jax.random.key(0), config
+
+
+def _step_bytes(compiled) -> int:
+    """Device bytes XLA's memory analysis gives the compiled step."""
+    m = compiled.memory_analysis()
+    return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+
+
+def worker_jax(model_name: str, batch: int, dtype: str, warmup: int, repeats: int, micro_batch: int) -> dict:
+    import jax
     import numpy as np
 
-    from alexnet_jax import data_stats, sharding, train
+    from alexnet_jax import sharding
 
-    config = _config(model_name, batch, micro_batch)
-    mesh = sharding.make_mesh(config.mesh)
-    state = train.create_train_state(config, train.create_model(config), 10_000, mesh)
+    step_fn, state, key, config = _jax_step(model_name, batch, dtype, micro_batch)
     rng = np.random.default_rng(0)
     size = config.resize_size
     batch_np = {
         "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
         "label": rng.integers(0, config.model.num_classes, (batch,)),
     }
-    data = sharding.global_batch(batch_np, mesh)
-    key = jax.random.key(0)
-    stats = data_stats.published(config.mean_rgb)  # synthetic data: any fixed statistics
-    step_fn = jax.jit(functools.partial(train.train_step, config=config, stats=stats), donate_argnums=0)
+    data = sharding.global_batch(batch_np, sharding.make_mesh(config.mesh))
     start = time.perf_counter()
     compiled = step_fn.lower(state, data, key).compile()
     compile_s = time.perf_counter() - start
@@ -94,142 +119,99 @@ def worker_jax(model_name: str, batch: int, warmup: int, steps: int, micro_batch
         holder["state"], metrics = compiled(holder["state"], data, key)
         jax.block_until_ready(metrics)
 
-    times = time_calls(run_step, warmup, steps)
+    times = time_calls(run_step, warmup, repeats)
+    device = jax.local_devices()[0]
+    on_gpu = device.platform == "gpu"
     return {
         "times": times,
         "compile_s": compile_s,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_mb": device.memory_stats()["peak_bytes_in_use"] / 2**20 if on_gpu else _peak_rss_mb(),
         "xla_gflop_per_image": cost.get("flops", 0.0) / batch / 1e9,
     }
 
 
-def worker_torch(model_name: str, batch: int, warmup: int, steps: int, micro_batch: int = 0) -> dict:
+def worker_fit(model_name: str, batch: int, dtype: str) -> dict:
+    """The largest power-of-two multiple of `batch` whose step XLA's memory
+    analysis fits in the device's memory limit (compiled, never run): the
+    bytes of batch and 2 x batch, extrapolated linearly."""
+    import jax
+    import jax.numpy as jnp
+
+    step_fn, state, key, config = _jax_step(model_name, batch, dtype, 0)
+
+    def step_bytes(b: int) -> int:
+        size = config.resize_size
+        data = {
+            "image": jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8),
+            "label": jax.ShapeDtypeStruct((b,), jnp.int32),
+        }
+        return _step_bytes(step_fn.lower(state, data, key).compile())
+
+    small, large = step_bytes(batch), step_bytes(2 * batch)
+    per_image = (large - small) / batch
+    stats = jax.local_devices()[0].memory_stats()  # None on CPU: the machine's memory instead
+    limit = stats["bytes_limit"] if stats else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    fitted = batch
+    while small + per_image * (2 * fitted - batch) <= limit:
+        fitted *= 2
+    return {"batch": fitted, "per_image_mb": per_image / 2**20, "limit_gb": limit / 2**30}
+
+
+def worker_torch(model_name: str, batch: int, dtype: str, warmup: int, repeats: int, micro_batch: int = 0) -> dict:
     import torch
 
     from bench.torch_alexnet import AlexNetTorch, make_step
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # XLA's default float32 precision on GPU
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     config = _config(model_name, batch)
     m = config.model
-    model = AlexNetTorch(m.num_classes, m.input_size, m.width, m.towers).train()
-    step = make_step(model, m.input_size, tuple(config.mean_rgb))
+    model = AlexNetTorch(m.num_classes, m.input_size, m.width, m.towers).to(device).train()
+    step = make_step(model, m.input_size, tuple(config.mean_rgb), getattr(torch, dtype))
     size = config.resize_size
-    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
-    labels = torch.randint(0, m.num_classes, (batch,))
-    times = time_calls(lambda: step(images, labels), warmup, steps)
-    return {"times": times, "compile_s": None, "peak_rss_mb": _peak_rss_mb()}
+    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, m.num_classes, (batch,), device=device)
+    times = time_calls(lambda: step(images, labels), warmup, repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb()
+    return {"times": times, "compile_s": None, "peak_mb": peak}
 
 
-def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best float32 GEMM rate of this machine through XLA (jnp.dot, n x n)."""
+def worker_gemm() -> dict:
+    """Best matrix-multiply rates through XLA (jnp.dot on random n x n
+    matrices): float32 with n = 2048 on CPU; float32 and bfloat16 with
+    n = 8192 on GPU."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    device = jax.local_devices()[0]
+    on_gpu = device.platform == "gpu"
+    n, dtypes, repeats = (8192, ("float32", "bfloat16"), 20) if on_gpu else (2048, ("float32",), 5)
     dot = jax.jit(jnp.dot)
-    dot(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dot(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    rates = {}
+    for dtype in dtypes:
+        a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+        b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+        times = time_calls(lambda a=a, b=b: dot(a, b).block_until_ready(), 3, repeats)
+        rates[dtype] = 2 * n**3 / min(times) / 1e9
+    return {"platform": device.platform, "device": device.device_kind, "n": n, "gflops": rates}
 
 
-def _run_worker(contender: str, model: str, args) -> dict:
-    worker, _, micro_batch = contender.partition(":")
-    command = [
-        sys.executable,
-        "-m",
-        "bench.train_step",
-        "--worker",
-        worker,
-        "--micro_batch",
-        micro_batch or "0",
-        "--models",
-        model,
-        "--batch",
-        str(args.batch),
-        "--warmup",
-        str(args.warmup),
-        "--steps",
-        str(args.steps),
-    ]
+def _run_worker(worker: str, args, **fields) -> dict:
+    """Runs one worker in a fresh process; its result, or {"error": ...}."""
+    command = [sys.executable, "-m", "bench.train_step", "--worker", worker]
+    command += [f"--{k}={v}" for k, v in fields.items()]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode:
-        raise RuntimeError(f"{contender}/{model} worker failed:\n{result.stderr[-3000:]}")
+        lines = result.stderr.strip().splitlines() or ["(no output)"]
+        error = next((line for line in reversed(lines) if "Error" in line), lines[-1])
+        return {"error": error[-200:], "stderr": result.stderr[-3000:]}
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="paper,digits")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--micro_batch",
-        default="0,32",
-        help="alexnet_jax contenders: config.micro_batch_size values, comma-separated (0 = whole batch)",
-    )
-    parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker = worker_jax if args.worker == "jax" else worker_torch
-        print(json.dumps(worker(args.models, args.batch, args.warmup, args.steps, int(args.micro_batch))))
-        return
-
-    contenders = [f"jax:{m}" for m in args.micro_batch.split(",")] + ([] if args.no_torch else ["torch"])
-    models = args.models.split(",")
-    runs = {(c, m): [] for c in contenders for m in models}
-    gemm = []
-    for round_index in range(args.rounds):
-        for model in models:
-            order = contenders if round_index % 2 == 0 else contenders[::-1]
-            for contender in order:
-                runs[contender, model].append(_run_worker(contender, model, args))
-        gemm.append(gemm_peak_gflops())
-    peak = max(gemm)
-
-    print(
-        f"\nmachine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; float32 GEMM peak "
-        f"(jnp.dot 2048^2, best of {5 * args.rounds}): {peak:.1f} GFLOP/s"
-    )
-    print(
-        f"batch {args.batch}, {args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up) per contender\n"
-    )
-    header = (
-        "| model | contender | images/s | step median (s) | step min-max (s) | compile (s) | peak RSS (MB) "
-        "| GFLOP/img | % of GEMM peak | ours/PyTorch |"
-    )
-    print(header)
-    print("|---" * (header.count("|") - 1) + "|")
-    for model in models:
-        jax_flop = statistics.mean(r["xla_gflop_per_image"] for r in runs[contenders[0], model])
-        flop = PAPER_GFLOP_PER_IMAGE if model == "paper" else jax_flop
-        medians = {c: statistics.median(t for r in runs[c, model] for t in r["times"]) for c in contenders}
-        for contender in contenders:
-            times = [t for r in runs[contender, model] for t in r["times"]]
-            rate = args.batch / medians[contender]
-            compile_s = runs[contender, model][0]["compile_s"]
-            rss = max(r["peak_rss_mb"] for r in runs[contender, model])
-            is_torch = contender == "torch"
-            ratio = "" if is_torch or "torch" not in medians else f"{medians['torch'] / medians[contender]:.2f}"
-            print(
-                f"| {model} | {_label(contender)} | {rate:.1f} "
-                f"| {medians[contender]:.3f} | {min(times):.3f}-{max(times):.3f} "
-                f"| {'-' if compile_s is None else f'{compile_s:.1f}'} | {rss:.0f} | {flop:.3f} "
-                f"| {100 * rate * flop / peak:.1f} | {ratio} |"
-            )
-        print(
-            f"\n{model}: XLA counts {jax_flop:.3f} GFLOP per image per train step"
-            + (f" (PAPER.md: about {PAPER_GFLOP_PER_IMAGE}; the table uses PAPER.md's)" if model == "paper" else "")
-        )
 
 
 def _label(contender: str) -> str:
@@ -237,6 +219,129 @@ def _label(contender: str) -> str:
         return "PyTorch"
     micro_batch = int(contender.partition(":")[2])
     return "alexnet_jax" + (f", micro-batches of {micro_batch}" if micro_batch else "")
+
+
+def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) -> tuple[dict, list[dict]]:
+    """All rounds: every contender at every (model, dtype, batch); the matrix
+    rate once per round."""
+    runs = {(c, *s): [] for c in contenders for s in settings}
+    gemm = []
+    for round_index in range(args.rounds):
+        for model, dtype, batch in settings:
+            order = contenders if round_index % 2 == 0 else contenders[::-1]
+            for contender in order:
+                worker, _, micro_batch = contender.partition(":")
+                fields = dict(models=model, batch=batch, dtype=dtype, warmup=args.warmup, steps=args.steps)
+                result = _run_worker(worker, args, micro_batch=micro_batch or "0", **fields)
+                if "error" in result:  # e.g. out of memory at the largest batch: a row says so
+                    print(f"{contender} {model} {dtype} {batch}: {result['stderr']}", file=sys.stderr)
+                runs[contender, model, dtype, batch].append(result)
+        gemm.append(_run_worker("gemm", args))
+    return runs, gemm
+
+
+def _print_table(args, contenders, settings, runs, gemm) -> None:
+    platform, device = gemm[0]["platform"], gemm[0]["device"]
+    limit_dtype = "bfloat16" if platform == "gpu" else "float32"
+    peaks = {d: max(g["gflops"][d] for g in gemm) for d in gemm[0]["gflops"]}
+    print(f"\nmachine: {device} ({platform}), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    for dtype, rate in peaks.items():
+        print(f"{dtype} matrix rate (jnp.dot {gemm[0]['n']}^2, best of {args.rounds} runs): {rate:.1f} GFLOP/s")
+    print(f"limit: the {limit_dtype} rate; {args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up)\n")
+    memory = "peak device memory (MB)" if platform == "gpu" else "peak RSS (MB)"
+    header = (
+        f"| model | dtype | batch | contender | images/s | step median (ms) | step min-max (ms) | compile (s) "
+        f"| {memory} | GFLOP/img | % of limit | ours/PyTorch |"
+    )
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for model, dtype, batch in settings:
+        ok = {c: [r for r in runs[c, model, dtype, batch] if "error" not in r] for c in contenders}
+        jax_flop = statistics.mean([r["xla_gflop_per_image"] for c in contenders[:-1] for r in ok[c]] or [0.0])
+        flop = PAPER_GFLOP_PER_IMAGE if model == "paper" else jax_flop
+        medians = {c: statistics.median(t for r in ok[c] for t in r["times"]) for c in contenders if ok[c]}
+        for contender in contenders:
+            if not ok[contender]:
+                error = runs[contender, model, dtype, batch][0]["error"]
+                print(f"| {model} | {dtype} | {batch} | {_label(contender)} | failed: {error} |||||||")
+                continue
+            times = [1000 * t for r in ok[contender] for t in r["times"]]
+            rate = batch / medians[contender]
+            compile_s = ok[contender][0]["compile_s"]
+            peak_mb = max(r["peak_mb"] for r in ok[contender])
+            ratio = (
+                "" if contender == "torch" or "torch" not in medians else f"{medians['torch'] / medians[contender]:.2f}"
+            )
+            print(
+                f"| {model} | {dtype} | {batch} | {_label(contender)} | {rate:.1f} "
+                f"| {1000 * medians[contender]:.1f} | {min(times):.1f}-{max(times):.1f} "
+                f"| {'-' if compile_s is None else f'{compile_s:.1f}'} | {peak_mb:.0f} "
+                f"| {flop:.3f} | {100 * rate * flop / peaks[limit_dtype]:.1f} | {ratio} |"
+            )
+        if model == "paper":
+            print(
+                f"<!-- paper {dtype} batch {batch}: XLA counts {jax_flop:.3f} GFLOP/img; the table uses PAPER.md's -->"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="paper,digits")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--dtypes", help="model.dtype values (default: float32 on CPU, float32,bfloat16 on GPU)")
+    parser.add_argument("--max_batch", help="models also run at their largest batch (default: paper on GPU only)")
+    parser.add_argument("--warmup", type=int, help="untimed steps (default 1 on CPU, 5 on GPU)")
+    parser.add_argument("--steps", type=int, help="timed steps per run (default 3 on CPU, 30 on GPU)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--micro_batch",
+        help="alexnet_jax contenders: config.micro_batch_size values, comma-separated, 0 = whole batch "
+        "(default 0,32 on CPU, 0 on GPU)",
+    )
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--worker", choices=["jax", "torch", "fit", "gemm"], help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker == "gemm":
+        print(json.dumps(worker_gemm()))
+        return
+    if args.worker == "fit":
+        print(json.dumps(worker_fit(args.models, args.batch, args.dtype)))
+        return
+    if args.worker:
+        worker = worker_jax if args.worker == "jax" else worker_torch
+        result = worker(args.models, args.batch, args.dtype, args.warmup, args.steps, int(args.micro_batch))
+        print(json.dumps(result))
+        return
+
+    # Device work happens in subprocesses only: a parent holding the GPU
+    # (XLA preallocates most of its memory) would starve the workers.
+    probe = _run_worker("gemm", args)
+    if "error" in probe:
+        raise RuntimeError(f"matrix-rate worker failed:\n{probe['stderr']}")
+    on_gpu = probe["platform"] == "gpu"
+    args.warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
+    args.steps = args.steps if args.steps is not None else (30 if on_gpu else 3)
+    dtypes = (args.dtypes or ("float32,bfloat16" if on_gpu else "float32")).split(",")
+    micro = (args.micro_batch or ("0" if on_gpu else "0,32")).split(",")
+    max_models = (args.max_batch if args.max_batch is not None else ("paper" if on_gpu else "")).split(",")
+    contenders = [f"jax:{m}" for m in micro] + ([] if args.no_torch else ["torch"])
+    settings = []
+    for model in args.models.split(","):
+        for dtype in dtypes:
+            settings.append((model, dtype, args.batch))
+            if model in max_models:
+                fit = _run_worker("fit", args, models=model, batch=args.batch, dtype=dtype)
+                if "error" in fit:
+                    raise RuntimeError(f"fitting the {model} {dtype} batch failed:\n{fit['stderr']}")
+                print(
+                    f"{model} {dtype}: largest batch {fit['batch']} ({fit['per_image_mb']:.1f} MB/image, "
+                    f"limit {fit['limit_gb']:.1f} GiB)",
+                    flush=True,
+                )
+                settings.append((model, dtype, fit["batch"]))
+    runs, gemm = _measure(args, contenders, settings)
+    _print_table(args, contenders, settings, runs, [probe] + gemm)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import augment, data_stats
+from alexnet_jax import augment, data_stats, steps
 
 
 def _coordinate_images(batch: int, size: int) -> jnp.ndarray:
@@ -54,7 +54,7 @@ def test_no_flip_never_flips():
 
 
 def test_pca_noise_statistics():
-    stats = data_stats.published((0.0, 0.0, 0.0))
+    stats = augment.published_stats((0.0, 0.0, 0.0))
     offsets = np.asarray(augment.pca_colour_offsets(jax.random.key(3), 200_000, stats, 0.1), np.float64)
     eigvecs, sqrt_eigvals = np.asarray(stats.eigvecs, np.float64), np.asarray(stats.sqrt_eigvals, np.float64)
     want = eigvecs @ np.diag(0.01 * sqrt_eigvals**2) @ eigvecs.T
@@ -91,16 +91,15 @@ def test_data_stats_match_numpy():
 
 @pytest.mark.parametrize("views", ["center", "ten_view"])
 def test_eval_step_averages_view_softmaxes(tiny_config, views):
-    from alexnet_jax import train
 
     config = tiny_config.copy_and_resolve_references()
     config.eval_views = views
-    model = train.create_model(config)
+    model = steps.create_model(config)
     images = jnp.asarray(np.random.RandomState(6).randint(0, 256, (3, 72, 72, 3)), jnp.uint8)
     params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)["params"]
-    stats = data_stats.published((100.0, 100.0, 100.0))
+    stats = augment.published_stats((100.0, 100.0, 100.0))
     batch = {"image": images, "label": jnp.array([0, 1, 2]), "mask": jnp.array([1, 1, 0])}
-    got = train.eval_step(params, batch, config=config, model=model, stats=stats)
+    got = steps.eval_step(params, batch, config=config, model=model, stats=stats)
 
     floats = np.asarray(images, np.float32) - 100.0
     crops = [floats[:, 4:68, 4:68]]

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from alexnet_jax import data_stats, input_pipeline, sharding, train
+from alexnet_jax import augment, input_pipeline, sharding, steps, train
 from alexnet_jax.config_validation import validate_config
 
 SYNSETS_USED = 4  # of the 1000; each gets IMAGES_PER_SYNSET training JPEGs
@@ -153,8 +153,8 @@ def test_mock_dataset_batches_and_a_train_step(tiny_config, mock_metadata_dir, n
     assert batch["label"].min() >= 0 and batch["label"].max() < classes
 
     mesh = sharding.make_mesh(config.mesh)
-    state = train.create_train_state(config, train.create_model(config), steps_per_epoch=2, mesh=mesh)
-    step = jax.jit(functools.partial(train.train_step, config=config, stats=data_stats.published(config.mean_rgb)))
+    state = steps.create_train_state(config, steps.create_model(config), steps_per_epoch=2, mesh=mesh)
+    step = jax.jit(functools.partial(steps.train_step, config=config, stats=augment.published_stats(config.mean_rgb)))
     state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(0))
     assert int(state.step) == 1 and np.isfinite(float(metrics.loss.compute()))
 

@@ -11,7 +11,7 @@ from unittest import mock
 import jax
 import numpy as np
 
-from alexnet_jax import input_pipeline, sharding, train
+from alexnet_jax import input_pipeline, sharding, steps, train
 
 # The unpatched reader: the single-process run below replaces
 # input_pipeline.train_batches with a two-process emulation that calls this.
@@ -72,7 +72,7 @@ def _two_process_global_batches(config, builder, position=None):
 def _final_state(workdir, config):
     from alexnet_jax import checkpointing
 
-    template = train.create_train_state(config, train.create_model(config), 89, sharding.make_mesh((1, 1)))
+    template = steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((1, 1)))
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     state, step = checkpointing.restore_latest(manager, template)
     manager.close()

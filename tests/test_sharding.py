@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import collectives, data_stats, sharding, train
+from alexnet_jax import augment, collectives, sharding, steps
 from alexnet_jax.config_validation import validate_config
 
 TOWER_LOCAL = {"conv1", "conv2", "conv4", "conv5"}
@@ -40,7 +40,7 @@ def _batch():
 def _initial_state(towers):
     """The single-device initial state (compiling init once per model)."""
     config = _config((1, 1), towers)
-    return train.create_train_state(config, train.create_model(config), 89, sharding.make_mesh((1, 1)))
+    return steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((1, 1)))
 
 
 @functools.cache
@@ -50,13 +50,13 @@ def _one_step(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropo
     config = _config(mesh, towers, model_parallel, micro_batch_size, dropout_rate)
     validate_config(config)
     device_mesh = sharding.make_mesh(mesh)
-    model = train.create_model(config)
+    model = steps.create_model(config)
     initial = _initial_state(towers)
     # Host copies: the step donates its input state, which must not be the cache.
     host = jax.tree.map(np.asarray, initial)
     state = jax.device_put(host, sharding.state_shardings(initial, device_mesh, model_parallel))
     state = state.replace(apply_fn=model.apply)  # this config's model (e.g. its dropout rate)
-    train_fn, _ = train.make_step_fns(config, model, device_mesh, state, data_stats.published(config.mean_rgb))
+    train_fn, _ = steps.make_step_fns(config, model, device_mesh, state, augment.published_stats(config.mean_rgb))
     batch = sharding.global_batch(_batch(), device_mesh)
     compiled = train_fn.lower(state, batch, jax.random.key(1)).compile()
     new_state, metrics = compiled(state, batch, jax.random.key(1))
@@ -104,7 +104,7 @@ def test_state_is_created_in_place_one_tower_per_device():
     """create_train_state on mesh (4, 2) gives the single-device parameters,
     each device of a pair holding its own tower's half of conv2's kernel."""
     config = _config((4, 2))
-    state = train.create_train_state(config, train.create_model(config), 89, sharding.make_mesh((4, 2)))
+    state = steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((4, 2)))
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(_initial_state(2))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     kernel = state.params["conv2"]["kernel"]  # (5, 5, 2, 32): 16 output channels per tower

@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax import checkpointing, data_stats, input_pipeline, sharding, train
+from alexnet_jax import checkpointing, data_stats, input_pipeline, sharding, steps, train
 from alexnet_jax.config_validation import validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,10 +31,10 @@ def test_one_step_golden_value(tiny_config):
     """
     local_batch, builder = _first_batch(tiny_config)
     mesh = sharding.make_mesh(tiny_config.mesh)
-    model = train.create_model(tiny_config)
-    state = train.create_train_state(tiny_config, model, steps_per_epoch=89, mesh=mesh)
+    model = steps.create_model(tiny_config)
+    state = steps.create_train_state(tiny_config, model, steps_per_epoch=89, mesh=mesh)
     stats = data_stats.load_or_compute(tiny_config, builder)
-    step = jax.jit(functools.partial(train.train_step, config=tiny_config, stats=stats))
+    step = jax.jit(functools.partial(steps.train_step, config=tiny_config, stats=stats))
     state, metrics = step(state, sharding.global_batch(local_batch, mesh), jax.random.key(1))
     loss = float(metrics.loss.compute())
     checksum = float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(state.params)))
@@ -49,7 +49,7 @@ GOLDEN_CHECKSUM = 11605.465419747881
 
 def _final_params(workdir, config):
     mesh = sharding.make_mesh(config.mesh)
-    template = train.create_train_state(config, train.create_model(config), 89, mesh)
+    template = steps.create_train_state(config, steps.create_model(config), 89, mesh)
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     state, step = checkpointing.restore_latest(manager, template)
     manager.close()
@@ -79,7 +79,7 @@ def test_checkpoint_holds_the_data_position_and_checks_it_on_resume(tiny_config,
     workdir = str(tmp_path / "position")
     train.train_and_evaluate(tiny_config, workdir)
     manager = checkpointing.make_manager(workdir, tiny_config.keep_checkpoints)
-    template = train.create_train_state(tiny_config, train.create_model(tiny_config), 89, sharding.make_mesh((1, 1)))
+    template = steps.create_train_state(tiny_config, steps.create_model(tiny_config), 89, sharding.make_mesh((1, 1)))
     _, step, data = checkpointing.restore_latest_with_data(manager, template)
     manager.close()
     assert step == 6
