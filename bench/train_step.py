@@ -235,6 +235,11 @@ def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) 
                 result = _run_worker(worker, args, micro_batch=micro_batch or "0", **fields)
                 if "error" in result:  # e.g. out of memory at the largest batch: a row says so
                     print(f"{contender} {model} {dtype} {batch}: {result['stderr']}", file=sys.stderr)
+                else:  # progress, so a run cut short still shows what it measured
+                    ms = 1000 * statistics.median(result["times"])
+                    print(
+                        f"round {round_index}: {contender} {model} {dtype} batch {batch}: {ms:.2f} ms/step", flush=True
+                    )
                 runs[contender, model, dtype, batch].append(result)
         gemm.append(_run_worker("gemm", args))
     return runs, gemm
