@@ -294,7 +294,10 @@ def main() -> None:
     parser.add_argument("--models", default="paper,digits")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dtypes", help="model.dtype values (default: float32 on CPU, float32,bfloat16 on GPU)")
-    parser.add_argument("--max_batch", help="models also run at their largest batch (default: paper on GPU only)")
+    parser.add_argument(
+        "--max_batch",
+        help="models also run at their largest batch, fitted, or given as model:batch (default: paper on GPU only)",
+    )
     parser.add_argument("--warmup", type=int, help="untimed steps (default 1 on CPU, 5 on GPU)")
     parser.add_argument("--steps", type=int, help="timed steps per run (default 3 on CPU, 30 on GPU)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -329,13 +332,16 @@ def main() -> None:
     args.steps = args.steps if args.steps is not None else (30 if on_gpu else 3)
     dtypes = (args.dtypes or ("float32,bfloat16" if on_gpu else "float32")).split(",")
     micro = (args.micro_batch or ("0" if on_gpu else "0,32")).split(",")
-    max_models = (args.max_batch if args.max_batch is not None else ("paper" if on_gpu else "")).split(",")
+    max_batch = args.max_batch if args.max_batch is not None else ("paper" if on_gpu else "")
+    max_models = dict(entry.partition(":")[::2] for entry in max_batch.split(",") if entry)
     contenders = [f"jax:{m}" for m in micro] + ([] if args.no_torch else ["torch"])
     settings = []
     for model in args.models.split(","):
         for dtype in dtypes:
             settings.append((model, dtype, args.batch))
-            if model in max_models:
+            if max_models.get(model):  # given as model:batch, e.g. to repeat a run without refitting
+                settings.append((model, dtype, int(max_models[model])))
+            elif model in max_models:
                 fit = _run_worker("fit", args, models=model, batch=args.batch, dtype=dtype)
                 if "error" in fit:
                     raise RuntimeError(f"fitting the {model} {dtype} batch failed:\n{fit['stderr']}")
