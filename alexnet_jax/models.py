@@ -86,6 +86,7 @@ class AlexNet(nn.Module):
     dropout_rate: float = 0.5
     init_scheme: Literal["as_trained", "printed"] = "as_trained"
     init_match_fan_in: bool = False
+    conv1_space_to_depth: bool = False
     dtype: str = "float32"
 
     def _act(self, x: Array) -> Array:
@@ -177,6 +178,8 @@ class AlexNet(nn.Module):
                     padding=padding,
                     towers=groups,
                     impl=self.tower_impl,
+                    # Same numbers; a tensor-core kernel on GPUs for conv1's 3 channels.
+                    space_to_depth=self.conv1_space_to_depth and name == "conv1",
                     kernel_init=self._init(std, paper_fan_in, fan_in),
                     bias_init=nn.initializers.ones if bias_one else nn.initializers.zeros,
                     dtype=dtype,

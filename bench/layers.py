@@ -5,10 +5,14 @@
 Prints one table, variants of a layer measured back to back in the same run:
   - LRN's inverse power: `pow(d, -0.75)` (exp/log) vs `rsqrt(d) * sqrt(rsqrt(d))`
     (what alexnet_jax.layers uses for beta = 0.75), at conv1's output size;
+  - conv1 (11x11/4, 3 -> 96 channels, the 2012 code's far-edge padding):
+    the direct strided `lax.conv` vs `TowerConv(space_to_depth=True)` (a 3x3/1
+    conv of 4x4-pixel blocks, 48 channels), gradient w.r.t. the parameters
+    only, as for a first layer;
   - the towers: `TowerConv(impl="split")` vs `impl="grouped"`
     (`feature_group_count=2`), at conv2's size;
-  - the whole paper model's gradient with and without LRN, and with each
-    tower implementation.
+  - the whole paper model's gradient with and without LRN, with each
+    tower implementation, and with conv1 by space-to-depth.
 """
 
 from __future__ import annotations
@@ -58,6 +62,15 @@ def main() -> None:
     rsqrt_lrn = _grad_of(lambda x: layers.local_response_norm(x, towers=2))
     rows.append(("LRN 55x55x96", "rsqrt (used)", _best_ms(rsqrt_lrn, conv1_out, repeats=args.repeats)))
 
+    images = jax.random.normal(key, (args.batch, 224, 224, 3)) * 50
+    for variant, s2d in (("direct (lax.conv)", False), ("space-to-depth", True)):
+        conv = layers.TowerConv(
+            features=96, kernel_size=(11, 11), strides=(4, 4), padding=((0, 3), (0, 3)), space_to_depth=s2d
+        )
+        params = conv.init(key, images[:1])
+        step = jax.jit(jax.grad(lambda p, x, conv=conv: jnp.sum(conv.apply(p, x) ** 2)))
+        rows.append(("conv1 11x11/4, 3->96", variant, _best_ms(step, params, images, repeats=args.repeats)))
+
     pool1_out = jax.random.normal(key, (args.batch, 27, 27, 96))
     for impl in ("split", "grouped"):
         conv = layers.TowerConv(features=256, kernel_size=(5, 5), towers=2, impl=impl)
@@ -65,12 +78,12 @@ def main() -> None:
         step = jax.jit(jax.grad(lambda p, x, conv=conv: jnp.sum(conv.apply(p, x) ** 2)))
         rows.append(("conv2 5x5, 2 towers", impl, _best_ms(step, params, pool1_out, repeats=args.repeats)))
 
-    images = jax.random.normal(key, (args.batch, 224, 224, 3)) * 50
     labels = jnp.zeros((args.batch,), jnp.int32)
     for label, fields in [
         ("paper (split)", {}),
         ("paper, no LRN", {"use_lrn": False}),
         ("paper, grouped", {"tower_impl": "grouped"}),
+        ("paper, conv1 space-to-depth", {"conv1_space_to_depth": True}),
     ]:
         model = models.AlexNet(**fields)
         params = model.init(key, images[:1], train=False)

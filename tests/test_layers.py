@@ -1,5 +1,5 @@
-"""LRN, the within-channel norm and tower convolutions against independent
-NumPy / plain-lax references."""
+"""LRN, the within-channel norm, tower and space-to-depth convolutions
+against independent NumPy / plain-lax references."""
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +78,67 @@ def test_tower_conv_equals_two_half_convs(impl):
     want = jnp.concatenate([half(x[..., :4], kernel[..., :3]), half(x[..., 4:], kernel[..., 3:])], axis=-1)
     want = want + jnp.arange(6.0)
     np.testing.assert_allclose(np.asarray(conv.apply(variables, x)), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def _direct_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, strides, padding",
+    [
+        ((2, 224, 224, 3), (11, 11, 3, 8), (4, 4), ((0, 3), (0, 3))),  # conv1, 2012 code's far-edge padding
+        ((2, 17, 19, 5), (7, 7, 5, 4), (2, 2), ((3, 3), (3, 3))),  # odd sizes, symmetric padding
+        ((1, 13, 13, 2), (3, 3, 2, 3), (4, 4), ((0, 0), (0, 0))),  # the last rows no window reads
+        ((1, 12, 10, 3), (5, 4, 3, 2), (3, 2), ((2, 1), (0, 2))),  # unequal strides and edges
+        ((1, 9, 9, 4), (3, 3, 4, 5), (1, 1), "SAME"),  # stride 1: 1x1 blocks
+        ((1, 15, 15, 3), (5, 5, 3, 2), (2, 2), "SAME"),
+    ],
+)
+def test_space_to_depth_conv_equals_direct_conv(x_shape, kernel_shape, strides, padding):
+    """Same outputs and gradients (w.r.t. input and kernel) as the strided
+    lax.conv, to float32 rounding: only the order of the sums differs."""
+    rng = np.random.RandomState(4)
+    x = jnp.asarray(rng.normal(size=x_shape).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=kernel_shape).astype(np.float32))
+    want = _direct_conv(x, kernel, strides, padding)
+    got = jax.jit(layers.space_to_depth_conv, static_argnums=(2, 3))(x, kernel, strides, padding)
+    assert got.shape == want.shape
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6 * scale)
+
+    cotangent = jnp.asarray(rng.normal(size=want.shape).astype(np.float32))
+
+    def grads(conv):
+        return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k, strides, padding) * cotangent), argnums=(0, 1)))(
+            x, kernel
+        )
+
+    for got_grad, want_grad in zip(grads(layers.space_to_depth_conv), grads(_direct_conv)):
+        assert got_grad.shape == want_grad.shape
+        scale = float(np.abs(want_grad).max())
+        np.testing.assert_allclose(np.asarray(got_grad), np.asarray(want_grad), rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+def test_tower_conv_space_to_depth_keeps_params_and_outputs(towers):
+    """Same parameter shapes and outputs as the direct conv, per tower too."""
+    rng = np.random.RandomState(5)
+    x = jnp.asarray(rng.normal(size=(2, 23, 23, 4)).astype(np.float32))
+    fields = dict(features=6, kernel_size=(5, 5), strides=(3, 3), padding=((0, 2), (0, 2)), towers=towers)
+    direct = layers.TowerConv(**fields)
+    variables = direct.init(jax.random.key(0), x)
+    s2d = layers.TowerConv(**fields, space_to_depth=True)
+    assert jax.tree.map(jnp.shape, s2d.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)
+    np.testing.assert_allclose(
+        np.asarray(s2d.apply(variables, x)), np.asarray(direct.apply(variables, x)), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_tower_conv_space_to_depth_rejects_grouped():
+    conv = layers.TowerConv(features=4, kernel_size=(3, 3), towers=2, impl="grouped", space_to_depth=True)
+    with pytest.raises(ValueError, match="space_to_depth"):
+        conv.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
 
 
 def test_conv1_output_size_as_in_2012_code():

@@ -98,6 +98,8 @@ SMALL = dict(num_classes=10, input_size=64, width=0.25)
         {"lrn_alpha_over_n": False, "lrn1_before_relu": False, "within_channel_norm": False},
         {"tower_impl": "grouped"},
         {"dtype": "bfloat16"},
+        {"conv1_space_to_depth": True},
+        {"conv1_space_to_depth": True, "tower_impl": "grouped", "dtype": "bfloat16"},
     ],
 )
 def test_switches_run(switches):
@@ -117,6 +119,17 @@ def test_tower_impls_agree():
     np.testing.assert_allclose(
         split.apply(variables, x, train=False), grouped.apply(variables, x, train=False), rtol=1e-4, atol=1e-5
     )
+
+
+def test_conv1_space_to_depth_gives_the_same_logits():
+    """At the paper's input size (conv1's far-edge padding) with the same
+    parameters: only conv1's order of summation differs."""
+    x = jax.random.normal(jax.random.key(1), (2, 224, 224, 3)) * 50
+    direct = models.AlexNet(num_classes=10, width=0.25)
+    variables = direct.init(jax.random.key(0), x, train=False)
+    s2d = models.AlexNet(num_classes=10, width=0.25, conv1_space_to_depth=True)
+    want = direct.apply(variables, x, train=False)
+    np.testing.assert_allclose(s2d.apply(variables, x, train=False), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
 def test_lrn_switch_changes_output():

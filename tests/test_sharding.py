@@ -14,7 +14,7 @@ TOWER_LOCAL = {"conv1", "conv2", "conv4", "conv5"}
 EXCHANGE = {"conv3", "fc6", "fc7", "fc8"}
 
 
-def _config(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5):
+def _config(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5, conv1_s2d=False):
     from configs import digits
 
     config = digits.get_config()
@@ -25,6 +25,7 @@ def _config(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout
     config.model_parallel = model_parallel
     config.micro_batch_size = micro_batch_size
     config.model.dropout_rate = dropout_rate
+    config.model.conv1_space_to_depth = conv1_s2d
     return config
 
 
@@ -44,10 +45,10 @@ def _initial_state(towers):
 
 
 @functools.cache
-def _one_step(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5):
+def _one_step(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5, conv1_s2d=False):
     """Loss, parameters and compiled HLO text of one train step from
     `_initial_state` laid out on `mesh`."""
-    config = _config(mesh, towers, model_parallel, micro_batch_size, dropout_rate)
+    config = _config(mesh, towers, model_parallel, micro_batch_size, dropout_rate, conv1_s2d)
     validate_config(config)
     device_mesh = sharding.make_mesh(mesh)
     model = steps.create_model(config)
@@ -92,6 +93,19 @@ def test_micro_batches_give_the_whole_batch_step(mesh):
     for path, ref in jax.tree_util.tree_leaves_with_path(params_ref):
         got = functools.reduce(lambda tree, key: tree[key.key], path, params)
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+def test_conv1_space_to_depth_keeps_the_towers_step():
+    """Mesh (4, 2) with conv1 by space-to-depth: the single-device step, and
+    conv1 stays tower-local (XLA splits it by output channel, no exchange)."""
+    loss_ref, params_ref, _ = _one_step((1, 1))
+    loss, params, hlo = _one_step((4, 2), conv1_s2d=True)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for path, ref in jax.tree_util.tree_leaves_with_path(params_ref):
+        got = functools.reduce(lambda tree, key: tree[key.key], path, params)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6, err_msg=str(path))
+    found = collectives.collectives(hlo)
+    assert _layers(c for c in found if not c.backward and c.layer is not None) == EXCHANGE
 
 
 @pytest.mark.parametrize("micro", [5, 2])
