@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", help="compute dtype of the conv1 and whole-model rows")
     args = parser.parse_args()
     key = jax.random.key(0)
     rows = []
@@ -65,7 +66,12 @@ def main() -> None:
     images = jax.random.normal(key, (args.batch, 224, 224, 3)) * 50
     for variant, s2d in (("direct (lax.conv)", False), ("space-to-depth", True)):
         conv = layers.TowerConv(
-            features=96, kernel_size=(11, 11), strides=(4, 4), padding=((0, 3), (0, 3)), space_to_depth=s2d
+            features=96,
+            kernel_size=(11, 11),
+            strides=(4, 4),
+            padding=((0, 3), (0, 3)),
+            space_to_depth=s2d,
+            dtype=jnp.dtype(args.dtype),
         )
         params = conv.init(key, images[:1])
         step = jax.jit(jax.grad(lambda p, x, conv=conv: jnp.sum(conv.apply(p, x) ** 2)))
@@ -85,7 +91,7 @@ def main() -> None:
         ("paper, grouped", {"tower_impl": "grouped"}),
         ("paper, conv1 space-to-depth", {"conv1_space_to_depth": True}),
     ]:
-        model = models.AlexNet(**fields)
+        model = models.AlexNet(**fields, dtype=args.dtype)
         params = model.init(key, images[:1], train=False)
 
         def loss(p, model=model):
@@ -94,7 +100,8 @@ def main() -> None:
 
         rows.append(("whole model", label, _best_ms(jax.jit(jax.grad(loss)), params, repeats=args.repeats)))
 
-    print(f"\nforward+backward, batch {args.batch}, best of {args.repeats}, {jax.devices()[0].device_kind}\n")
+    device = jax.devices()[0].device_kind
+    print(f"\nforward+backward, batch {args.batch}, {args.dtype} conv1/whole model, best of {args.repeats}, {device}\n")
     print("| layer | variant | ms |\n|---|---|---|")
     for layer, variant, ms in rows:
         print(f"| {layer} | {variant} | {ms:.1f} |")
