@@ -86,8 +86,27 @@ class AlexNet(nn.Module):
     dropout_rate: float = 0.5
     init_scheme: Literal["as_trained", "printed"] = "as_trained"
     init_match_fan_in: bool = False
-    conv1_space_to_depth: bool = False
+    conv1_impl: Literal["auto", "direct", "space_to_depth"] = "auto"
+    conv_wgrad: Literal["auto", "xla", "gemm"] = "auto"
     dtype: str = "float32"
+
+    def _conv1_space_to_depth(self) -> bool:
+        """Whether conv1 runs as `layers.space_to_depth_conv`. Same numbers
+        either way; "auto" takes it where it is faster (BENCHMARKS.md): on
+        GPUs, whose cuDNN runs conv1's 3 input channels without tensor
+        cores, and not on XLA:CPU, where it is slower."""
+        if self.conv1_impl == "auto":
+            return jax.default_backend() == "gpu"
+        return self.conv1_impl == "space_to_depth"
+
+    def _gemm_wgrad(self) -> bool:
+        """Whether the convolutions' kernel gradients are matrix products
+        (`layers.gemm_wgrad_conv`). Same numbers either way; "auto" takes it
+        on XLA:CPU, whose own kernel-gradient convolutions are slow there
+        (BENCHMARKS.md), and leaves GPUs and TPUs to XLA."""
+        if self.conv_wgrad == "auto":
+            return jax.default_backend() == "cpu"
+        return self.conv_wgrad == "gemm"
 
     def _act(self, x: Array) -> Array:
         return nn.relu(x) if self.activation == "relu" else jnp.tanh(x)
@@ -178,8 +197,8 @@ class AlexNet(nn.Module):
                     padding=padding,
                     towers=groups,
                     impl=self.tower_impl,
-                    # Same numbers; a tensor-core kernel on GPUs for conv1's 3 channels.
-                    space_to_depth=self.conv1_space_to_depth and name == "conv1",
+                    space_to_depth=name == "conv1" and self._conv1_space_to_depth(),
+                    gemm_wgrad=self._gemm_wgrad(),
                     kernel_init=self._init(std, paper_fan_in, fan_in),
                     bias_init=nn.initializers.ones if bias_one else nn.initializers.zeros,
                     dtype=dtype,

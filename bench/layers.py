@@ -89,9 +89,9 @@ def main() -> None:
         ("paper (split)", {}),
         ("paper, no LRN", {"use_lrn": False}),
         ("paper, grouped", {"tower_impl": "grouped"}),
-        ("paper, conv1 space-to-depth", {"conv1_space_to_depth": True}),
+        ("paper, conv1 space-to-depth", {"conv1_impl": "space_to_depth"}),
     ]:
-        model = models.AlexNet(**fields, dtype=args.dtype)
+        model = models.AlexNet(**{"conv1_impl": "direct", **fields}, dtype=args.dtype)
         params = model.init(key, images[:1], train=False)
 
         def loss(p, model=model):

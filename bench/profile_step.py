@@ -18,6 +18,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import time
 
 import jax
@@ -34,6 +35,38 @@ def _device_events(trace: dict) -> list[dict]:
     complete = [e for e in trace["traceEvents"] if e.get("ph") == "X" and "dur" in e]
     gpu = [e for e in complete if "/device:GPU" in names.get(e["pid"], "")]
     return gpu or [e for e in complete if "hlo_op" in e.get("args", {})]
+
+
+# The opcodes that say what a fused computation does, most telling first.
+_KINDS = ("convolution", "dot", "custom-call", "scatter", "select-and-scatter", "reduce-window", "gather", "reduce")
+
+
+def hlo_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """Instruction name -> (kind, layer) from a compiled module's HLO text:
+    the kind is the most telling opcode of the instruction or of the
+    computation a fusion calls (else "elementwise"), the layer the model's
+    named scope in its metadata (conv1..fc8, else "-")."""
+    bodies, current = {}, None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%([\w.-]+) ", line)
+        if header:
+            current = bodies.setdefault(header.group(1), [])
+        elif current is not None:
+            current.append(line)
+    index = {}
+    for lines in bodies.values():
+        for line in lines:
+            match = re.match(r"\s*(?:ROOT )?%([\w.-]+) = \S+ ([a-z][\w-]*)\(", line)
+            if not match:
+                continue
+            name, opcode = match.groups()
+            called = re.search(r"calls=%([\w.-]+)", line)
+            text = "\n".join([line, *bodies.get(called.group(1), [])]) if called else line
+            opcodes = set(re.findall(r"= \S+ ([a-z][\w-]*)\(", text))
+            kind = next((k for k in _KINDS if k in opcodes), "elementwise" if opcode == "fusion" else opcode)
+            layer = re.search(r"/(conv\d|fc\d)/", text)
+            index[name] = (kind, layer.group(1) if layer else "-")
+    return index
 
 
 def main() -> None:
@@ -67,18 +100,28 @@ def main() -> None:
     path = max(glob.glob(os.path.join(args.logdir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
     with gzip.open(path) as f:
         events = _device_events(json.load(f))
+    kinds = hlo_kinds(step_fn.lower(state, data, key).compile().as_text())
     by_name = collections.defaultdict(lambda: [0.0, 0])
     for event in events:
         by_name[event["name"]][0] += event["dur"] / 1000 / args.steps  # ms per step
         by_name[event["name"]][1] += 1
     busy = sum(ms for ms, _ in by_name.values())
+    by_kind = collections.defaultdict(float)
+    for name, (ms, _) in by_name.items():
+        by_kind[kinds.get(name, ("(not in HLO)", "-"))] += ms
+    device = jax.devices()[0].device_kind
     print(
-        f"\n{args.models} {args.dtype} batch {args.batch}, {jax.devices()[0].device_kind}: {1000 * wall:.2f} ms/step "
-        f"(wall, {args.steps} traced steps); operations sum to {busy:.2f} ms/step. Trace: {path}\n"
+        f"\n{args.models} {args.dtype} batch {args.batch}, micro-batch {args.micro_batch or '-'}, {device}: "
+        f"{1000 * wall:.2f} ms/step (wall, {args.steps} traced steps); operations sum to {busy:.2f} ms/step "
+        f"(more than the wall time where threads overlap). Trace: {path}\n"
     )
-    print("| operation | ms/step | % of op time | calls/step |\n|---|---|---|---|")
+    print("| kind | layer | ms/step | % of op time |\n|---|---|---|---|")
+    for (kind, layer), ms in sorted(by_kind.items(), key=lambda item: -item[1])[: args.top]:
+        print(f"| {kind} | {layer} | {ms:.3f} | {100 * ms / busy:.1f} |")
+    print("\n| operation | kind | layer | ms/step | % of op time | calls/step |\n|---|---|---|---|---|---|")
     for name, (ms, calls) in sorted(by_name.items(), key=lambda item: -item[1][0])[: args.top]:
-        print(f"| {name[:90]} | {ms:.3f} | {100 * ms / busy:.1f} | {calls / args.steps:.0f} |")
+        kind, layer = kinds.get(name, ("(not in HLO)", "-"))
+        print(f"| {name[:90]} | {kind} | {layer} | {ms:.3f} | {100 * ms / busy:.1f} | {calls / args.steps:.0f} |")
 
 
 if __name__ == "__main__":

@@ -42,10 +42,17 @@ PAPER_GFLOP_PER_IMAGE = 4.1
 COMPARABLE = {"model.within_channel_norm": False, "pca_noise_std": 0.0}  # the PyTorch peer has neither
 
 
-def _config(name: str, batch: int, micro_batch: int = 0, dtype: str = "float32"):
+def _config(name: str, batch: int, micro_batch: int = 0, dtype: str = "float32", overrides: str = ""):
+    """The model's config for the benchmark; `overrides` as "model.field=value,..."."""
+    import ast
+
     from configs import digits, paper
 
     config = (paper if name == "paper" else digits).get_config()
+    for override in filter(None, overrides.split(",")):
+        field, _, value = override.partition("=")
+        parent, _, leaf = field.rpartition(".")
+        (config[parent] if parent else config)[leaf] = ast.literal_eval(value)
     config.batch_size = batch
     config.micro_batch_size = micro_batch
     config.model.dtype = dtype
@@ -72,7 +79,7 @@ def time_calls(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
-def _jax_step(model_name: str, batch: int, dtype: str, micro_batch: int):
+def _jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, overrides: str = ""):
     """(jitted train step, state, key, config) of alexnet_jax on one device."""
     import functools
 
@@ -80,7 +87,7 @@ def _jax_step(model_name: str, batch: int, dtype: str, micro_batch: int):
 
     from alexnet_jax import augment, sharding, steps
 
-    config = _config(model_name, batch, micro_batch, dtype)
+    config = _config(model_name, batch, micro_batch, dtype, overrides)
     mesh = sharding.make_mesh(config.mesh)
     state = steps.create_train_state(config, steps.create_model(config), 10_000, mesh)
     stats = augment.published_stats(config.mean_rgb)  # synthetic data: any fixed statistics
@@ -94,13 +101,15 @@ def _step_bytes(compiled) -> int:
     return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
 
 
-def worker_jax(model_name: str, batch: int, dtype: str, warmup: int, repeats: int, micro_batch: int) -> dict:
+def worker_jax(
+    model_name: str, batch: int, dtype: str, warmup: int, repeats: int, micro_batch: int, overrides: str = ""
+) -> dict:
     import jax
     import numpy as np
 
     from alexnet_jax import sharding
 
-    step_fn, state, key, config = _jax_step(model_name, batch, dtype, micro_batch)
+    step_fn, state, key, config = _jax_step(model_name, batch, dtype, micro_batch, overrides)
     rng = np.random.default_rng(0)
     size = config.resize_size
     batch_np = {
@@ -232,6 +241,8 @@ def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) 
             for contender in order:
                 worker, _, micro_batch = contender.partition(":")
                 fields = dict(models=model, batch=batch, dtype=dtype, warmup=args.warmup, steps=args.steps)
+                if worker == "jax":
+                    fields["set"] = args.set
                 result = _run_worker(worker, args, micro_batch=micro_batch or "0", **fields)
                 if "error" in result:  # e.g. out of memory at the largest batch: a row says so
                     print(f"{contender} {model} {dtype} {batch}: {result['stderr']}", file=sys.stderr)
@@ -262,7 +273,9 @@ def _print_table(args, contenders, settings, runs, gemm) -> None:
     print("|---" * (header.count("|") - 1) + "|")
     for model, dtype, batch in settings:
         ok = {c: [r for r in runs[c, model, dtype, batch] if "error" not in r] for c in contenders}
-        jax_flop = statistics.mean([r["xla_gflop_per_image"] for c in contenders[:-1] for r in ok[c]] or [0.0])
+        jax_flop = statistics.mean(
+            [r["xla_gflop_per_image"] for c in contenders if c != "torch" for r in ok[c]] or [0.0]
+        )
         flop = PAPER_GFLOP_PER_IMAGE if model == "paper" else jax_flop
         medians = {c: statistics.median(t for r in ok[c] for t in r["times"]) for c in contenders if ok[c]}
         for contender in contenders:
@@ -306,6 +319,7 @@ def main() -> None:
         help="alexnet_jax contenders: config.micro_batch_size values, comma-separated, 0 = whole batch "
         "(default 0,32 on CPU, 0 on GPU)",
     )
+    parser.add_argument("--set", default="", help='alexnet_jax config overrides, e.g. "model.use_lrn=False"')
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--worker", choices=["jax", "torch", "fit", "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
@@ -317,8 +331,8 @@ def main() -> None:
         print(json.dumps(worker_fit(args.models, args.batch, args.dtype)))
         return
     if args.worker:
-        worker = worker_jax if args.worker == "jax" else worker_torch
-        result = worker(args.models, args.batch, args.dtype, args.warmup, args.steps, int(args.micro_batch))
+        fields = (args.models, args.batch, args.dtype, args.warmup, args.steps, int(args.micro_batch))
+        result = worker_jax(*fields, args.set) if args.worker == "jax" else worker_torch(*fields)
         print(json.dumps(result))
         return
 

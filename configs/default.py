@@ -85,7 +85,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Scale init stds by sqrt(paper fan-in / fan-in): a no-op at the paper's
     # size; keeps a narrow or small-input net from stalling at ln(classes).
     config.model.init_match_fan_in = False
-    config.model.conv1_space_to_depth = False  # conv1 as a 3x3 conv of 4x4-pixel blocks: same numbers, faster on GPUs
+    # "space_to_depth": conv1 as a 3x3 conv of 4x4-pixel blocks, same numbers
+    # (summed in another order), 1.3x faster steps on an H100, slower on CPU;
+    # "direct": the strided 11x11 conv; "auto": space_to_depth on GPUs only.
+    config.model.conv1_impl = "auto"
+    # Convolutions' kernel gradients: "gemm" = one matrix product of input
+    # patches (faster steps on XLA:CPU), "xla" = XLA's own; "auto": gemm on CPU.
+    config.model.conv_wgrad = "auto"
     config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
 
     # --- optimiser: PAPER.md's update rule ---

@@ -1,6 +1,8 @@
 """LRN, the within-channel norm, tower and space-to-depth convolutions
 against independent NumPy / plain-lax references."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,14 +97,20 @@ def _direct_conv(x, kernel, strides, padding):
         ((1, 15, 15, 3), (5, 5, 3, 2), (2, 2), "SAME"),
     ],
 )
-def test_space_to_depth_conv_equals_direct_conv(x_shape, kernel_shape, strides, padding):
+@pytest.mark.parametrize("variant", ["space_to_depth", "gemm_wgrad", "space_to_depth+gemm_wgrad"])
+def test_conv_variants_equal_direct_conv(variant, x_shape, kernel_shape, strides, padding):
     """Same outputs and gradients (w.r.t. input and kernel) as the strided
     lax.conv, to float32 rounding: only the order of the sums differs."""
+    fast_conv = {
+        "space_to_depth": layers.space_to_depth_conv,
+        "gemm_wgrad": layers.gemm_wgrad_conv,
+        "space_to_depth+gemm_wgrad": functools.partial(layers.space_to_depth_conv, gemm_wgrad=True),
+    }[variant]
     rng = np.random.RandomState(4)
     x = jnp.asarray(rng.normal(size=x_shape).astype(np.float32))
     kernel = jnp.asarray(rng.normal(size=kernel_shape).astype(np.float32))
     want = _direct_conv(x, kernel, strides, padding)
-    got = jax.jit(layers.space_to_depth_conv, static_argnums=(2, 3))(x, kernel, strides, padding)
+    got = jax.jit(fast_conv, static_argnums=(2, 3))(x, kernel, strides, padding)
     assert got.shape == want.shape
     scale = float(np.abs(want).max())
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6 * scale)
@@ -114,7 +122,7 @@ def test_space_to_depth_conv_equals_direct_conv(x_shape, kernel_shape, strides, 
             x, kernel
         )
 
-    for got_grad, want_grad in zip(grads(layers.space_to_depth_conv), grads(_direct_conv)):
+    for got_grad, want_grad in zip(grads(fast_conv), grads(_direct_conv)):
         assert got_grad.shape == want_grad.shape
         scale = float(np.abs(want_grad).max())
         np.testing.assert_allclose(np.asarray(got_grad), np.asarray(want_grad), rtol=1e-5, atol=1e-6 * scale)

@@ -1,8 +1,11 @@
 """AlexNet's shapes, parameter count, initialisation and switches."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from alexnet_jax import models
@@ -98,8 +101,9 @@ SMALL = dict(num_classes=10, input_size=64, width=0.25)
         {"lrn_alpha_over_n": False, "lrn1_before_relu": False, "within_channel_norm": False},
         {"tower_impl": "grouped"},
         {"dtype": "bfloat16"},
-        {"conv1_space_to_depth": True},
-        {"conv1_space_to_depth": True, "tower_impl": "grouped", "dtype": "bfloat16"},
+        {"conv1_impl": "space_to_depth"},
+        {"conv1_impl": "space_to_depth", "tower_impl": "grouped", "dtype": "bfloat16"},
+        {"conv_wgrad": "gemm", "conv1_impl": "space_to_depth", "dtype": "bfloat16"},
     ],
 )
 def test_switches_run(switches):
@@ -125,11 +129,33 @@ def test_conv1_space_to_depth_gives_the_same_logits():
     """At the paper's input size (conv1's far-edge padding) with the same
     parameters: only conv1's order of summation differs."""
     x = jax.random.normal(jax.random.key(1), (2, 224, 224, 3)) * 50
-    direct = models.AlexNet(num_classes=10, width=0.25)
+    direct = models.AlexNet(num_classes=10, width=0.25, conv1_impl="direct")
     variables = direct.init(jax.random.key(0), x, train=False)
-    s2d = models.AlexNet(num_classes=10, width=0.25, conv1_space_to_depth=True)
+    s2d = models.AlexNet(num_classes=10, width=0.25, conv1_impl="space_to_depth")
     want = direct.apply(variables, x, train=False)
     np.testing.assert_allclose(s2d.apply(variables, x, train=False), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("tower_impl", ["split", "grouped"])
+def test_gemm_kernel_gradients_equal_xla_ones(tower_impl):
+    """`conv_wgrad="gemm"` changes how the kernel gradients are computed, not
+    what they are: every parameter's gradient matches XLA's own."""
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
+    labels = jnp.array([1, 7])
+    grads = {}
+    for wgrad in ("xla", "gemm"):
+        model = models.AlexNet(**SMALL, tower_impl=tower_impl, conv_wgrad=wgrad)
+        variables = model.init(jax.random.key(0), x, train=False)
+
+        def loss(params, model=model):
+            logits = model.apply({"params": params}, x, train=False)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        grads[wgrad] = jax.grad(loss)(variables["params"])
+    for path, want in jax.tree_util.tree_leaves_with_path(grads["xla"]):
+        got = functools.reduce(lambda tree, key: tree[key.key], path, grads["gemm"])
+        scale = float(np.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
 
 
 def test_lrn_switch_changes_output():

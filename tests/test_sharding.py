@@ -25,7 +25,7 @@ def _config(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout
     config.model_parallel = model_parallel
     config.micro_batch_size = micro_batch_size
     config.model.dropout_rate = dropout_rate
-    config.model.conv1_space_to_depth = conv1_s2d
+    config.model.conv1_impl = "space_to_depth" if conv1_s2d else "direct"
     return config
 
 
