@@ -10,9 +10,12 @@ Prints one table, variants of a layer measured back to back in the same run:
     conv of 4x4-pixel blocks, 48 channels), gradient w.r.t. the parameters
     only, as for a first layer;
   - the towers: `TowerConv(impl="split")` vs `impl="grouped"`
-    (`feature_group_count=2`), at conv2's size;
-  - the whole paper model's gradient with and without LRN, with each
-    tower implementation, and with conv1 by space-to-depth.
+    (`feature_group_count=2`), and split with the kernel gradient as one
+    GEMM (`gemm_wgrad=True`), at conv2's size, gradients w.r.t. parameters
+    and input;
+  - the whole paper model's gradient (direct conv1, XLA's kernel gradients)
+    with and without LRN, with each tower implementation, with conv1 by
+    space-to-depth, and with the kernel gradients as GEMMs.
 """
 
 from __future__ import annotations
@@ -78,11 +81,15 @@ def main() -> None:
         rows.append(("conv1 11x11/4, 3->96", variant, _best_ms(step, params, images, repeats=args.repeats)))
 
     pool1_out = jax.random.normal(key, (args.batch, 27, 27, 96))
-    for impl in ("split", "grouped"):
-        conv = layers.TowerConv(features=256, kernel_size=(5, 5), towers=2, impl=impl)
+    for variant, impl, gemm_wgrad in (
+        ("split", "split", False),
+        ("grouped", "grouped", False),
+        ("split, kernel gradient as GEMM", "split", True),
+    ):
+        conv = layers.TowerConv(features=256, kernel_size=(5, 5), towers=2, impl=impl, gemm_wgrad=gemm_wgrad)
         params = conv.init(key, pool1_out[:1])
-        step = jax.jit(jax.grad(lambda p, x, conv=conv: jnp.sum(conv.apply(p, x) ** 2)))
-        rows.append(("conv2 5x5, 2 towers", impl, _best_ms(step, params, pool1_out, repeats=args.repeats)))
+        step = jax.jit(jax.grad(lambda p, x, conv=conv: jnp.sum(conv.apply(p, x) ** 2), argnums=(0, 1)))
+        rows.append(("conv2 5x5, 2 towers", variant, _best_ms(step, params, pool1_out, repeats=args.repeats)))
 
     labels = jnp.zeros((args.batch,), jnp.int32)
     for label, fields in [
@@ -90,8 +97,9 @@ def main() -> None:
         ("paper, no LRN", {"use_lrn": False}),
         ("paper, grouped", {"tower_impl": "grouped"}),
         ("paper, conv1 space-to-depth", {"conv1_impl": "space_to_depth"}),
+        ("paper, kernel gradients as GEMMs", {"conv_wgrad": "gemm"}),
     ]:
-        model = models.AlexNet(**{"conv1_impl": "direct", **fields}, dtype=args.dtype)
+        model = models.AlexNet(**{"conv1_impl": "direct", "conv_wgrad": "xla", **fields}, dtype=args.dtype)
         params = model.init(key, images[:1], train=False)
 
         def loss(p, model=model):

@@ -52,7 +52,11 @@ def _config(name: str, batch: int, micro_batch: int = 0, dtype: str = "float32",
     for override in filter(None, overrides.split(",")):
         field, _, value = override.partition("=")
         parent, _, leaf = field.rpartition(".")
-        (config[parent] if parent else config)[leaf] = ast.literal_eval(value)
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a bare string, e.g. model.conv1_impl=direct
+        (config[parent] if parent else config)[leaf] = value
     config.batch_size = batch
     config.micro_batch_size = micro_batch
     config.model.dtype = dtype
@@ -262,7 +266,7 @@ def _print_table(args, contenders, settings, runs, gemm) -> None:
     peaks = {d: max(g["gflops"][d] for g in gemm) for d in gemm[0]["gflops"]}
     print(f"\nmachine: {device} ({platform}), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     for dtype, rate in peaks.items():
-        print(f"{dtype} matrix rate (jnp.dot {gemm[0]['n']}^2, best of {args.rounds} runs): {rate:.1f} GFLOP/s")
+        print(f"{dtype} matrix rate (jnp.dot {gemm[0]['n']}^2, best of {len(gemm)} runs): {rate:.1f} GFLOP/s")
     print(f"limit: the {limit_dtype} rate; {args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up)\n")
     memory = "peak device memory (MB)" if platform == "gpu" else "peak RSS (MB)"
     header = (
