@@ -229,20 +229,14 @@ def _gemm_wgrad_conv_bwd(strides, pads, residuals, grad_nhwo):
     x_nhwc, kernel_hwio = residuals
     _, input_vjp = jax.vjp(lambda x: _plain_conv(x, kernel_hwio, strides, pads), x_nhwc)
     (grad_x,) = input_vjp(grad_nhwo)
-    if strides != (1, 1):
-        # Through space-to-depth, whose stride-1 conv takes this path: kh/s x
-        # kw/s contiguous taps of s*s*C channels instead of kh x kw strided
-        # views of C (conv1: 9 of 48 instead of 121 of 3), a smaller program
-        # and cheaper patches. Its forward output is unused and compiled away.
-        conv = functools.partial(space_to_depth_conv, x_nhwc, strides=strides, padding=pads, gemm_wgrad=True)
-        (grad_kernel,) = jax.vjp(conv, kernel_hwio)[1](grad_nhwo)
-        return grad_x, grad_kernel
     kh, kw, channels, features = kernel_hwio.shape
-    out_h, out_w = grad_nhwo.shape[1:3]
+    (sh, sw), (out_h, out_w) = strides, grad_nhwo.shape[1:3]
     x = jax.lax.pad(x_nhwc, jnp.zeros((), x_nhwc.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-    # Tap (i, j) of every output position: a shifted view of the padded input.
+    # Tap (i, j) of every output position: a strided view of the padded input.
     taps = [
-        jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + out_h, j + out_w, channels))
+        jax.lax.slice(
+            x, (0, i, j, 0), (x.shape[0], i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels), (1, sh, sw, 1)
+        )
         for i in range(kh)
         for j in range(kw)
     ]
