@@ -157,9 +157,7 @@ def space_to_depth_conv(
     if kernel_channels != channels:
         raise ValueError(f"space_to_depth_conv: kernel reads {kernel_channels} channels, input has {channels}")
     sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads((height, width), (kh, kw), (sh, sw), padding)
-    (top, bottom), (left, right) = padding
+    (top, bottom), (left, right) = _explicit_padding(padding, (height, width), (kh, kw), (sh, sw))
     out_h = (height + top + bottom - kh) // sh + 1
     out_w = (width + left + right - kw) // sw + 1
     if out_h < 1 or out_w < 1:
@@ -184,7 +182,7 @@ def space_to_depth_conv(
     kernel = kernel.reshape(blocks_h, blocks_w, sh * sw * channels, features)
     if gemm_wgrad:  # the stride-1 conv's kernel gradient from contiguous 48-channel taps
         return gemm_wgrad_conv(x, kernel, (1, 1), "VALID")
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return _plain_conv(x, kernel, (1, 1), "VALID")
 
 
 def _explicit_padding(padding: str | Sequence[tuple[int, int]], in_hw, kernel_hw, strides) -> tuple:
