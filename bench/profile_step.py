@@ -22,10 +22,8 @@ import re
 import time
 
 import jax
-import numpy as np
 
-from alexnet_jax import sharding
-from bench.train_step import _jax_step
+from bench.train_step import jax_step, synthetic_batch
 
 
 def _device_events(trace: dict) -> list[dict]:
@@ -80,27 +78,22 @@ def main() -> None:
     parser.add_argument("--logdir", default="/tmp/alexnet_profile")
     args = parser.parse_args()
 
-    step_fn, state, key, config = _jax_step(args.models, args.batch, args.dtype, args.micro_batch)
-    rng = np.random.default_rng(0)
-    size = config.resize_size
-    batch = {
-        "image": rng.integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8),
-        "label": rng.integers(0, config.model.num_classes, (args.batch,)),
-    }
-    data = sharding.global_batch(batch, sharding.make_mesh(config.mesh))
+    step_fn, state, key, config = jax_step(args.models, args.batch, args.dtype, args.micro_batch)
+    data = synthetic_batch(config, args.batch)
+    compiled = step_fn.lower(state, data, key).compile()  # run, and read for the operations' kinds
     for _ in range(3):
-        state, metrics = step_fn(state, data, key)
+        state, metrics = compiled(state, data, key)
     jax.block_until_ready(metrics)
     with jax.profiler.trace(args.logdir, create_perfetto_trace=True):
         start = time.perf_counter()
         for _ in range(args.steps):
-            state, metrics = step_fn(state, data, key)
+            state, metrics = compiled(state, data, key)
         jax.block_until_ready(metrics)
         wall = (time.perf_counter() - start) / args.steps
     path = max(glob.glob(os.path.join(args.logdir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
     with gzip.open(path) as f:
         events = _device_events(json.load(f))
-    kinds = hlo_kinds(step_fn.lower(state, data, key).compile().as_text())
+    kinds = hlo_kinds(compiled.as_text())
     by_name = collections.defaultdict(lambda: [0.0, 0])
     for event in events:
         by_name[event["name"]][0] += event["dur"] / 1000 / args.steps  # ms per step

@@ -51,20 +51,24 @@ def _config(name: str, batch: int, micro_batch: int = 0, dtype: str = "float32",
     config = (paper if name == "paper" else digits).get_config()
     for override in filter(None, overrides.split(",")):
         field, _, value = override.partition("=")
-        parent, _, leaf = field.rpartition(".")
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             pass  # a bare string, e.g. model.conv1_impl=direct
-        (config[parent] if parent else config)[leaf] = value
+        _set_field(config, field, value)
     config.batch_size = batch
     config.micro_batch_size = micro_batch
     config.model.dtype = dtype
     config.mesh = (1, 1)
     for field, value in COMPARABLE.items():
-        parent, _, leaf = field.rpartition(".")
-        (config[parent] if parent else config)[leaf] = value
+        _set_field(config, field, value)
     return config
+
+
+def _set_field(config, field: str, value) -> None:
+    """Sets a dotted config field ("model.use_lrn")."""
+    parent, _, leaf = field.rpartition(".")
+    (config[parent] if parent else config)[leaf] = value
 
 
 def _peak_rss_mb() -> float:
@@ -83,7 +87,7 @@ def time_calls(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
-def _jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, overrides: str = ""):
+def jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, overrides: str = ""):
     """(jitted train step, state, key, config) of alexnet_jax on one device."""
     import functools
 
@@ -99,6 +103,19 @@ def _jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, overrid
     return step_fn, state, jax.random.key(0), config
 
 
+def synthetic_batch(config, batch: int) -> dict:
+    """Random uint8 images of the host-side size and labels, on the device."""
+    import numpy as np
+
+    from alexnet_jax import sharding
+
+    rng = np.random.default_rng(0)
+    size = config.resize_size
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, config.model.num_classes, (batch,))
+    return sharding.global_batch({"image": images, "label": labels}, sharding.make_mesh(config.mesh))
+
+
 def _step_bytes(compiled) -> int:
     """Device bytes XLA's memory analysis gives the compiled step."""
     m = compiled.memory_analysis()
@@ -109,18 +126,9 @@ def worker_jax(
     model_name: str, batch: int, dtype: str, warmup: int, repeats: int, micro_batch: int, overrides: str = ""
 ) -> dict:
     import jax
-    import numpy as np
 
-    from alexnet_jax import sharding
-
-    step_fn, state, key, config = _jax_step(model_name, batch, dtype, micro_batch, overrides)
-    rng = np.random.default_rng(0)
-    size = config.resize_size
-    batch_np = {
-        "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
-        "label": rng.integers(0, config.model.num_classes, (batch,)),
-    }
-    data = sharding.global_batch(batch_np, sharding.make_mesh(config.mesh))
+    step_fn, state, key, config = jax_step(model_name, batch, dtype, micro_batch, overrides)
+    data = synthetic_batch(config, batch)
     start = time.perf_counter()
     compiled = step_fn.lower(state, data, key).compile()
     compile_s = time.perf_counter() - start
@@ -150,7 +158,7 @@ def worker_fit(model_name: str, batch: int, dtype: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    step_fn, state, key, config = _jax_step(model_name, batch, dtype, 0)
+    step_fn, state, key, config = jax_step(model_name, batch, dtype, 0)
 
     def step_bytes(b: int) -> int:
         size = config.resize_size
