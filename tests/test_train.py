@@ -27,8 +27,10 @@ def test_one_step_golden_value(tiny_config):
     If this fails after a deliberate change to the model, the optimiser, the
     init or the input order, check the change is intended, then update the
     numbers below (print them from this test). An unintended failure means
-    the numerics of a training step changed.
+    the numerics of a training step changed. Run with the default kernel
+    gradients (GEMMs on CPUs), which tiny_config turns off for speed.
     """
+    tiny_config.model.conv_wgrad = "auto"
     local_batch, builder = _first_batch(tiny_config)
     mesh = sharding.make_mesh(tiny_config.mesh)
     model = steps.create_model(tiny_config)
@@ -171,7 +173,7 @@ def test_tensorboard_event_files_hold_the_scalars(tiny_config, tmp_path):
         ("resize_size", 60, "config.resize_size=60 must be >= model.input_size=64"),
         ("dataset", "", "config.dataset='' must be a tfds dataset name"),
         ("dataset", "synthetic_data", "config.dataset='synthetic_data' is not a dataset: use 'synthetic'"),
-        ("cache_format", "tfrecord", "config.cache_format='tfrecord' must be one of ('jpeg', 'png', 'none')"),
+        ("cache_format", "tfrecord", "config.cache_format='tfrecord' must be one of ('jpeg', 'png', 'raw', 'none')"),
         ("prefetch_batches", 0, "config.prefetch_batches=0 must be a positive integer"),
     ],
 )
