@@ -8,10 +8,13 @@ with `shard-NNNNN.tfrecord` files (tf.train.Example: encoded `image`, int64
 Each process caches its own part of the split (the one it trains on), so the
 parts are prepared in parallel and no process waits for another.
 
-Formats: "jpeg" (re-encoded at quality `JPEG_QUALITY`: about 10x smaller than
-raw pixels, fast to decode, slightly lossy) or "png" (lossless, bigger and
-slower to decode). The cache is written into a temporary folder and renamed
-into place only when complete: a killed preparation leaves no folder that a
+Formats: "jpeg" (re-encoded at quality `JPEG_QUALITY`: about 5x smaller than
+raw pixels, fast to decode, slightly lossy), "png" (lossless, bigger and
+slower to decode) or "raw" (the uint8 pixels themselves, 196 kB per 256x256
+image: nothing to decode, so a few host cores can feed an accelerator that
+outruns JPEG decoding; needs disk and, for the shuffle buffer, memory). The
+cache is written into a temporary folder and renamed into place only when
+complete: a killed preparation leaves no folder that a
 later run would trust (its leftover `*.tmp-*` folder is ignored).
 """
 
@@ -27,7 +30,7 @@ from collections.abc import Callable
 import tensorflow as tf
 import tqdm
 
-FORMATS = ("jpeg", "png", "none")  # "none": no cache, decode the source every epoch
+FORMATS = ("jpeg", "png", "raw", "none")  # "none": no cache, decode the source every epoch
 JPEG_QUALITY = 95
 SHARD_SIZE = 1024  # examples per file: the unit of per-epoch file shuffling
 INFO_FILE = "info.json"
@@ -60,6 +63,8 @@ def shard_files(path: str, info: dict) -> list[str]:
 
 
 def _encode(fmt: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    if fmt == "raw":  # the pixels with their shape and dtype, as a TensorProto
+        return tf.io.serialize_tensor
     if fmt == "jpeg":
         # 4:4:4 chroma: the resized image keeps its full colour resolution.
         return lambda image: tf.io.encode_jpeg(image, quality=JPEG_QUALITY, chroma_downsampling=False)
@@ -151,12 +156,19 @@ def records(files: list[str], shuffle_seed: tf.Tensor | None) -> tf.data.Dataset
     return ds.map(lambda record: tf.io.parse_single_example(record, _FEATURES))
 
 
+def _decode_image(fmt: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    if fmt == "raw":
+        return lambda data: tf.io.parse_tensor(data, tf.uint8)
+    decode_image = tf.io.decode_jpeg if fmt == "jpeg" else tf.io.decode_png
+    return lambda data: decode_image(data, channels=3)
+
+
 def decode(fmt: str, size: int) -> Callable[[dict], dict]:
     """Undecoded cache example -> {"image": uint8 size x size x 3, "label"}."""
-    decode_image = tf.io.decode_jpeg if fmt == "jpeg" else tf.io.decode_png
+    decode_image = _decode_image(fmt)
 
     def fn(example: dict) -> dict:
-        image = tf.ensure_shape(decode_image(example["image"], channels=3), (size, size, 3))
+        image = tf.ensure_shape(decode_image(example["image"]), (size, size, 3))
         return {"image": image, "label": example["label"]}
 
     return fn

@@ -26,8 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_split = "validation"
     config.shuffle_buffer_size = 16_384  # examples, shuffled before decoding (encoded bytes)
     # Preprocessed cache next to the data (alexnet_jax/data_cache.py), made
-    # once per dataset and process part: "jpeg" (quality 95, ~10x smaller
-    # than pixels), "png" (lossless) or "none" (decode the source every epoch).
+    # once per dataset and process part: "jpeg" (quality 95, ~5x smaller
+    # than pixels), "png" (lossless), "raw" (the pixels: nothing to decode,
+    # for hosts that cannot decode as fast as the accelerator trains) or
+    # "none" (decode the source every epoch).
     config.cache_format = "jpeg"
     config.prefetch_batches = 2  # global batches placed on the devices ahead of the step
     # Host side: shorter side to resize_size, centre crop resize_size^2 (uint8);

@@ -98,12 +98,15 @@ def _in_order(config, builder, split="train"):
     return np.concatenate(list(batches))
 
 
-def test_png_cache_is_lossless_and_jpeg_close(tiny_config, builder):
+def test_png_and_raw_caches_are_lossless_and_jpeg_close(tiny_config, builder):
     uncached = tiny_config.copy_and_resolve_references()
     uncached.cache_format = "none"
     reference = _in_order(uncached, builder)
     assert reference.shape == (1437, 72, 72, 3)
     np.testing.assert_array_equal(_in_order(tiny_config, builder), reference)  # png
+    raw = tiny_config.copy_and_resolve_references()
+    raw.cache_format = "raw"
+    np.testing.assert_array_equal(_in_order(raw, builder), reference)
     jpeg = tiny_config.copy_and_resolve_references()
     jpeg.cache_format = "jpeg"
     error = np.abs(_in_order(jpeg, builder).astype(np.int32) - reference).mean()
