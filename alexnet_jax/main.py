@@ -60,6 +60,13 @@ def _initialize_distributed(jax) -> None:
         jax.distributed.initialize()
 
 
+def use_compilation_cache(jax, cache_dir: str) -> None:
+    """Points JAX's persistent compilation cache at `cache_dir` ("" = none)
+    unless the environment already chose one (JAX_COMPILATION_CACHE_DIR)."""
+    if cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -86,6 +93,7 @@ def main(argv: list[str]) -> None:
         jax.devices(),
     )
     config = FLAGS.config
+    use_compilation_cache(jax, config.compilation_cache_dir)
     try:
         summary = train.train_and_evaluate(config, FLAGS.workdir)
     except (ValueError, input_pipeline.DatasetUnavailableError, FloatingPointError) as error:

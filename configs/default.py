@@ -118,4 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
     # (Krizhevsky 2014: data-parallel convs, model-parallel dense layers).
     # "towers" needs a model axis of 1 or model.towers (one tower per device).
     config.model_parallel = "towers"
+    # JAX's persistent compilation cache (python -m alexnet_jax.main only): a
+    # restarted or resumed run, or a sweep's next variant of the same program,
+    # loads its compiled step instead of compiling it again (minutes for big
+    # GPU batches). "" = off; JAX_COMPILATION_CACHE_DIR, where set, wins.
+    config.compilation_cache_dir = "~/.cache/alexnet_jax/xla"
     return config

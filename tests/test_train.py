@@ -188,6 +188,23 @@ def test_invalid_config_is_rejected_with_its_field(tiny_config, field, value, me
     assert "\n" not in str(error.value)
 
 
+def test_main_uses_the_configured_compilation_cache_unless_the_environment_sets_one(tmp_path, monkeypatch):
+    from alexnet_jax import main
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        main.use_compilation_cache(jax, str(tmp_path / "from_env_wins"))  # conftest sets the variable
+        assert jax.config.jax_compilation_cache_dir == before
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+        main.use_compilation_cache(jax, "")
+        assert jax.config.jax_compilation_cache_dir == before
+        monkeypatch.setenv("HOME", str(tmp_path))
+        main.use_compilation_cache(jax, "~/xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+
+
 def test_bad_config_writes_nothing(tiny_config, tmp_path):
     config = tiny_config.copy_and_resolve_references()
     config.model.num_classes = 7
