@@ -14,8 +14,8 @@ slower to decode) or "raw" (the uint8 pixels themselves, 196 kB per 256x256
 image: nothing to decode, so a few host cores can feed an accelerator that
 outruns JPEG decoding; needs disk and, for the shuffle buffer, memory). The
 cache is written into a temporary folder and renamed into place only when
-complete: a killed preparation leaves no folder that a
-later run would trust (its leftover `*.tmp-*` folder is ignored).
+complete: a killed preparation leaves no folder that a later run would trust
+(its leftover `*.tmp-*` folder is ignored).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from alexnet_jax import augment, synthetic_data  # noqa: E402  (ImageNet's training-set size)
+from alexnet_jax import synthetic_data  # noqa: E402  (ImageNet's training-set size)
 from bench.train_step import time_calls  # noqa: E402
 
 
@@ -100,21 +100,14 @@ def train_step_seconds(batch: int, timed: int) -> float:
     within-channel norm included, unlike bench/train_step's comparable one)."""
     import jax
 
-    from alexnet_jax import sharding, steps
-    from bench.train_step import synthetic_batch
-    from configs import paper
+    from bench.train_step import jax_step, synthetic_batch
 
-    config = paper.get_config()
-    config.batch_size = batch
-    config.mesh = (1, 1)
-    state = steps.create_train_state(config, steps.create_model(config), 10_000, sharding.make_mesh(config.mesh))
+    step, state, key, config = jax_step("paper", batch, "float32", 0, comparable=False)
     data = synthetic_batch(config, batch)
-    stats = augment.published_stats(config.mean_rgb)
-    step = jax.jit(functools.partial(steps.train_step, config=config, stats=stats), donate_argnums=0)
     holder = {"state": state}
 
     def run():
-        holder["state"], metrics = step(holder["state"], data, jax.random.key(0))
+        holder["state"], metrics = step(holder["state"], data, key)
         jax.block_until_ready(metrics)
 
     return statistics.median(time_calls(run, 1, timed))

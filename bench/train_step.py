@@ -42,8 +42,11 @@ PAPER_GFLOP_PER_IMAGE = 4.1
 COMPARABLE = {"model.within_channel_norm": False, "pca_noise_std": 0.0}  # the PyTorch peer has neither
 
 
-def _config(name: str, batch: int, micro_batch: int = 0, dtype: str = "float32", overrides: str = ""):
-    """The model's config for the benchmark; `overrides` as "model.field=value,..."."""
+def _config(
+    name: str, batch: int, micro_batch: int = 0, dtype: str = "float32", overrides: str = "", comparable: bool = True
+):
+    """The model's config for the benchmark; `overrides` as "model.field=value,...";
+    `comparable`: without what the PyTorch peer lacks (COMPARABLE)."""
     import ast
 
     from configs import digits, paper
@@ -60,7 +63,7 @@ def _config(name: str, batch: int, micro_batch: int = 0, dtype: str = "float32",
     config.micro_batch_size = micro_batch
     config.model.dtype = dtype
     config.mesh = (1, 1)
-    for field, value in COMPARABLE.items():
+    for field, value in COMPARABLE.items() if comparable else ():
         _set_field(config, field, value)
     return config
 
@@ -87,7 +90,7 @@ def time_calls(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
-def jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, overrides: str = ""):
+def jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, overrides: str = "", comparable: bool = True):
     """(jitted train step, state, key, config) of alexnet_jax on one device."""
     import functools
 
@@ -95,7 +98,7 @@ def jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, override
 
     from alexnet_jax import augment, sharding, steps
 
-    config = _config(model_name, batch, micro_batch, dtype, overrides)
+    config = _config(model_name, batch, micro_batch, dtype, overrides, comparable)
     mesh = sharding.make_mesh(config.mesh)
     state = steps.create_train_state(config, steps.create_model(config), 10_000, mesh)
     stats = augment.published_stats(config.mean_rgb)  # synthetic data: any fixed statistics
