@@ -96,6 +96,18 @@ def train_inputs(
     return random_crop_flip(images, crop_key, crop, flip, chunk)
 
 
+def train_input_means(
+    shape_bhwc: tuple[int, ...], key: Array, stats: DataStats, *, crop: int, flip: bool, chunk: int = 1
+) -> Array:
+    """What `train_inputs(images, key, stats, ...)` subtracted from each of its
+    outputs (the mean image or per-channel mean), cropped and flipped as those
+    were (same key, same shape, same draws): adding it back shows the inputs
+    as pixels, colour noise included."""
+    _, crop_key = jax.random.split(key)
+    means = jnp.broadcast_to(stats.mean, (*shape_bhwc[:3], 3))
+    return random_crop_flip(means, crop_key, crop, flip, chunk)
+
+
 def center_crop(images_bhwc: Array, crop: int) -> Array:
     """The central `crop` x `crop` window (the single-view test)."""
     _, height, width, _ = images_bhwc.shape

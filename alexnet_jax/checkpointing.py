@@ -51,6 +51,45 @@ def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> 
     return restored[STATE], step, restored[DATA]
 
 
+def latest_step(workdir: str) -> int:
+    """The newest finished checkpoint's step in `workdir` (0 if none), read
+    from the folder names without creating anything (orbax's unfinished
+    saves carry a suffix, so they are not counted)."""
+    try:
+        names = os.listdir(os.path.join(workdir, "checkpoints"))
+    except FileNotFoundError:
+        return 0
+    return max((int(name) for name in names if name.isdigit()), default=0)
+
+
+def restore_params(workdir: str, abstract_params: PyTree) -> tuple[PyTree, int]:
+    """The parameters alone of the newest checkpoint in `workdir`, on
+    `abstract_params`' shapes and shardings, and its step.
+
+    Only the `params` subtree of the state is read (orbax's partial
+    restore), so the optimiser, its schedule and the step counter never
+    have to match: evaluation needs the network, nothing else.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    step = latest_step(workdir)
+    if not step:
+        raise ValueError(
+            f"no finished checkpoint in {directory}: train first, or let the training run save one "
+            f"(every config.checkpoint_every_steps and at the end)"
+        )
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    target = {"params": abstract_params}
+    restore = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
+    if (manager.directory / str(step) / STATE).exists():
+        restored = manager.restore(step, args=ocp.args.Composite(**{STATE: restore}))[STATE]
+    else:  # checkpoints from before the data position was saved: one "default" item
+        restored = manager.restore(step, args=restore)
+    manager.close()
+    return restored["params"], step
+
+
 def restore_latest(manager: ocp.CheckpointManager, target: PyTree) -> tuple[PyTree, int]:
     """The newest checkpoint's state and step, or (`target`, 0) when there is none."""
     state, step, _ = restore_latest_with_data(manager, target)

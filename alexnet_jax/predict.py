@@ -1,20 +1,22 @@
 """Top-5 classes of image files under a trained model.
 
-    python -m alexnet_jax.predict --config configs/digits.py --workdir runs/digits a.png b.jpg
+    python -m alexnet_jax.predict --workdir runs/digits a.png b.jpg
+    python -m alexnet_jax.predict --workdir runs/a --workdir runs/b a.png   # an ensemble
 
-Restores the newest checkpoint in `--workdir` (the config, with the same
-`--config.*` overrides as training, gives the model's shape), preprocesses
+Restores the newest checkpoint in `--workdir` (read with the run's own
+config.json, as evaluate does; several `--workdir`s or `--sweep DIR`: the
+ensemble, the mean of their class probabilities), preprocesses
 each file as the evaluation pipeline does (shorter side to `resize_size`,
 centre crop, then the centre crop or 10 views of `config.eval_views`, the
 training set's mean subtracted) and prints one line
-per file: `a.png: <class> <p>% | ...` (the top five). A file that is not an image gets a
-one-line message; the exit status is 1 if any file failed.
+per file on stdout: `a.png: <class> <p>% | ...` (the top five), nothing
+else. A file that is not an image gets a one-line message on stderr; the
+exit status is 1 if any file failed.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from typing import Any
 
@@ -22,32 +24,31 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
-from alexnet_jax import augment, checkpointing, data_stats, image_folder, input_pipeline, models, sharding, steps
+from alexnet_jax import (
+    augment,
+    checkpointing,
+    data_stats,
+    ensemble,
+    image_folder,
+    input_pipeline,
+    models,
+    reading,
+    sharding,
+    steps,
+)
 
-FLAGS = flags.FLAGS
 _TOP_K = 5
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str) -> tuple[models.AlexNet, Any, int]:
-    """The model and the parameters of the newest checkpoint in `workdir`, with its step."""
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(checkpoints):
-        raise ValueError(
-            f"no checkpoints in {checkpoints}: train first with "
-            f"`python -m alexnet_jax.main --config ... --workdir {workdir}`"
-        )
+    """The model and the parameters alone of the newest checkpoint in
+    `workdir`, with its step (the optimiser state is not read)."""
     model = steps.create_model(config)
-    # steps_per_epoch only shapes the schedule, not the state's structure.
-    template = steps.create_train_state(config, model, steps_per_epoch=1, mesh=sharding.make_mesh(config.mesh))
-    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-    state, step = checkpointing.restore_latest(manager, template)
-    manager.close()
-    if step == 0:
-        raise ValueError(f"no finished checkpoint in {checkpoints}: let the training run save one first")
-    return model, state.params, step
+    abstract = steps.abstract_params(config, model, sharding.make_mesh(config.mesh))
+    params, step = checkpointing.restore_params(workdir, abstract)
+    return model, params, step
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -74,18 +75,32 @@ def load_image(path: str, resize_size: int) -> np.ndarray:
     return input_pipeline._resize_square(tf.constant(rgb), resize_size).numpy()
 
 
-def top_k(
+def probabilities(
     model: models.AlexNet,
     params: Any,
     images_uint8: np.ndarray,
     config: ml_collections.ConfigDict,
     stats: augment.DataStats,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, class ids) of the likeliest classes per image, highest
-    first; the views (`config.eval_views`) and mean as in evaluation."""
+) -> np.ndarray:
+    """Class probabilities (images, classes) of uint8 `resize_size` images;
+    the views (`config.eval_views`) and mean as in evaluation."""
     probs_fn = jax.jit(functools.partial(steps.eval_probs, config=config, model=model, stats=stats))
-    probs, ids = jax.lax.top_k(probs_fn(params, images_uint8), min(_TOP_K, config.model.num_classes))
-    return np.asarray(probs), np.asarray(ids)
+    return np.asarray(probs_fn(params, images_uint8), np.float32)
+
+
+def top_k(probs: np.ndarray, k: int = _TOP_K) -> np.ndarray:
+    """Class ids of each row's `k` highest probabilities, highest first."""
+    return np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+
+
+def member_probs(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> np.ndarray:
+    """One run's class probabilities of the image files (all readable), with
+    its own resize, statistics and views."""
+    model, params, step = restore_params(config, workdir)
+    logging.info("%s: checkpoint of step %d", workdir, step)
+    stats = data_stats.load_or_compute(config, input_pipeline.get_builder(config))
+    images = np.stack([load_image(path, config.resize_size) for path in paths])
+    return probabilities(model, params, images, config, stats)
 
 
 def main(argv: list[str]) -> None:
@@ -94,31 +109,29 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("give one or more image files after the flags")
     tf.config.set_visible_devices([], "GPU")  # TensorFlow only resizes; keep it off the accelerators
     logging.set_verbosity(logging.WARNING)  # orbax's restore chatter would bury the predictions
-    config = FLAGS.config
     try:
-        model, params, step = restore_params(config, FLAGS.workdir)
-    except ValueError as error:
+        workdirs = reading.workdirs()
+        configs = [reading.config_for(workdir) for workdir in workdirs]
+        ensemble.check_same_task(workdirs, configs, fields=("dataset", "image_folder", "model.num_classes"))
+        names = class_names(configs[0])
+    except (ValueError, input_pipeline.DatasetUnavailableError) as error:
         sys.exit(f"error: {error}")
-    names = class_names(config)
-    stats = data_stats.load_or_compute(config, input_pipeline.get_builder(config))
-    print(f"checkpoint of step {step} in {FLAGS.workdir}", flush=True)
-    images, readable = [], []
+    readable = []
     for path in paths:
         try:
-            images.append(load_image(path, config.resize_size))
+            load_image(path, configs[0].resize_size)
             readable.append(path)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
-    if images:  # one batch: this is for a handful of files
-        probs, ids = top_k(model, params, np.stack(images), config, stats)
-        for path, p_row, id_row in zip(readable, probs, ids):
-            print(f"{path}: " + " | ".join(f"{names[i]} {100 * p:.1f}%" for p, i in zip(p_row, id_row)), flush=True)
+    if readable:  # one batch per run: this is for a handful of files
+        # The ensemble's probabilities: the mean of its runs' (one run: its own).
+        probs = sum(member_probs(c, w, readable) for c, w in zip(configs, workdirs)) / len(workdirs)
+        for path, row, top in zip(readable, probs, top_k(probs)):
+            print(f"{path}: " + " | ".join(f"{names[i]} {100 * row[i]:.1f}%" for i in top), flush=True)
     if len(readable) < len(paths):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "The training run's workdir (its checkpoints are restored).")
-    config_flags.DEFINE_config_file("config", None, "The config file the run trained with.", lock_config=True)
-    flags.mark_flags_as_required(["config", "workdir"])
+    reading.define_flags(several_workdirs=True)
     app.run(main)

@@ -1,6 +1,6 @@
 """Nearest neighbours in the last hidden layer, as the paper's Figure 4.
 
-    python -m alexnet_jax.retrieval --config configs/digits.py --workdir runs/digits \\
+    python -m alexnet_jax.retrieval --workdir runs/digits \\
         --out runs/digits/retrieval.png [--queries 0,1,2,3,4] [--neighbours 6]
 
 Embeds every image of the database split (default: the training split) with
@@ -8,7 +8,8 @@ the fc7 activations of the newest checkpoint (4096-d on the paper's model),
 and for each query image of the query split (default: the evaluation split)
 finds the database images at the smallest Euclidean distance. Saves a PNG
 grid, one row per query: the query, then its neighbours nearest first; and
-prints each row's labels and distances. Centre crops, as evaluation.
+prints each row's labels and distances. Centre crops, as evaluation. The run
+is read with its own config.json, as evaluate does.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from alexnet_jax import augment, data_stats, input_pipeline, models, predict, sharding, summaries
+from alexnet_jax import augment, data_stats, input_pipeline, models, predict, reading, sharding, summaries
 
 FLAGS = flags.FLAGS
 
@@ -111,12 +111,12 @@ def main(argv: list[str]) -> None:
 
     tf.config.set_visible_devices([], "GPU")
     logging.set_verbosity(logging.WARNING)  # orbax's restore chatter would bury the results
-    config = FLAGS.config
     if jax.process_count() > 1:
         sys.exit("error: retrieval runs in one process; start it without the multi-process launcher")
-    query_split = FLAGS.query_split or config.eval_split
-    database_split = FLAGS.database_split or config.train_split
     try:
+        config = reading.config_for(FLAGS.workdir)
+        query_split = FLAGS.query_split or config.eval_split
+        database_split = FLAGS.database_split or config.train_split
         model, params, step = predict.restore_params(config, FLAGS.workdir)
         builder = input_pipeline.get_builder(config)
         for split in (query_split, database_split):
@@ -152,12 +152,11 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "The training run's workdir (its checkpoints are restored).")
+    reading.define_flags()
     flags.DEFINE_string("out", None, "Where the PNG grid goes.")
     flags.DEFINE_list("queries", ["0", "1", "2", "3", "4"], "Indices of the query images in --query_split.")
     flags.DEFINE_integer("neighbours", 6, "Neighbours per query (the paper shows 6).")
     flags.DEFINE_string("query_split", "", "Split of the queries (default: config.eval_split).")
     flags.DEFINE_string("database_split", "", "Split searched (default: config.train_split).")
-    config_flags.DEFINE_config_file("config", None, "The config file the run trained with.", lock_config=True)
-    flags.mark_flags_as_required(["config", "workdir", "out"])
+    flags.mark_flags_as_required(["out"])
     app.run(main)

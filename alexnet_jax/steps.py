@@ -48,6 +48,23 @@ def create_train_state(
     return jax.jit(init, out_shardings=shardings)()
 
 
+def abstract_params(config: ml_collections.ConfigDict, model: models.AlexNet, mesh: jax.sharding.Mesh) -> Any:
+    """The parameters' shapes, dtypes and shardings (as the train state
+    places them), without computing any: the target of a parameters-only restore."""
+    size = config.model.input_size
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False)["params"]
+    )
+    shardings = sharding.state_shardings(shapes, mesh, config.model_parallel)
+    return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), shapes, shardings)
+
+
+def _step_keys(base_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(augmentation, dropout) keys of a step: a function of the step alone."""
+    augment_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, step))
+    return augment_key, dropout_key
+
+
 def gradients(
     state: TrainState, batch: Batch, base_key: jax.Array, config: ml_collections.ConfigDict, stats: augment.DataStats
 ) -> tuple[jax.Array, Any, jax.Array]:
@@ -58,8 +75,7 @@ def gradients(
     `fold_in(base_key, step)`, so a resumed run draws exactly what an
     uninterrupted one would, and `inspect_step` sees the step's own draws.
     """
-    step_key = jax.random.fold_in(base_key, state.step)
-    augment_key, dropout_key = jax.random.split(step_key)
+    augment_key, dropout_key = _step_keys(base_key, state.step)
     images = augment.train_inputs(
         batch["image"],
         augment_key,
@@ -134,7 +150,7 @@ def train_step(
 class Inspection:
     """Device-side extras of one training step (see `inspect_step`)."""
 
-    images: jax.Array  # the first augmented, mean-subtracted inputs, NHWC float
+    images: jax.Array  # the first augmented inputs with the subtracted mean added back (pixels), NHWC float
     params: Any  # the weights going into the step
     grads: Any  # the step's gradients, shaped like the params
     param_norms: dict[str, jax.Array]  # per parameter, keyed "conv1/kernel"
@@ -159,8 +175,17 @@ def inspect_step(
     is about to take: its first inputs, its gradients and the norms, computed
     from the same batch and keys (one extra forward/backward pass)."""
     images, grads, _ = gradients(state, batch, base_key, config, stats)
+    # The run's own statistics (mean image or per-channel), not a fixed mean.
+    means = augment.train_input_means(
+        batch["image"].shape,
+        _step_keys(base_key, state.step)[0],
+        stats,
+        crop=config.model.input_size,
+        flip=config.random_flip,
+        chunk=config.crop_chunk,
+    )
     return Inspection(
-        images=images[:NUM_INPUT_IMAGES],
+        images=(images + means)[:NUM_INPUT_IMAGES],
         params=state.params,
         grads=grads,
         param_norms=layer_norms(state.params),

@@ -96,9 +96,9 @@ def kernel_grids(kernel_hwio: np.ndarray, towers: int, cols: int = 8) -> list[np
     return [np.round(255 * grid).astype(np.uint8) for grid in grids]
 
 
-def to_uint8(images_nhwc: np.ndarray, mean_rgb) -> np.ndarray:
-    """Mean-subtracted model inputs back to displayable uint8 RGB."""
-    return np.clip(np.round(np.asarray(images_nhwc, np.float32) + np.asarray(mean_rgb)), 0, 255).astype(np.uint8)
+def to_uint8(images_nhwc: np.ndarray) -> np.ndarray:
+    """Float pixels (0..255, colour noise may push them past) as displayable uint8 RGB."""
+    return np.clip(np.round(np.asarray(images_nhwc, np.float32)), 0, 255).astype(np.uint8)
 
 
 def _host_arrays(tree: Any) -> dict[str, np.ndarray]:
@@ -113,7 +113,7 @@ def write_inspection(
         return
     kernels = np.asarray(jax.device_get(inspection.params["conv1"]["kernel"]))
     images = {f"conv1_kernels/tower_{i}": grid for i, grid in enumerate(kernel_grids(kernels, config.model.towers))}
-    images["train_inputs"] = to_uint8(jax.device_get(inspection.images), config.mean_rgb)
+    images["train_inputs"] = to_uint8(jax.device_get(inspection.images))
     writer.write_images(step, images)
 
     norms = {f"weight_norm/{k}": float(v) for k, v in jax.device_get(inspection.param_norms).items()}

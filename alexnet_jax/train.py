@@ -21,6 +21,7 @@ from alexnet_jax import (
     input_pipeline,
     metrics,
     optim,
+    run_config,
     sharding,
     steps,
     summaries,
@@ -104,6 +105,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         input_pipeline.prepare(config, builder)  # the preprocessed caches, once per dataset
         stats = data_stats.load_or_compute(config, builder)
 
+    # The run's own config: written at the first start, a restart must match it.
+    epochs_done = checkpointing.latest_step(workdir) / steps_per_epoch
+    run_config.check_restart(config, workdir, epochs_done, is_writer=jax.process_index() == 0)
+
     mesh = sharding.make_mesh(config.mesh)
     logging.info("Mesh %s over %d devices, model parallelism %r", dict(mesh.shape), mesh.size, config.model_parallel)
     model = steps.create_model(config)
@@ -152,6 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
     train_metrics, previous, summary = None, None, None
     period_start, period_steps = time.monotonic(), 0
+    step = start_step
     try:
         for step in range(start_step + 1, total_steps + 1):
             batch = next(train_iter)
@@ -194,6 +200,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     config, position.advanced(step - start_step, steps_per_epoch), step, steps_per_epoch
                 )
                 checkpointing.save(manager, step, state, data)
+    except Exception as error:
+        if jax.process_index() == 0:  # the workdir says where and why the run stopped (launch.report)
+            run_config.record_exit(workdir, "failed", step, f"{type(error).__name__}: {error}")
+        raise
     finally:
         manager.wait_until_finished()
         writer.flush()
@@ -201,6 +211,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if summary is None:  # resumed a finished run: evaluate the restored state
         summary = run_eval(total_steps)
         writer.flush()
+    if jax.process_index() == 0:
+        run_config.record_exit(workdir, "finished", total_steps)
     return summary
 
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from alexnet_jax import run_config
 from launch import sweep
 
 # (key, column title, is an error rate shown in percent)
@@ -92,6 +93,19 @@ def run_metrics(scalars: dict[str, tuple[np.ndarray, np.ndarray]], target_error:
     return result
 
 
+def run_status(run_dir: str, record: dict | None, scalars: dict) -> str:
+    """ "finished", "failed at step N (error)" (the run's config.json says where),
+    "stopped at step N" (its last logged step) or "not started"."""
+    if os.path.exists(os.path.join(run_dir, sweep.DONE)):
+        return "finished"
+    last_exit = (record or {}).get("last_exit") or {}
+    if last_exit.get("status") == "failed":
+        return f"failed at step {last_exit['step']} ({last_exit['error']})"
+    if not scalars:
+        return "not started"
+    return f"stopped at step {max(int(steps[-1]) for steps, _ in scalars.values())}"
+
+
 def collect(workdir: str, target_error: float) -> tuple[dict, list[RunResult]]:
     path = os.path.join(workdir, sweep.MANIFEST)
     if not os.path.exists(path):
@@ -103,12 +117,12 @@ def collect(workdir: str, target_error: float) -> tuple[dict, list[RunResult]]:
         run_dir = os.path.join(workdir, run["name"])
         overrides = dict(run["overrides"])
         seed = overrides.pop("seed", None)
+        record = run_config.load(run_dir) if os.path.isdir(run_dir) else None
+        if record is not None:  # the run's own config: its seed even where the sweep did not set one
+            seed = record["config"].get("seed", seed)
         scalars = read_scalars(run_dir) if os.path.isdir(run_dir) else {}
         metrics = run_metrics(scalars, target_error)
-        if os.path.exists(os.path.join(run_dir, sweep.DONE)):
-            status = "finished"
-        else:
-            status = f"stopped at step {metrics['steps']:.0f}" if scalars else "not started"
+        status = run_status(run_dir, record, scalars)
         num_params = int(scalars["num_params"][1][0]) if "num_params" in scalars else None
         curves = {tag: scalars[tag] for tag in ("train_top1_error", "eval_top1_error") if tag in scalars}
         results.append(RunResult(run["name"], sweep.variant_name(overrides), seed, status, metrics, curves, num_params))
@@ -134,8 +148,10 @@ def summarise(results: list[RunResult]) -> list[dict]:
     for name, runs in groups.items():
         row = {"variant": name, "seeds": len(runs), "finished": sum(r.status == "finished" for r in runs)}
         row["num_params"] = next((r.num_params for r in runs if r.num_params), None)
+        # A failed or interrupted run's numbers are partial: pooled only when no run finished.
+        pooled = [r for r in runs if r.status == "finished"] or runs
         for key, _, _ in METRICS:
-            row[key], row[f"{key}_std"], row[f"{key}_n"] = _mean_std([r.metrics[key] for r in runs])
+            row[key], row[f"{key}_std"], row[f"{key}_n"] = _mean_std([r.metrics[key] for r in pooled])
         for key in DELTA_METRICS:
             by_seed = {r.seed: r.metrics[key] for r in baseline}
             paired = [r.metrics[key] - by_seed[r.seed] for r in runs if r.seed in by_seed]

@@ -13,7 +13,9 @@ through to every variant.
 Locally the variants run one after the other. A variant counts as finished
 when its `sweep_done.json` records the exact command it ran to completion, so
 rerunning the sweep skips finished variants, resumes an interrupted one from
-its checkpoint, and reruns any whose command changed (e.g. more steps).
+its checkpoint, extends a finished one whose command changed only in what a
+restart may change (e.g. more steps), and starts afresh any other whose
+command changed (its old workdir moved aside to `<name>.replaced-<time>`).
 `--dry-run` prints the commands, one per line, for any scheduler; `--index I`
 runs only variant I (a SLURM array task: see launch/sweep_array.sbatch).
 """
@@ -33,6 +35,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from alexnet_jax import run_config
 
 Variant = dict[str, Any]
 
@@ -167,6 +171,25 @@ def is_finished(run: Run) -> bool:
         return False
 
 
+def finished_workdirs(workdir: str) -> list[str]:
+    """The workdirs of the sweep's variants that finished with the command
+    the manifest names (in the sweep's order): an ensemble's members."""
+    path = os.path.join(workdir, MANIFEST)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except OSError:
+        raise ValueError(f"{path} not found: --sweep takes a launch.sweep --workdir") from None
+    runs = [
+        Run(entry["name"], entry["overrides"], os.path.join(workdir, entry["name"]), shlex.split(entry["command"])[1:])
+        for entry in manifest["runs"]
+    ]
+    finished = [run.workdir for run in runs if is_finished(run)]
+    if not finished:
+        raise ValueError(f"no variant of the sweep in {workdir} has finished: run or resume it first")
+    return finished
+
+
 def execute(run: Run) -> int:
     """Runs one variant, its output to the console and `<run>/sweep.log`; returns the exit code."""
     os.makedirs(run.workdir, exist_ok=True)
@@ -185,13 +208,54 @@ def execute(run: Run) -> int:
     return returncode
 
 
+def _finished_args(run: Run) -> list[str] | None:
+    """The command a variant last finished with, or None."""
+    try:
+        with open(os.path.join(run.workdir, DONE)) as f:
+            return json.load(f)["args"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _split_overrides(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(the other arguments, {field: value} of the --config.FIELD=VALUE ones)."""
+    overrides = dict(arg.removeprefix("--config.").split("=", 1) for arg in args if arg.startswith("--config."))
+    return [arg for arg in args if not arg.startswith("--config.")], overrides
+
+
+def only_restart_changes(old_args: Sequence[str], new_args: Sequence[str]) -> bool:
+    """Whether a finished variant's new command changes only fields a
+    restart may change (run_config.MAY_CHANGE: more steps, logging, ...),
+    so resuming it extends the same run."""
+    old_rest, old_overrides = _split_overrides(old_args)
+    new_rest, new_overrides = _split_overrides(new_args)
+    changed = {k for k in old_overrides.keys() | new_overrides.keys() if old_overrides.get(k) != new_overrides.get(k)}
+    return old_rest == new_rest and changed <= run_config.MAY_CHANGE.keys()
+
+
+def _move_aside(run: Run) -> str:
+    aside = f"{run.workdir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(run.workdir, aside)
+    return aside
+
+
 def run_all(runs: list[Run]) -> int:
-    """Runs the unfinished variants one after the other; 1 if any failed."""
+    """Runs the unfinished variants one after the other; 1 if any failed.
+
+    A variant that finished under another command resumes when the new one
+    changes only what a restart may change (e.g. more steps); otherwise its
+    workdir is moved aside and it starts afresh: old weights never continue
+    under a new config.
+    """
     failed = []
     for i, run in enumerate(runs):
         if is_finished(run):
             print(f"[{i + 1}/{len(runs)}] {run.name}: finished before, skipped", flush=True)
             continue
+        previous = _finished_args(run)
+        if previous is not None and not only_restart_changes(previous, run.args):
+            aside = _move_aside(run)
+            print(f"[{i + 1}/{len(runs)}] {run.name}: its command changed since it finished; moved to {aside}")
         print(f"[{i + 1}/{len(runs)}] {run.name}: {shlex.join(run.command)}", flush=True)
         returncode = execute(run)
         if returncode:

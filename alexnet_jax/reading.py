@@ -1,0 +1,57 @@
+"""What the tools that read trained workdirs (evaluate, predict, retrieval)
+share: their `--config`/`--workdir`/`--sweep` flags and the config each
+workdir is read with (its own config.json, see run_config.py)."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from alexnet_jax import run_config
+
+FLAGS = flags.FLAGS
+# Without --config the reading tools start from every field's default (the
+# workdir's config.json then replaces them); --config.FIELD=VALUE still works.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+
+
+def define_flags(several_workdirs: bool = False) -> None:
+    """--workdir (repeatable for ensembles, with --sweep), and an optional --config."""
+    config_flags.DEFINE_config_file(
+        "config",
+        DEFAULT_CONFIG,
+        "Optional: the workdir's config.json is used. Needed only for a workdir without one "
+        "(give the training run's config file and overrides).",
+        lock_config=True,
+    )
+    if several_workdirs:
+        flags.DEFINE_multi_string("workdir", [], "A trained run's workdir; repeat it for an ensemble.")
+        flags.DEFINE_string("sweep", None, "A launch.sweep --workdir: every finished variant joins the ensemble.")
+    else:
+        flags.DEFINE_string("workdir", None, "The trained run's workdir (its newest checkpoint is restored).")
+        flags.mark_flag_as_required("workdir")
+
+
+def workdirs() -> list[str]:
+    """The runs named by --workdir (in order), then the finished variants of --sweep."""
+    from launch import sweep
+
+    runs = list(FLAGS.workdir)
+    if FLAGS.sweep:
+        runs += sweep.finished_workdirs(FLAGS.sweep)
+    if not runs:
+        raise ValueError("give a trained run with --workdir RUN (repeat it, or add --sweep DIR, for an ensemble)")
+    return runs
+
+
+def config_for(workdir: str) -> ml_collections.ConfigDict:
+    """The config `workdir` was trained with, plus the command line's
+    overrides that do not change the network (one-line ValueError for
+    those that do)."""
+    flag = FLAGS["config"]
+    return run_config.config_for_reading(
+        workdir, FLAGS.config, config_flags.get_override_values(flag), config_file_given=flag.present > 0
+    )
