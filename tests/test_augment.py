@@ -110,3 +110,22 @@ def test_eval_step_averages_view_softmaxes(tiny_config, views):
     losses = -np.log(probs[np.arange(3), [0, 1, 2]])
     assert got.num_examples() == 2  # the masked example does not count
     np.testing.assert_allclose(float(got.loss.compute()), losses[:2].mean(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_train_input_means_turn_inputs_back_into_their_pixels(chunk):
+    """What TensorBoard shows: the inputs plus the mean they had subtracted
+    (a mean image here, cropped and flipped like them) are the raw crops."""
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (8, 12, 12, 3)), jnp.uint8)
+    mean_image = augment.DataStats(jnp.asarray(rng.uniform(0, 255, (12, 12, 3)), jnp.float32), *_pca())
+    no_mean = augment.DataStats(jnp.zeros(3, jnp.float32), *_pca())
+    key = jax.random.key(3)
+    kwargs = dict(crop=8, flip=True, chunk=chunk, pca_std=0.0)
+    inputs = augment.train_inputs(images, key, mean_image, **kwargs)
+    means = augment.train_input_means(images.shape, key, mean_image, crop=8, flip=True, chunk=chunk)
+    np.testing.assert_allclose(inputs + means, augment.train_inputs(images, key, no_mean, **kwargs), atol=1e-4)
+
+
+def _pca():
+    return jnp.eye(3, dtype=jnp.float32), jnp.ones(3, jnp.float32)

@@ -30,7 +30,7 @@ def _digit_png(path):
 
 def test_restore_predict_embed_retrieve_and_the_predict_command(tiny_config, tmp_path):
     workdir = str(tmp_path / "run")
-    with pytest.raises(ValueError, match="no checkpoints in .*: train first"):
+    with pytest.raises(ValueError, match="no finished checkpoint in .*: train first"):
         predict.restore_params(tiny_config, workdir)
     config = _train(tiny_config, workdir)
     model, params, step = predict.restore_params(config, workdir)
@@ -43,9 +43,10 @@ def test_restore_predict_embed_retrieve_and_the_predict_command(tiny_config, tmp
     with pytest.raises(ValueError, match=r"notes.txt: not an image PIL can read"):
         predict.load_image(str(tmp_path / "notes.txt"), config.resize_size)
     stats = data_stats.load_or_compute(config, input_pipeline.get_builder(config))
-    probs, ids = predict.top_k(model, params, np.stack([image, image]), config, stats)
-    assert probs.shape == ids.shape == (2, 5)
-    assert np.all(np.diff(probs, axis=1) <= 0) and probs.sum(axis=1).max() <= 1 + 1e-5
+    probs = predict.probabilities(model, params, np.stack([image, image]), config, stats)
+    assert probs.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    ids = predict.top_k(probs)
+    assert ids.shape == (2, 5) and np.all(np.diff(np.take_along_axis(probs, ids, axis=1), axis=1) <= 0)
     assert len(set(ids[0].tolist())) == 5 and predict.class_names(config) == [str(d) for d in range(10)]
 
     builder = input_pipeline.get_builder(config)
@@ -74,11 +75,7 @@ def test_restore_predict_embed_retrieve_and_the_predict_command(tiny_config, tmp
             sys.executable,
             "-m",
             "alexnet_jax.predict",
-            "--config=configs/digits.py",
-            f"--workdir={workdir}",
-            f"--config.data_dir={config.data_dir}",
-            f"--config.model.width={config.model.width}",
-            "--config.mesh=(1, 1)",
+            f"--workdir={workdir}",  # the run's config.json says the rest
             str(tmp_path / "zero.png"),
             str(tmp_path / "notes.txt"),
         ],
@@ -88,7 +85,8 @@ def test_restore_predict_embed_retrieve_and_the_predict_command(tiny_config, tmp
         timeout=300,
     )
     assert result.returncode == 1, result.stderr[-2000:]
-    prediction = next(line for line in result.stdout.splitlines() if line.startswith(str(tmp_path / "zero.png")))
+    (prediction,) = result.stdout.splitlines()  # stdout: one line per readable file, nothing else
+    assert prediction.startswith(f"{tmp_path / 'zero.png'}: ")
     assert len(prediction.split(" | ")) == 5 and prediction.endswith("%")
     assert f"error: {tmp_path / 'notes.txt'}: not an image PIL can read (JPEG, PNG, ...)" in result.stderr
     assert "Traceback" not in result.stderr
@@ -115,11 +113,7 @@ def test_evaluate_a_checkpoint_centre_and_ten_view(tiny_config, tmp_path):
             sys.executable,
             "-m",
             "alexnet_jax.evaluate",
-            "--config=configs/digits.py",
-            f"--workdir={workdir}",
-            f"--config.data_dir={config.data_dir}",
-            f"--config.model.width={config.model.width}",
-            "--config.mesh=(1, 1)",
+            f"--workdir={workdir}",  # the run's config.json says the rest
         ],
         cwd=REPO,
         capture_output=True,

@@ -136,17 +136,32 @@ def test_one_variant_trains_for_real_and_the_report_reads_it(digits_data_dir, tm
         f"--config.data_dir={digits_data_dir}",
         "--config.model.width=0.125",
         "--config.batch_size=16",
-        "--config.num_train_steps=2",
         "--config.log_every_steps=1",
         "--config.eval_every_steps=2",
         "--config.mesh=(1, 1)",
         "--config.shuffle_buffer_size=64",
     ]
-    argv = ["--config", CONFIG, "--sweep", sweep_path, "--workdir", workdir, *tiny]
-    assert sweep.main([*argv, "--index", "1"]) == 0  # as SLURM array task 1 would
+    argv = ["--config", CONFIG, "--sweep", sweep_path, "--workdir", workdir, *tiny, "--index", "1"]
+    assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0  # as SLURM array task 1 would
     assert "[activation=tanh] test top-1 accuracy:" in capsys.readouterr().out
-    assert sweep.main([*argv, "--index", "1"]) == 0
+    assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0
     assert "finished before, skipped" in capsys.readouterr().out
+
+    # More steps: the same run, extended from its checkpoint.
+    tanh = os.path.join(workdir, "activation=tanh")
+    assert sweep.main([*argv, "--config.num_train_steps=3"]) == 0
+    assert "moved to" not in capsys.readouterr().out
+    (restart,) = json.load(open(os.path.join(tanh, "config.json")))["restarts"]
+    assert restart["changed"] == {"num_train_steps": {"from": 2, "to": 3}}
+    # Another network under the same name: the old run is moved aside, the new one starts afresh.
+    assert sweep.main([*argv, "--config.num_train_steps=3", "--config.model.dropout_rate=0.25"]) == 0
+    moved = [line for line in capsys.readouterr().out.splitlines() if "moved to" in line]
+    assert len(moved) == 1 and "its command changed since it finished" in moved[0]
+    (aside,) = [d for d in os.listdir(workdir) if d.startswith("activation=tanh.replaced-")]
+    assert json.load(open(os.path.join(workdir, aside, "config.json")))["config"]["model"]["dropout_rate"] == 0.5
+    record = json.load(open(os.path.join(tanh, "config.json")))
+    assert record["config"]["model"]["dropout_rate"] == 0.25 and record["restarts"] == []
+    assert record["last_exit"] == {**record["last_exit"], "status": "finished", "step": 3}
 
     out = tmp_path / "report"
     assert report.main(["--workdir", workdir, "--out", str(out)]) == 0
@@ -210,6 +225,36 @@ def test_report_numbers_from_known_event_files(tmp_path):
     )
     assert "| `use_lrn=False` | 2/2 | 40.00 ± 14.14 | +15.00 ± 7.07 |" in table
     assert "30 (1 of 2 reached)" in table
+
+
+def test_report_says_where_a_run_failed_and_pools_finished_runs_rates(tmp_path):
+    from clu import metric_writers
+
+    workdir = str(tmp_path / "sweep")
+    runs = [
+        sweep.Run(sweep.variant_name(v), v, os.path.join(workdir, sweep.variant_name(v)), [])
+        for v in sweep.grid({"seed": [0, 1, 2]})
+    ]
+    sweep.write_manifest(workdir, "configs/digits.py", "s.py", [], runs)
+    _fake_run(runs[0].workdir, eval_top1=(0.5, 0.1, 0.2), train_top1=(0.9, 0.3, 0.2))
+    writer = metric_writers.create_default_writer(runs[1].workdir, asynchronous=False)
+    writer.write_scalars(5, {"images_per_sec": 1.0})  # a diverging run's partial rate
+    writer.write_scalars(10, {"images_per_sec": 2.0})
+    writer.close()
+    error = "FloatingPointError: loss is nan at step 12: stopping"
+    last_exit = {"status": "failed", "step": 12, "error": error}
+    (tmp_path / "sweep" / "seed=1" / "config.json").write_text(
+        json.dumps({"config": {"seed": 1}, "last_exit": last_exit})
+    )
+    os.makedirs(runs[2].workdir)
+    writer = metric_writers.create_default_writer(runs[2].workdir, asynchronous=False)
+    writer.write_scalars(7, {"images_per_sec": 3.0})  # interrupted (killed) after step 7's log
+    writer.close()
+
+    _, results = report.collect(workdir, target_error=0.25)
+    assert [r.status for r in results] == ["finished", f"failed at step 12 ({error})", "stopped at step 7"]
+    (row,) = report.summarise(results)
+    assert row["finished"] == 1 and row["images_per_sec"] == pytest.approx(105.0)  # the finished run's alone
 
 
 def test_report_without_a_sweep_says_what_to_run(tmp_path):

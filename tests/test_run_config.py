@@ -1,0 +1,195 @@
+"""A run's own config.json: written once, checked on every restart, and the
+only thing evaluate, predict and retrieval need to read a workdir."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpointing, run_config, train
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_config_field_is_classified_exactly_once():
+    fields = set(run_config.flat_fields(default.get_config()))
+    defining, may_change = set(run_config.DEFINING), set(run_config.MAY_CHANGE)
+    assert not defining & may_change, "in both tables"
+    assert fields - defining - may_change == set(), (
+        "new config fields: add each to run_config.DEFINING (a restart must keep it) or MAY_CHANGE"
+    )
+    assert (defining | may_change) - fields == set(), "tables name fields configs/default.py does not have"
+
+
+def _short(config, steps):
+    short = config.copy_and_resolve_references()
+    short.num_train_steps = steps
+    return short
+
+
+def _record(workdir):
+    with open(run_config.path(workdir)) as f:
+        return json.load(f)
+
+
+def test_first_start_writes_config_json_once_and_atomically(tiny_config, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    config = _short(tiny_config, 3)
+    train.train_and_evaluate(config, workdir)
+    record = _record(workdir)
+    assert run_config.flat_fields(record["config"]) == run_config.flat_fields(config)
+    assert record["command"][0] == sys.executable and record["restarts"] == []
+    assert record["last_exit"]["status"] == "finished" and record["last_exit"]["step"] == 3
+    assert "git_commit" in record and "version" in record
+    assert os.listdir(workdir).count("config.json") == 1 and not any(".tmp-" in f for f in os.listdir(workdir))
+
+    # An equal config resumes (here: a finished run, evaluated again) and changes nothing.
+    created = record["created"]
+    train.train_and_evaluate(config, workdir)
+    assert _record(workdir)["created"] == created and _record(workdir)["restarts"] == []
+
+    # A write that dies half-way leaves the previous file whole.
+    before = open(run_config.path(workdir)).read()
+
+    def broken_dump(obj, f, **kwargs):
+        f.write('{"config": {')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(run_config.json, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        run_config.record_exit(workdir, "failed", 3, "test")
+    assert open(run_config.path(workdir)).read() == before
+
+
+def test_restart_refuses_defining_changes_and_logs_the_others(tiny_config, tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(_short(tiny_config, 3), workdir)
+    before = open(run_config.path(workdir)).read()
+
+    changed = _short(tiny_config, 6)
+    changed.model.activation = "tanh"
+    changed.optimizer.learning_rate = 0.5
+    with pytest.raises(ValueError) as error:
+        train.train_and_evaluate(changed, workdir)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "config.model.activation='tanh' but this run was trained with 'relu'" in message
+    assert "config.optimizer.learning_rate=0.5 but this run was trained with 0.01" in message
+    assert f"({run_config.path(workdir)}); use a new --workdir, or pass the run's value" in message
+    assert open(run_config.path(workdir)).read() == before and checkpointing.latest_step(workdir) == 3
+
+    extended = _short(tiny_config, 6)  # more steps, another evaluation period and mesh: accepted
+    extended.eval_every_steps = 2
+    extended.mesh = (-1, 1)
+    extended.eval_batch_size = 8
+    with caplog.at_level(logging.INFO):
+        summary = train.train_and_evaluate(extended, workdir)
+    assert summary["eval_num_examples"] == 360 and checkpointing.latest_step(workdir) == 6
+    logged = [r.getMessage() for r in caplog.records if "changed on this restart" in r.getMessage()]
+    assert sorted(logged) == [
+        "config.eval_batch_size changed on this restart: 64 -> 8",
+        "config.eval_every_steps changed on this restart: 3 -> 2",
+        "config.mesh changed on this restart: (1, 1) -> (-1, 1)",
+        "config.num_train_steps changed on this restart: 3 -> 6",
+    ]
+    (restart,) = _record(workdir)["restarts"]
+    assert restart["changed"]["num_train_steps"] == {"from": 3, "to": 6}
+    assert _record(workdir)["config"]["num_train_steps"] == 6  # the next restart compares with this
+
+
+def test_learning_rate_drops_already_taken_cannot_move(tmp_path):
+    workdir = str(tmp_path)
+    config = default.get_config()
+    config.optimizer.drop_epochs = (25, 51, 79)
+    run_config.check_restart(config, workdir, epochs_done=0)  # first start: writes config.json
+    later = config.copy_and_resolve_references()
+    later.optimizer.drop_epochs = (25, 60, 90)  # at epoch 30: only future drops moved
+    run_config.check_restart(later, workdir, epochs_done=30)
+    earlier = later.copy_and_resolve_references()
+    earlier.optimizer.drop_epochs = (20, 60, 90)  # the drop at 25 was already taken
+    with pytest.raises(ValueError, match=r"config.optimizer.drop_epochs=\(20, 60, 90\) but this run was trained"):
+        run_config.check_restart(earlier, workdir, epochs_done=30)
+
+
+def test_a_workdir_from_before_config_json_resumes_with_one_warning(tiny_config, tmp_path, caplog):
+    workdir = str(tmp_path / "old")
+    train.train_and_evaluate(_short(tiny_config, 3), workdir)
+    os.remove(run_config.path(workdir))
+    with caplog.at_level(logging.WARNING):
+        train.train_and_evaluate(_short(tiny_config, 4), workdir)
+    warnings = [r.getMessage() for r in caplog.records if "config cannot be checked" in r.getMessage()]
+    assert len(warnings) == 1 and checkpointing.latest_step(workdir) == 4
+    assert not os.path.exists(run_config.path(workdir))  # nothing is claimed that was not checked
+
+
+def _run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_reading_a_workdir_needs_only_the_workdir(tiny_config, tmp_path):
+    """A tanh run on the plateau schedule, evaluated, predicted and retrieved
+    from its workdir alone; the wrong network or a changed one is refused."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    workdir = str(tmp_path / "tanh")
+    config = _short(tiny_config, 2)
+    config.eval_every_steps = 2
+    config.model.activation = "tanh"
+    config.model.lrn1_before_relu = False
+    config.optimizer.schedule = "plateau"
+    summary = train.train_and_evaluate(config, workdir)
+
+    evaluated = _run("alexnet_jax.evaluate", f"--workdir={workdir}")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert evaluated.stdout.strip() == (
+        f"test (center, step 2): top-1 error {100 * summary['eval_top1_error']:.2f}%, "
+        f"top-5 error {100 * summary['eval_top5_error']:.2f}% (360 examples)"
+    )
+    # The config file the run started from, without its overrides: the wrong network, refused.
+    refused = _run("alexnet_jax.evaluate", "--config=configs/digits.py", f"--workdir={workdir}")
+    assert refused.returncode == 1 and refused.stdout == ""
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "config.model.activation='relu' but this run was trained with 'tanh'" in last
+    assert "config.model.lrn1_before_relu=True" in last and "Traceback" not in refused.stderr
+    # Overrides that do not change the network are taken; one that does is refused.
+    ten_view = _run("alexnet_jax.evaluate", f"--workdir={workdir}", "--config.eval_views=ten_view")
+    assert ten_view.returncode == 0 and ten_view.stdout.startswith("test (ten_view, step 2): ")
+    wider = _run("alexnet_jax.evaluate", f"--workdir={workdir}", "--config.model.width=0.25")
+    assert wider.returncode == 1 and "config.model.width=0.25 but this run was trained with 0.125" in wider.stderr
+
+    scan = np.round(load_digits().images[0] * 255 / 16).astype(np.uint8)
+    Image.fromarray(scan).resize((40, 40)).save(tmp_path / "zero.png")
+    predicted = _run("alexnet_jax.predict", f"--workdir={workdir}", str(tmp_path / "zero.png"))
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert predicted.stdout.startswith(f"{tmp_path / 'zero.png'}: ") and predicted.stdout.count("\n") == 1
+
+    out = tmp_path / "grid.png"
+    retrieved = _run("alexnet_jax.retrieval", f"--workdir={workdir}", f"--out={out}", "--queries=0,1")
+    assert retrieved.returncode == 0, retrieved.stderr[-2000:]
+    assert "of 12 neighbours share their query's label" in retrieved.stdout
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_params_only_restore_ignores_the_optimiser(tiny_config, tmp_path):
+    """Evaluation restores the parameters alone: a plateau run's optimiser
+    state (another tree than the piecewise one) never has to match."""
+    from alexnet_jax import predict
+
+    workdir = str(tmp_path / "plateau")
+    config = _short(tiny_config, 2)
+    config.optimizer.schedule = "plateau"
+    train.train_and_evaluate(config, workdir)
+    piecewise = config.copy_and_resolve_references()
+    piecewise.optimizer.schedule = "piecewise"
+    _, params, step = predict.restore_params(piecewise, workdir)
+    _, same, _ = predict.restore_params(config, workdir)
+    assert step == 2
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
