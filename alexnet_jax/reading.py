@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from alexnet_jax import run_config
+from alexnet_jax.config_validation import validate_config
 
 FLAGS = flags.FLAGS
 # Without --config the reading tools start from every field's default (the
@@ -50,8 +51,10 @@ def workdirs() -> list[str]:
 def config_for(workdir: str) -> ml_collections.ConfigDict:
     """The config `workdir` was trained with, plus the command line's
     overrides that do not change the network (one-line ValueError for
-    those that do)."""
+    those that do, or for a value validate_config refuses)."""
     flag = FLAGS["config"]
-    return run_config.config_for_reading(
+    config = run_config.config_for_reading(
         workdir, FLAGS.config, config_flags.get_override_values(flag), config_file_given=flag.present > 0
     )
+    validate_config(config)  # overrides such as mesh or eval_batch_size are checked as training checks them
+    return config

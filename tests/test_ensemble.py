@@ -64,13 +64,7 @@ def test_ensemble_is_the_mean_of_its_members(tiny_config, tmp_path):
     assert summary["eval_top1_error"] == pytest.approx(top1) and summary["eval_top5_error"] == pytest.approx(top5)
     assert summary["eval_num_examples"] == 360
 
-    result = subprocess.run(
-        [sys.executable, "-m", "alexnet_jax.evaluate", f"--workdir={runs[0]}", f"--workdir={runs[1]}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _evaluate(runs[0], runs[1])
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3 and all(f"{run}): top-1 error" in line for line, run in zip(lines, runs))
@@ -84,17 +78,18 @@ def test_ensemble_is_the_mean_of_its_members(tiny_config, tmp_path):
     record["config"]["model"]["num_classes"] = 11
     other.mkdir()
     (other / "config.json").write_text(json.dumps(record))
-    refused = subprocess.run(
-        [sys.executable, "-m", "alexnet_jax.evaluate", f"--workdir={runs[0]}", f"--workdir={other}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    refused = _evaluate(runs[0], other)
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: ensemble members disagree on config.model.num_classes: {runs[0]} has 10, {other} has 11; "
         "an ensemble averages class probabilities of the same classes"
+    )
+
+
+def _evaluate(*workdirs):
+    args = [f"--workdir={workdir}" for workdir in workdirs]
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.evaluate", *args], cwd=REPO, capture_output=True, text=True, timeout=300
     )
 
 
