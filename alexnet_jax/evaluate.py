@@ -23,7 +23,7 @@ import sys
 import ml_collections
 from absl import app, flags, logging
 
-from alexnet_jax import ensemble, input_pipeline, reading
+from alexnet_jax import config_overrides, ensemble, input_pipeline, reading
 
 FLAGS = flags.FLAGS
 
@@ -73,4 +73,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     reading.define_flags(several_workdirs=True)
-    app.run(main)
+    app.run(main, flags_parser=config_overrides.parse_flags)

@@ -18,6 +18,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from alexnet_jax import config_overrides
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard event files.")
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
@@ -103,4 +105,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_overrides.parse_flags)

@@ -29,6 +29,7 @@ from absl import app, logging
 from alexnet_jax import (
     augment,
     checkpointing,
+    config_overrides,
     data_stats,
     ensemble,
     image_folder,
@@ -134,4 +135,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     reading.define_flags(several_workdirs=True)
-    app.run(main)
+    app.run(main, flags_parser=config_overrides.parse_flags)

@@ -24,7 +24,17 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from alexnet_jax import augment, data_stats, input_pipeline, models, predict, reading, sharding, summaries
+from alexnet_jax import (
+    augment,
+    config_overrides,
+    data_stats,
+    input_pipeline,
+    models,
+    predict,
+    reading,
+    sharding,
+    summaries,
+)
 
 FLAGS = flags.FLAGS
 
@@ -159,4 +169,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("query_split", "", "Split of the queries (default: config.eval_split).")
     flags.DEFINE_string("database_split", "", "Split searched (default: config.train_split).")
     flags.mark_flags_as_required(["out"])
-    app.run(main)
+    app.run(main, flags_parser=config_overrides.parse_flags)

@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from alexnet_jax import run_config
+from alexnet_jax import config_overrides, run_config
 
 Variant = dict[str, Any]
 
@@ -77,15 +77,6 @@ def _load_module(path: str, what: str):
     return module
 
 
-def _has_field(config, field: str) -> bool:
-    node = config
-    for part in field.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
 def load_variants(sweep_path: str, config_path: str) -> list[Variant]:
     """The sweep file's variants, every field checked against the config file."""
     variants = _load_module(sweep_path, "sweep").get_sweep()
@@ -94,9 +85,11 @@ def load_variants(sweep_path: str, config_path: str) -> list[Variant]:
         raise SystemExit(f"error: {sweep_path}: get_sweep() must return a non-empty list of dicts")
     for i, variant in enumerate(variants):
         for field in variant:
-            if not _has_field(config, field):
+            unknown = config_overrides.unknown_field(field, config.to_dict())
+            if unknown:
                 raise SystemExit(
-                    f"error: {sweep_path}: variant {i} sets {field!r}, which is not a field of {config_path}"
+                    f"error: {sweep_path}: variant {i} ({variant_name(variant)}) sets {field!r}, "
+                    f"which is not a field of {config_path}: {unknown}"
                 )
     return variants
 
@@ -131,6 +124,9 @@ def plan(
         if not arg.startswith("--config.") or "=" not in arg:
             raise SystemExit(f"error: unexpected argument {arg!r}: only --config.FIELD=VALUE passes to the runs")
         field = _override_field(arg)
+        unknown = config_overrides.unknown_field(field)
+        if unknown:
+            raise SystemExit(f"error: {arg}: {unknown}")
         if any(field in v for v in variants):
             raise SystemExit(f"error: --config.{field} is swept by {sweep_path}; drop it from the command line")
     runs, seen = [], {}
