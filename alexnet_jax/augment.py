@@ -126,10 +126,21 @@ def ten_views(images_bhwc: Array, crop: int) -> Array:
     return jnp.concatenate([views, views[:, :, :, ::-1, :]])
 
 
+def effective_views(eval_views: str, flip: bool) -> str:
+    """The views evaluation takes: "center", or the paper's "ten_view", which
+    are "five_view" (corners and centre, no mirrors) for a network trained
+    without flips: it never saw a mirrored image (a flipped 2 is not a 2)."""
+    if eval_views == "ten_view" and not flip:
+        return "five_view"
+    return eval_views
+
+
 def eval_inputs(images_bhwc: Array, stats: DataStats, *, crop: int, views: str) -> Array:
     """Mean-subtracted evaluation views, (V, batch, crop, crop, 3) with V = 1
-    ("center") or 10 ("ten_view")."""
+    ("center"), 10 ("ten_view") or 5 ("five_view": the ten without mirrors)."""
     images = images_bhwc.astype(jnp.float32) - stats.mean
     if views == "ten_view":
         return ten_views(images, crop)
+    if views == "five_view":
+        return ten_views(images, crop)[:5]
     return center_crop(images, crop)[None]

@@ -70,7 +70,7 @@ def restore_params(workdir: str, abstract_params: PyTree) -> tuple[PyTree, int]:
     restore), so the optimiser, its schedule and the step counter never
     have to match: evaluation needs the network, nothing else.
     """
-    directory = os.path.join(workdir, "checkpoints")
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax takes absolute paths
     step = latest_step(workdir)
     if not step:
         raise ValueError(

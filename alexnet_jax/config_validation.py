@@ -82,6 +82,10 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
         _fail("model.dropout_rate", model.dropout_rate, "must be in [0, 1)")
     if model.lrn_n < 1 or model.lrn_n % 2 == 0:
         _fail("model.lrn_n", model.lrn_n, "must be a positive odd number (the paper's is 5)")
+    # Longer strides than windows skip pixels and leave no input size that
+    # survives three poolings: the paper's settings are 2 (3x3) and 2 (2x2).
+    if not isinstance(model.pool_stride, int) or not 1 <= model.pool_stride <= model.pool_window:
+        _fail("model.pool_stride", model.pool_stride, f"must be in 1..model.pool_window={model.pool_window} (paper: 2)")
     smallest = models.smallest_input_size(model.pool_window, model.pool_stride)
     if model.input_size < smallest:
         _fail(

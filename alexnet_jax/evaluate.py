@@ -9,7 +9,8 @@ trained with); `--config.*` overrides that do not change the network
 (`eval_split`, `eval_views`, `eval_batch_size`, `data_dir`, `mesh`, ...)
 apply on top, any other is refused in one line. Restores the parameters of
 the newest checkpoint, evaluates `eval_split` (centre crop or the paper's 10
-views; every example counted once) and prints one line per run:
+views, or 5 for a run trained without flips; every example counted once)
+and prints one line per run, naming the views (center, ten_view, five_view):
 `validation (ten_view, step 450000): top-1 error 40.66%, top-5 error 18.21% (50000 examples)`,
 then, for several runs, the ensemble's (the mean of their class
 probabilities, the paper's method):
@@ -23,7 +24,7 @@ import sys
 import ml_collections
 from absl import app, flags, logging
 
-from alexnet_jax import config_overrides, ensemble, input_pipeline, reading
+from alexnet_jax import augment, config_overrides, ensemble, input_pipeline, reading
 
 FLAGS = flags.FLAGS
 
@@ -60,12 +61,13 @@ def main(argv: list[str]) -> None:
                 ensemble.check_same_order(members[0], member)
             members.append(member)
             summary = ensemble.summary(member.probs, member.labels)
-            where = f"{config.eval_views}, step {member.step}" + (f", {workdir}" if len(workdirs) > 1 else "")
+            views = augment.effective_views(config.eval_views, config.random_flip)
+            where = f"{views}, step {member.step}" + (f", {workdir}" if len(workdirs) > 1 else "")
             print(result_line(config.eval_split, where, summary), flush=True)
     except (ValueError, input_pipeline.DatasetUnavailableError) as error:
         sys.exit(f"error: {error}")
     if len(members) > 1:
-        views = {m.config.eval_views for m in members}
+        views = {augment.effective_views(m.config.eval_views, m.config.random_flip) for m in members}
         what = f"{views.pop() if len(views) == 1 else 'mixed views'}, ensemble of {len(members)}"
         summary = ensemble.summary(ensemble.ensemble_probs(members), members[0].labels)
         print(result_line(members[0].config.eval_split, what, summary), flush=True)

@@ -202,8 +202,10 @@ def eval_probs(
     stats: augment.DataStats,
 ) -> jax.Array:
     """Class probabilities of uint8 `resize_size` images: centre crop or the
-    10 views (`config.eval_views`), the views' softmax outputs averaged."""
-    views = augment.eval_inputs(images_uint8, stats, crop=config.model.input_size, views=config.eval_views)
+    10 views (`config.eval_views`; 5 for a net trained without flips), the
+    views' softmax outputs averaged."""
+    which = augment.effective_views(config.eval_views, config.random_flip)
+    views = augment.eval_inputs(images_uint8, stats, crop=config.model.input_size, views=which)
     num_views, batch_size = views.shape[:2]
     logits = model.apply({"params": params}, views.reshape(num_views * batch_size, *views.shape[2:]), train=False)
     return jax.nn.softmax(logits.reshape(num_views, batch_size, -1).astype(jnp.float32)).mean(0)

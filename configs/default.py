@@ -46,7 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.random_flip = True  # horizontal flips when training
     config.crop_chunk = 1  # images sharing one crop offset and flip; 32 = the 2012 code
     config.pca_noise_std = 0.1  # std of PCA colour-noise alphas; 0 turns it off
-    config.eval_views = "center"  # "center" crop or "ten_view" (4 corners + centre, x2 flips)
+    # "center" crop or "ten_view" (4 corners + centre, x2 flips; without
+    # random_flip the 5 unmirrored views, named "five_view" in results).
+    config.eval_views = "center"
 
     # --- schedule ---
     config.batch_size = 128  # global, over all devices and processes

@@ -89,11 +89,12 @@ def test_data_stats_match_numpy():
     np.testing.assert_allclose(rebuilt, covariance, rtol=1e-4)
 
 
-@pytest.mark.parametrize("views", ["center", "ten_view"])
-def test_eval_step_averages_view_softmaxes(tiny_config, views):
-
+@pytest.mark.parametrize("views, flip", [("center", True), ("ten_view", True), ("ten_view", False)])
+def test_eval_step_averages_view_softmaxes(tiny_config, views, flip):
+    """The centre crop; the paper's 10 views; 5 (no mirrors) for a net trained without flips."""
     config = tiny_config.copy_and_resolve_references()
     config.eval_views = views
+    config.random_flip = flip
     model = steps.create_model(config)
     images = jnp.asarray(np.random.RandomState(6).randint(0, 256, (3, 72, 72, 3)), jnp.uint8)
     params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)["params"]
@@ -105,7 +106,8 @@ def test_eval_step_averages_view_softmaxes(tiny_config, views):
     crops = [floats[:, 4:68, 4:68]]
     if views == "ten_view":
         crops = [floats[:, :64, :64], floats[:, :64, 8:], floats[:, 8:, :64], floats[:, 8:, 8:], floats[:, 4:68, 4:68]]
-        crops += [c[:, :, ::-1] for c in crops]
+        crops += [c[:, :, ::-1] for c in crops] if flip else []
+    assert augment.effective_views(views, flip) == {1: "center", 5: "five_view", 10: "ten_view"}[len(crops)]
     probs = np.mean([jax.nn.softmax(model.apply({"params": params}, jnp.asarray(c), train=False)) for c in crops], 0)
     losses = -np.log(probs[np.arange(3), [0, 1, 2]])
     assert got.num_examples() == 2  # the masked example does not count

@@ -1,0 +1,60 @@
+"""Every config field, given values of the wrong kind or out of range, is
+either refused in one line naming it or makes a config that validates and
+builds the model: nothing crashes further down."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from alexnet_jax import run_config
+from alexnet_jax.config_validation import validate_config
+from configs import default
+
+FIELDS = sorted(run_config.flat_fields(default.get_config()))
+
+
+def _bad_values(value):
+    if isinstance(value, tuple):
+        return [(), value[:-1], (*value, value[0]), tuple(0 for _ in value), tuple(-1 for _ in value)]
+    return [0, -1, 10**9, 0.5, "", "bogus", True]
+
+
+@functools.cache
+def _builds(model_fields: str) -> None:
+    """Traces the model's init (shapes only) from its fields."""
+    from alexnet_jax import models
+
+    fields = json.loads(model_fields)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    model = models.AlexNet(**fields)
+    size = fields["input_size"]
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_every_field_refuses_bad_values_in_one_line_or_works(tiny_config, field):
+    parent, _, leaf = field.rpartition(".")
+    for value in _bad_values(_get(tiny_config, field)):
+        config = tiny_config.copy_and_resolve_references()
+        config.mesh = (-1, 1)
+        node = config[parent] if parent else config
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError):
+            continue  # the wrong type: the flag parser refuses it, naming the flag
+        try:
+            validate_config(config)
+        except ValueError as error:
+            message = str(error)
+            assert "\n" not in message and leaf in message, (field, value, message)
+            continue
+        _builds(json.dumps(config.model.to_dict(), sort_keys=True))
+
+
+def _get(config, field):
+    for part in field.split("."):
+        config = config[part]
+    return config
