@@ -124,6 +124,21 @@ def test_sigterm_saves_the_step_it_stopped_at_and_the_restart_matches(tiny_confi
     _assert_identical(state_a, state_b)
 
 
+def test_handlers_last_for_the_loop_a_second_sigint_is_left_to_kill_and_sigterms_repeat_harmlessly():
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    stop = preemption.StopSignals().install()
+    try:
+        assert not stop.requested(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, before the next line
+        os.kill(os.getpid(), signal.SIGTERM)  # a second one (scheduler and launcher both) changes nothing
+        assert stop.requested(2)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL  # the next Ctrl-C kills at once
+    finally:
+        stop.restore()
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
 def _process_with_id(launcher_pid: int, process_id: int) -> int:
     """The pid of launch/local.sh's child running --process_id=`process_id`."""
     with open(f"/proc/{launcher_pid}/task/{launcher_pid}/children") as f:
