@@ -21,13 +21,13 @@ from alexnet_jax import (
     input_pipeline,
     metrics,
     optim,
-    preemption,
     sharding,
     steps,
     summaries,
     synthetic_data,
 )
 from alexnet_jax.config_validation import validate_config
+from alexnet_jax.preemption import Preempted, StopSignals
 
 
 def evaluate(eval_fn, params: Any, batches: Iterator[dict], mesh: jax.sharding.Mesh) -> metrics.EvalMetrics:
@@ -91,8 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns the final evaluation summary (eval_loss, eval_top1_error, ...).
     Raises ValueError (bad config) or DatasetUnavailableError before writing
     anything to `workdir`, FloatingPointError on a non-finite loss, and
-    preemption.Preempted after saving the step at which SIGTERM or SIGINT
-    stopped the loop.
+    Preempted after saving the step at which SIGTERM or SIGINT stopped the loop.
     """
     validate_config(config)
     synthetic = config.dataset == synthetic_data.NAME
@@ -153,13 +152,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Global arrays a few steps ahead: the copies overlap the running step.
     train_iter = sharding.prefetch_to_device(local_batches, mesh, config.prefetch_batches)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    stop, stopping = preemption.StopSignals().install(), False
+    stop, stopping = StopSignals().install(), False
     train_metrics, previous, summary = None, None, None
     period_start, period_steps = time.monotonic(), 0
     try:
         for step in range(start_step + 1, total_steps + 1):
             if stopping:  # a stop signal, and the step before this one is saved
-                raise preemption.Preempted(step - 1)
+                raise Preempted(step - 1)
             batch = next(train_iter)
             if step == start_step + 1 or step % config.eval_every_steps == 0 or step == total_steps:
                 # Histograms of non-finite weights would fail in the writer's
