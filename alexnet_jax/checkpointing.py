@@ -83,9 +83,9 @@ def _restore(manager: ocp.CheckpointManager, step: int, abstract: PyTree) -> tup
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
-    """Moves the damaged checkpoints of `steps` to `<workdir>/DAMAGED/<step>`
-    (kept, for inspection), on the primary process; every process then
-    rereads the folder."""
+    """Moves the damaged checkpoints of `steps` to
+    `<workdir>/damaged_checkpoints/<step>` (kept, for inspection), on the
+    primary process; every process then rereads the folder."""
     aside = manager.directory.parent / DAMAGED
     if jax.process_index() == 0:
         for step in steps:
