@@ -5,19 +5,24 @@ Orbax writes each step into a temporary folder and renames it only when the
 write is complete, so a crash or kill mid-save leaves the previous checkpoints
 intact and the half-written one is ignored. Every process calls save and
 restore (orbax coordinates them); only the primary host writes metadata and
-the JSON item, and every process reads it back on restore.
+the JSON item, and every process reads it back on restore. A checkpoint
+damaged afterwards (a file truncated or deleted) is skipped on restore: the
+run goes on from the newest readable one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 PyTree = Any
 STATE, DATA = "state", "data"
+DAMAGED = "damaged_checkpoints"  # in the workdir: checkpoints that could not be read
 
 
 def make_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
@@ -34,21 +39,65 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, data: dict) -
 
 
 def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> tuple[PyTree, int, dict | None]:
-    """The newest checkpoint's state (on `target`'s structure and shardings),
-    its step and its data position; (`target`, 0, None) when there is none.
-    The position is None for checkpoints written before it was saved (a
-    single "default" item holding the state)."""
-    step = manager.latest_step()
-    if step is None:
-        return target, 0, None
+    """The newest readable checkpoint's state (on `target`'s structure and
+    shardings), its step and its data position; (`target`, 0, None) when
+    there is none. The position is None for checkpoints written before it
+    was saved (a single "default" item holding the state).
+
+    A newer checkpoint that cannot be read (a truncated or missing file) is
+    logged and moved aside into `DAMAGED` next to the checkpoints folder:
+    the manager then neither restores it again nor refuses to save its step
+    number anew (orbax does not overwrite a step). Raises ValueError (one
+    line, naming the folder) when checkpoints exist but none can be read.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    step_dir = manager.directory / str(step)
-    if not (step_dir / STATE).exists():
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step, None
+    damaged = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state, data = _restore(manager, step, abstract)
+        except Exception as error:  # orbax, tensorstore and OS errors alike: try the one before
+            first_line = str(error).strip().split("\n")[0][:300]
+            logging.warning(
+                "Checkpoint %s cannot be read (%s: %s)", manager.directory / str(step), type(error).__name__, first_line
+            )
+            damaged.append(step)
+            continue
+        if damaged:
+            _set_aside(manager, damaged)
+        return state, step, data
+    if damaged:
+        raise ValueError(
+            f"no checkpoint in {manager.directory} can be read (steps {', '.join(map(str, damaged))}; "
+            f"the log says why): move them away to start afresh"
+        )
+    return target, 0, None
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, abstract: PyTree) -> tuple[PyTree, dict | None]:
+    if not (manager.directory / str(step) / STATE).exists():
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract)), None
     restored = manager.restore(
         step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract), DATA: ocp.args.JsonRestore()})
     )
-    return restored[STATE], step, restored[DATA]
+    return restored[STATE], restored[DATA]
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Moves the damaged checkpoints of `steps` to
+    `<workdir>/damaged_checkpoints/<step>` (kept, for inspection), on the
+    primary process; every process then rereads the folder."""
+    aside = manager.directory.parent / DAMAGED
+    if jax.process_index() == 0:
+        for step in steps:
+            destination = aside / str(step)
+            suffix = 1
+            while destination.exists():  # the same step damaged in an earlier launch
+                destination, suffix = aside / f"{step}.{suffix}", suffix + 1
+            aside.mkdir(parents=True, exist_ok=True)
+            (manager.directory / str(step)).rename(destination)
+            logging.warning("Moved the damaged checkpoint of step %d to %s", step, destination)
+    multihost_utils.sync_global_devices("alexnet_jax: damaged checkpoints set aside")
+    manager.reload()
 
 
 def latest_step(workdir: str) -> int:

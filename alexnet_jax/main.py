@@ -6,6 +6,9 @@
 
 Several processes (launch/*.sh, launch/slurm.sbatch) run the same command;
 each joins the others through jax.distributed before touching a device.
+
+Exit status: 0 done, 1 error, 3 (preemption.EXIT_STATUS) stopped by SIGTERM
+or SIGINT after saving a checkpoint: the same command resumes the run.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from alexnet_jax import input_pipeline, train
+    from alexnet_jax import input_pipeline, preemption, train
 
     _initialize_distributed(jax)
     logging.info(
@@ -100,6 +103,9 @@ def main(argv: list[str]) -> None:
         summary = train.train_and_evaluate(config, FLAGS.workdir)
     except (ValueError, input_pipeline.DatasetUnavailableError, FloatingPointError) as error:
         sys.exit(f"error: {error}")
+    except preemption.Preempted as stopped:
+        logging.warning("%s (exit status %d)", stopped, preemption.EXIT_STATUS)
+        sys.exit(preemption.EXIT_STATUS)
     accuracy = 100.0 * (1.0 - summary["eval_top1_error"])
     print(f"{config.eval_split} top-1 accuracy: {accuracy:.1f}% ({summary['eval_num_examples']} examples)", flush=True)
 

@@ -28,6 +28,7 @@ from alexnet_jax import (
     synthetic_data,
 )
 from alexnet_jax.config_validation import validate_config
+from alexnet_jax.preemption import Preempted, StopSignals
 
 
 def evaluate(eval_fn, params: Any, batches: Iterator[dict], mesh: jax.sharding.Mesh) -> metrics.EvalMetrics:
@@ -90,7 +91,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns the final evaluation summary (eval_loss, eval_top1_error, ...).
     Raises ValueError (bad config) or DatasetUnavailableError before writing
-    anything to `workdir`, and FloatingPointError on a non-finite loss.
+    anything to `workdir`, FloatingPointError on a non-finite loss, and
+    Preempted after saving the step at which SIGTERM or SIGINT stopped the loop.
     """
     validate_config(config)
     synthetic = config.dataset == synthetic_data.NAME
@@ -155,11 +157,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Global arrays a few steps ahead: the copies overlap the running step.
     train_iter = sharding.prefetch_to_device(local_batches, mesh, config.prefetch_batches)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    stop, stopping = StopSignals().install(), False
     train_metrics, previous, summary = None, None, None
     period_start, period_steps = time.monotonic(), 0
     step = start_step
     try:
         for step in range(start_step + 1, total_steps + 1):
+            if stopping:  # a stop signal, and the step before this one is saved
+                raise Preempted(step - 1)
             batch = next(train_iter)
             if step == start_step + 1 or step % config.eval_every_steps == 0 or step == total_steps:
                 # Histograms of non-finite weights would fail in the writer's
@@ -192,7 +197,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if config.optimizer.schedule == "plateau":
                     state = _plateau_step(state, summary["eval_top1_error"], config.optimizer, replicated)
 
-            if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            # A stop signal: save this step as the periodic save does, then stop (Preempted above).
+            stopping = stop.requested(step - start_step) and step < total_steps
+            if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
                 _check_finite(*previous)
                 if not bool(_all_finite(state.params)):
                     raise FloatingPointError(f"parameters are not finite after step {step}: not saving them")
@@ -207,6 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         manager.wait_until_finished()
         writer.flush()
+        stop.restore()  # after the wait: a repeated SIGTERM must not cut the save short
 
     if summary is None:  # resumed a finished run: evaluate the restored state
         summary = run_eval(total_steps)

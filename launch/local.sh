@@ -33,8 +33,17 @@ if [[ $NUM_PROCESSES -eq 1 ]]; then
 fi
 
 pids=()
-# One failed process would leave the others waiting at a collective: stop them all.
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+# SIGTERM or SIGINT (Ctrl-C) here: every process saves the step it is at and
+# exits with status 3 (alexnet_jax/preemption.py). Forwarded as SIGTERM, so a
+# Ctrl-C that also reached the processes from the terminal counts once; a
+# second Ctrl-C reaches them from the terminal and stops them at once.
+signalled=0
+forward() {
+  signalled=1
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+}
+trap forward TERM INT
+trap 'kill -KILL "${pids[@]}" 2>/dev/null || true' EXIT
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   if [[ -n "${GPUS_PER_PROCESS:-}" ]]; then
     export CUDA_VISIBLE_DEVICES=$(seq -s, $((i * GPUS_PER_PROCESS)) $(((i + 1) * GPUS_PER_PROCESS - 1)))
@@ -43,11 +52,21 @@ for ((i = 0; i < NUM_PROCESSES; i++)); do
     --coordinator_address="127.0.0.1:${PORT}" --num_processes="$NUM_PROCESSES" --process_id="$i" "$@" &
   pids+=($!)
 done
+# The first failure's status (3: stopped by a signal, checkpoint saved).
 status=0
-for ((n = 0; n < NUM_PROCESSES; n++)); do
-  if ! wait -n; then
-    status=1
-    kill "${pids[@]}" 2>/dev/null || true
+for ((left = NUM_PROCESSES; left > 0; left--)); do
+  while true; do
+    before=$signalled
+    wait -n && rc=0 || rc=$?
+    # The trap interrupted the wait (status > 128), no process ended: wait again.
+    ((rc > 128 && signalled != before)) || break
+  done
+  if ((rc == 127)) && [[ -z "$(jobs -p)" ]]; then
+    break # none left
+  elif ((rc != 0 && status == 0)); then
+    status=$rc
+    # A failed process leaves the others waiting at a collective, even for a clean stop: end them.
+    ((rc == 3)) || kill -KILL "${pids[@]}" 2>/dev/null || true
   fi
 done
 trap - EXIT

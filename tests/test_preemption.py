@@ -1,0 +1,179 @@
+"""Runs stopped by SIGTERM mid-epoch save the step they stopped at and exit
+with preemption.EXIT_STATUS; the restart ends where an uninterrupted run does.
+
+The signal is sent once the run has logged a given step's training loss, with
+the process paused (SIGSTOP) around it so it lands a step or two later at
+most, whatever the machine's speed."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpointing, preemption, sharding, steps, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 20  # a margin: tiny steps take ~30 ms and the test may be slow to react
+SIGNAL_AFTER = 2  # the step whose log line triggers the signal
+
+
+def _overrides(config) -> list[str]:
+    """Command-line overrides reproducing `config` (tiny_config and this file's changes)."""
+    fields = [
+        "data_dir",
+        "model.width",
+        "batch_size",
+        "eval_batch_size",
+        "num_train_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "shuffle_buffer_size",
+        "mesh",
+        "model.conv_wgrad",
+    ]
+    return [f"--config.{field}={_field(config, field)}" for field in fields]
+
+
+def _field(config, dotted: str):
+    for name in dotted.split("."):
+        config = config[name]
+    return config
+
+
+def _stoppable_config(tiny_config):
+    config = tiny_config.copy_and_resolve_references()
+    config.num_train_steps = TOTAL_STEPS
+    config.log_every_steps = 1  # a line per step: the trigger
+    config.eval_every_steps = 100
+    config.checkpoint_every_steps = 100  # no periodic save before the last step
+    return config
+
+
+def _run_and_signal(command: list[str], env: dict, target, timeout: float = 240) -> tuple[int, str]:
+    """Runs `command` (in its own session), sends SIGTERM to `target(pid)`'s
+    process once step SIGNAL_AFTER is logged; returns the status and the log."""
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    # The pipe read below blocks: past the time limit, the whole session goes.
+    watchdog = threading.Timer(timeout, os.killpg, (process.pid, signal.SIGKILL))
+    watchdog.start()
+    lines, sent = [], False
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if not sent and f"] [{SIGNAL_AFTER}] " in line and "train_loss=" in line:
+                pid = target(process.pid)
+                os.kill(pid, signal.SIGSTOP)
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGCONT)
+                sent = True
+        returncode = process.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    log = "".join(lines)
+    assert sent, f"step {SIGNAL_AFTER} never logged:\n{log[-3000:]}"
+    return returncode, log
+
+
+def _saved_steps(workdir: str) -> list[int]:
+    return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
+
+
+def _final_state(workdir, config):
+    template = steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((1, 1)))
+    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    state, step = checkpointing.restore_latest(manager, template)
+    manager.close()
+    return state, step
+
+
+def _assert_identical(state_a, state_b) -> None:
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sigterm_saves_the_step_it_stopped_at_and_the_restart_matches(tiny_config, tmp_path):
+    config = _stoppable_config(tiny_config)
+    uninterrupted = str(tmp_path / "uninterrupted")
+    train.train_and_evaluate(config, uninterrupted)
+
+    workdir = str(tmp_path / "stopped")
+    command = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/digits.py", f"--workdir={workdir}"]
+    returncode, log = _run_and_signal(command + _overrides(config), dict(os.environ), target=lambda pid: pid)
+    assert returncode == preemption.EXIT_STATUS, log[-3000:]
+    assert "SIGTERM received" in log and "Traceback" not in log
+    [stopped] = _saved_steps(workdir)  # the signal's save alone: no periodic one before the end
+    assert SIGNAL_AFTER <= stopped < TOTAL_STEPS, log[-3000:]
+    assert f"stopped by a signal after step {stopped}" in log
+
+    train.train_and_evaluate(config, workdir)  # resumes at `stopped`
+    state_a, step_a = _final_state(uninterrupted, config)
+    state_b, step_b = _final_state(workdir, config)
+    assert step_a == step_b == TOTAL_STEPS
+    _assert_identical(state_a, state_b)
+
+
+def test_handlers_last_for_the_loop_a_second_sigint_is_left_to_kill_and_sigterms_repeat_harmlessly():
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    stop = preemption.StopSignals().install()
+    try:
+        assert not stop.requested(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, before the next line
+        os.kill(os.getpid(), signal.SIGTERM)  # a second one (scheduler and launcher both) changes nothing
+        assert stop.requested(2)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL  # the next Ctrl-C kills at once
+    finally:
+        stop.restore()
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def _process_with_id(launcher_pid: int, process_id: int) -> int:
+    """The pid of launch/local.sh's child running --process_id=`process_id`."""
+    with open(f"/proc/{launcher_pid}/task/{launcher_pid}/children") as f:
+        children = [int(pid) for pid in f.read().split()]
+    for pid in children:
+        with open(f"/proc/{pid}/cmdline") as f:
+            if f"--process_id={process_id}" in f.read().split("\0"):
+                return pid
+    raise AssertionError(f"no --process_id={process_id} among {children}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds local.sh's children in /proc")
+def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tiny_config, tmp_path):
+    """Both processes save the same step; the restart from such a checkpoint is
+    test_multiprocess's (each two-process launch takes ~35 s on 2 cores)."""
+    config = _stoppable_config(tiny_config)
+    config.mesh = (-1, 2)
+    env = {**os.environ, "NUM_PROCESSES": "2", "CPU_DEVICES": "2", "PYTHON": sys.executable}
+    env.update(XLA_FLAGS="", PORT=str(_free_port()))  # not the test process's 8 devices: 2 per process
+    workdir = str(tmp_path / "stopped")
+    command = ["launch/local.sh", "configs/digits.py", workdir, *_overrides(config)]
+    returncode, log = _run_and_signal(command, env, target=lambda pid: _process_with_id(pid, 1))
+    assert returncode == preemption.EXIT_STATUS, log[-3000:]
+    [stopped] = _saved_steps(workdir)
+    assert SIGNAL_AFTER <= stopped < TOTAL_STEPS, log[-3000:]
+    assert log.count(f"stopped by a signal after step {stopped};") == 2, log[-3000:]  # one line per process
+
+    template = steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((1, 1)))
+    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    _, step, data = checkpointing.restore_latest_with_data(manager, template)
+    manager.close()
+    assert step == stopped and data["batch_in_epoch"] == stopped and data["process_count"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
