@@ -308,8 +308,9 @@ def config_for_reading(
 
 
 def record_exit(workdir: str, status: str, step: int, error: str | None = None) -> None:
-    """Notes in config.json how the run last ended ("finished", or "failed"
-    at `step` with `error`), so a report need not guess from the logs."""
+    """Notes in config.json how the run last ended ("finished", "stopped" by
+    a signal after saving `step`, or "failed" at `step` with `error`), so a
+    report need not guess from the logs."""
     record = load(workdir)
     if record is None:  # a workdir from before config.json
         return

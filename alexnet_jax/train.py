@@ -207,6 +207,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     config, position.advanced(step - start_step, steps_per_epoch), step, steps_per_epoch
                 )
                 checkpointing.save(manager, step, state, data)
+    except Preempted as stopped:
+        if jax.process_index() == 0:
+            run_config.record_exit(workdir, "stopped", stopped.step, str(stopped))
+        raise
     except Exception as error:
         if jax.process_index() == 0:  # the workdir says where and why the run stopped (launch.report)
             run_config.record_exit(workdir, "failed", step, f"{type(error).__name__}: {error}")

@@ -94,13 +94,16 @@ def run_metrics(scalars: dict[str, tuple[np.ndarray, np.ndarray]], target_error:
 
 
 def run_status(run_dir: str, record: dict | None, scalars: dict) -> str:
-    """ "finished", "failed at step N (error)" (the run's config.json says where),
-    "stopped at step N" (its last logged step) or "not started"."""
+    """ "finished", "failed at step N (error)" or "stopped at step N (a signal;
+    resumable)" (the run's config.json says where), "stopped at step N" (its
+    last logged step: killed), or "not started"."""
     if os.path.exists(os.path.join(run_dir, sweep.DONE)):
         return "finished"
     last_exit = (record or {}).get("last_exit") or {}
     if last_exit.get("status") == "failed":
         return f"failed at step {last_exit['step']} ({last_exit['error']})"
+    if last_exit.get("status") == "stopped":  # preempted, saved: rerunning the sweep resumes it
+        return f"stopped at step {last_exit['step']} (a signal; resumable)"
     if not scalars:
         return "not started"
     return f"stopped at step {max(int(steps[-1]) for steps, _ in scalars.values())}"

@@ -5,6 +5,7 @@ The signal is sent once the run has logged a given step's training loss, with
 the process paused (SIGSTOP) around it so it lands a step or two later at
 most, whatever the machine's speed."""
 
+import json
 import os
 import signal
 import socket
@@ -116,6 +117,8 @@ def test_sigterm_saves_the_step_it_stopped_at_and_the_restart_matches(tiny_confi
     [stopped] = _saved_steps(workdir)  # the signal's save alone: no periodic one before the end
     assert SIGNAL_AFTER <= stopped < TOTAL_STEPS, log[-3000:]
     assert f"stopped by a signal after step {stopped}" in log
+    with open(os.path.join(workdir, "config.json")) as f:  # what launch.report reads
+        assert json.load(f)["last_exit"]["status"] == "stopped"
 
     train.train_and_evaluate(config, workdir)  # resumes at `stopped`
     state_a, step_a = _final_state(uninterrupted, config)
