@@ -19,6 +19,8 @@ import dataclasses
 import logging
 import math
 import os
+import shlex
+import sys
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -44,8 +46,19 @@ class DatasetUnavailableError(RuntimeError):
 
 
 def manual_dir(config: ml_collections.ConfigDict) -> str:
-    data_dir = config.data_dir or os.path.expanduser("~/tensorflow_datasets")
-    return config.manual_dir or os.path.join(data_dir, "downloads", "manual")
+    """Where the ImageNet tars go: config.manual_dir, else <data_dir>/downloads/manual,
+    data_dir being tfds's own default where config.data_dir is empty
+    ($TFDS_DATA_DIR if set, else ~/tensorflow_datasets)."""
+    data_dir = config.data_dir or tfds.core.constants.get_default_data_dir()
+    return config.manual_dir or os.path.join(os.path.expanduser(data_dir), "downloads", "manual")
+
+
+def rerun_command() -> str:
+    """The command this process was started with, to repeat in a message
+    (the user's own workdir and overrides, or a sweep variant's)."""
+    if sys.argv[0].endswith(os.path.join("alexnet_jax", "main.py")):
+        return shlex.join(["python", "-m", "alexnet_jax.main", *sys.argv[1:]])
+    return "the same command"
 
 
 def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -70,7 +83,7 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
                 f"imagenet2012 is not prepared and {', '.join(missing)} not found in {folder}: "
                 f"download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
                 f"https://image-net.org into that folder (or pass --config.manual_dir=DIR), then rerun "
-                f"`python -m alexnet_jax.main --config configs/paper.py --workdir runs/paper` "
+                f"`{rerun_command()}` "
                 f"(the first run prepares the data through tfds, several hours)"
             )
         download_config = tfds.download.DownloadConfig(manual_dir=folder)

@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.workdir
     os.makedirs(out, exist_ok=True)
     manifest, results = collect(args.workdir, args.target_error)
+    if not any(r.status == "finished" for r in results):
+        statuses = "; ".join(f"{r.name} {r.status}" for r in results)
+        raise SystemExit(f"error: no run of the sweep in {args.workdir} finished ({statuses}): nothing to report")
     rows = summarise(results)
     report = markdown(manifest, rows, args.target_error, args.title or f"Sweep report: {args.workdir}", args.workdir)
     with open(os.path.join(out, "report.md"), "w") as f:

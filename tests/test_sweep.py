@@ -257,6 +257,18 @@ def test_report_says_where_a_run_failed_and_pools_finished_runs_rates(tmp_path):
     assert row["finished"] == 1 and row["images_per_sec"] == pytest.approx(105.0)  # the finished run's alone
 
 
+def test_report_of_a_sweep_where_no_run_finished_fails_in_one_line(tmp_path):
+    workdir = str(tmp_path / "sweep")
+    runs = [sweep.Run(f"seed={i}", {"seed": i}, os.path.join(workdir, f"seed={i}"), []) for i in (0, 1)]
+    sweep.write_manifest(workdir, "configs/digits.py", "s.py", [], runs)
+    with pytest.raises(SystemExit) as error:
+        report.main(["--workdir", workdir])
+    assert str(error.value) == (
+        f"error: no run of the sweep in {workdir} finished (seed=0 not started; seed=1 not started): nothing to report"
+    )
+    assert not os.path.exists(os.path.join(workdir, "report.md"))
+
+
 def test_report_without_a_sweep_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match="sweep.json not found: run `python -m launch.sweep"):
         report.main(["--workdir", str(tmp_path)])

@@ -239,5 +239,19 @@ def test_paper_config_without_imagenet_says_where_to_put_the_tars(tmp_path):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: imagenet2012 is not prepared")
     assert "ILSVRC2012_img_train.tar" in last_line and str(tmp_path / "tfds" / "downloads" / "manual") in last_line
+    assert f"then rerun `python -m alexnet_jax.main --config configs/paper.py --workdir={workdir} " in last_line
     assert "Traceback" not in result.stderr
     assert not workdir.exists()
+
+
+def test_manual_dir_follows_tfds_data_dir(tmp_path, monkeypatch):
+    """With config.data_dir empty, tfds prepares under $TFDS_DATA_DIR: the tars are looked for there too."""
+    from configs import paper
+
+    config = paper.get_config()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "shared_tfds"))
+    assert input_pipeline.manual_dir(config) == str(tmp_path / "shared_tfds" / "downloads" / "manual")
+    config.data_dir = str(tmp_path / "mine")
+    assert input_pipeline.manual_dir(config) == str(tmp_path / "mine" / "downloads" / "manual")
+    config.manual_dir = str(tmp_path / "tars")
+    assert input_pipeline.manual_dir(config) == str(tmp_path / "tars")
