@@ -15,18 +15,21 @@ of that one epoch before decoding, instead of replaying the stream.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import shlex
 import sys
+import urllib.error
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
+import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -87,8 +90,41 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
                 f"(the first run prepares the data through tfds, several hours)"
             )
         download_config = tfds.download.DownloadConfig(manual_dir=folder)
-    builder.download_and_prepare(download_config=download_config)
+    _check_classes(config, builder)  # known from the registered features, before any download
+    try:
+        with _few_download_retries():
+            builder.download_and_prepare(download_config=download_config)
+    except (requests.exceptions.RequestException, urllib.error.URLError) as error:
+        raise DatasetUnavailableError(
+            f"{config.dataset} is not prepared in {builder.data_dir} and could not be downloaded "
+            f"({type(error).__name__}): prepare it on a machine with internet access (the same command there, "
+            f"or `tfds build {config.dataset} --data_dir DIR`) and copy that data_dir here "
+            f"(--config.data_dir=DIR), or use your own images with --config.dataset=image_folder"
+        ) from None
     return builder
+
+
+def _check_classes(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> None:
+    """The class count, which tfds registers with the dataset's features."""
+    label = builder.info.features["label"] if "label" in builder.info.features else None
+    if label is not None and config.model.num_classes != label.num_classes:
+        raise ValueError(
+            f"config.model.num_classes={config.model.num_classes} but {config.dataset} has {label.num_classes} classes"
+        )
+
+
+@contextlib.contextmanager
+def _few_download_retries(retries: int = 2) -> Iterator[None]:
+    """tfds retries a failed download 10 times with backoff (minutes of
+    `Retrying ...` lines on a machine without internet access); a couple of
+    retries tell a passing fault from no route at all within seconds."""
+    from tensorflow_datasets.core.download import downloader
+
+    saved, downloader.MAX_RETRIES = downloader.MAX_RETRIES, retries
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = saved
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:

@@ -184,3 +184,27 @@ def test_unknown_dataset_name_is_one_line_naming_the_field(tiny_config, tmp_path
     with pytest.raises(ValueError, match="is not a tfds dataset"):
         train.train_and_evaluate(config, str(workdir))
     assert not workdir.exists()
+
+
+def test_a_dataset_that_cannot_be_downloaded_fails_fast_in_one_line(tiny_config, tmp_path, monkeypatch):
+    """Offline (here: every request sent to a closed loopback port): one line
+    naming the dataset and what to do, in seconds, not minutes of retries."""
+    import time
+
+    for variable in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    config = tiny_config.copy_and_resolve_references()
+    config.dataset, config.eval_split, config.data_dir = "cifar10", "test", str(tmp_path / "tfds")
+    config.model.num_classes = 7
+    with pytest.raises(ValueError, match="config.model.num_classes=7 but cifar10 has 10 classes"):
+        input_pipeline.get_builder(config)  # known before any download
+    config.model.num_classes = 10
+    start = time.monotonic()
+    with pytest.raises(input_pipeline.DatasetUnavailableError) as error:
+        input_pipeline.get_builder(config)
+    assert time.monotonic() - start < 60
+    message = str(error.value)
+    assert message.startswith("cifar10 is not prepared in ") and "could not be downloaded" in message
+    assert "--config.data_dir=DIR" in message and "image_folder" in message and "\n" not in message
