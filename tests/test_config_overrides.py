@@ -1,0 +1,71 @@
+"""Misspelt --config.* fields: one line naming the field and the closest
+valid names, from every entry point, before anything runs."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from alexnet_jax import config_overrides
+from launch import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(
+    "field, message",
+    [
+        ("model.use_lrn", None),
+        ("model", None),
+        ("modle.use_lrn", "config.modle does not exist; did you mean config.model or config.model_parallel?"),
+        ("model.use_lnr", "config.model.use_lnr does not exist; did you mean config.model.use_lrn?"),
+        ("batch_size.x", "config.batch_size.x does not exist: config.batch_size is a value, not a group of fields"),
+        ("zzzz", "config.zzzz does not exist; configs/default.py lists every field"),
+    ],
+)
+def test_unknown_fields_name_the_closest_ones(field, message):
+    assert config_overrides.unknown_field(field) == message
+
+
+def test_override_names_in_every_flag_form():
+    argv = ["--config=c.py", "--config.a.b=1", "--config.c", "2", "--noconfig.d", "-config.e=3", "--workdir=x"]
+    assert config_overrides.override_names([*argv, "--", "--config.f=4"]) == ["a.b", "c", "d", "e"]
+
+
+@pytest.mark.parametrize("module", ["alexnet_jax.main", "alexnet_jax.evaluate"])
+def test_entry_points_refuse_a_misspelt_field_in_one_line(module, tmp_path):
+    args = ["--config=configs/digits.py", f"--workdir={tmp_path}", "--config.modle.use_lrn=0"]
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config.modle does not exist; did you mean config.model or config.model_parallel?"
+    )
+    assert "Traceback" not in result.stderr and os.listdir(tmp_path) == []
+
+
+def test_sweep_refuses_a_misspelt_field_before_any_variant(tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text('def get_sweep():\n    return [{"seed": 0}, {"model.use_lnr": False}]\n')
+    config = os.path.join(REPO, "configs", "digits.py")
+    with pytest.raises(SystemExit) as error:
+        sweep.plan(config, str(path), str(tmp_path / "runs"), [])
+    assert str(error.value) == (
+        f"error: {path}: variant 1 (use_lnr=False) sets 'model.use_lnr', which is not a field of {config}: "
+        "config.model.use_lnr does not exist; did you mean config.model.use_lrn?"
+    )
+    with pytest.raises(SystemExit, match=r"--config.optimiser.momentum=0.8: config.optimiser does not exist; did"):
+        sweep.plan(config, str(_ok(tmp_path)), str(tmp_path / "runs"), ["--config.optimiser.momentum=0.8"])
+    assert not (tmp_path / "runs").exists()
+
+
+def _ok(tmp_path):
+    path = tmp_path / "ok.py"
+    path.write_text('def get_sweep():\n    return [{"seed": 0}]\n')
+    return path
