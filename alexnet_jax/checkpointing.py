@@ -31,11 +31,38 @@ def make_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
+class SaveError(OSError):
+    """A checkpoint could not be written (a full disk, say); the message names
+    the folder. The checkpoints before it are intact (orbax renames a step's
+    folder into place only when it is complete)."""
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, data: dict) -> None:
     """Saves asynchronously: training continues while the files are written.
-    `data` (JSON) is where the input stream continues after `step`."""
+    `data` (JSON) is where the input stream continues after `step`. An
+    earlier save's failure, which orbax reports here, raises SaveError."""
     args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data)})
-    manager.save(step, args=args, force=True)
+    try:
+        manager.save(step, args=args, force=True)
+    except Exception as error:
+        raise _save_error(manager, error, step) from error
+
+
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+    """Waits for the saves in flight; SaveError if one of them failed."""
+    try:
+        manager.wait_until_finished()
+    except Exception as error:
+        raise _save_error(manager, error) from error
+
+
+def _save_error(manager: ocp.CheckpointManager, error: Exception, step: int | None = None) -> SaveError:
+    which = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+    reason = str(error).strip().split("\n")[0][:300]
+    return SaveError(
+        f"saving {which} in {manager.directory} failed ({type(error).__name__}: {reason}); "
+        "the earlier checkpoints are intact: free the disk (or fix the path) and rerun to resume"
+    )
 
 
 def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> tuple[PyTree, int, dict | None]:

@@ -85,6 +85,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     from alexnet_jax import input_pipeline, preemption, train
+    from alexnet_jax.checkpointing import SaveError
 
     _initialize_distributed(jax)
     logging.info(
@@ -101,7 +102,7 @@ def main(argv: list[str]) -> None:
     use_compilation_cache(jax, config.compilation_cache_dir)
     try:
         summary = train.train_and_evaluate(config, FLAGS.workdir)
-    except (ValueError, input_pipeline.DatasetUnavailableError, FloatingPointError) as error:
+    except (ValueError, input_pipeline.DatasetUnavailableError, FloatingPointError, SaveError) as error:
         sys.exit(f"error: {error}")
     except preemption.Preempted as stopped:
         logging.warning("%s (exit status %d)", stopped, preemption.EXIT_STATUS)

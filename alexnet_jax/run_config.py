@@ -168,6 +168,21 @@ def _write(workdir: str, record: dict) -> None:
     os.replace(tmp, path(workdir))
 
 
+def check_writable(workdir: str) -> None:
+    """One-line ValueError naming `workdir` if it cannot be created or written
+    (read-only, full disk): said at start-up, not at the first save."""
+    probe = os.path.join(workdir, f".write-test-{os.uname().nodename}-{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(
+            f"--workdir {workdir} is not writable ({error.strerror or error}): use another path or free the disk"
+        ) from None
+
+
 def record_of(config: ml_collections.ConfigDict) -> dict:
     """What config.json holds for a first start."""
     return {

@@ -107,6 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         input_pipeline.prepare(config, builder)  # the preprocessed caches, once per dataset
         stats = data_stats.load_or_compute(config, builder)
 
+    run_config.check_writable(workdir)
     # The run's own config: written at the first start, a restart must match it.
     epochs_done = checkpointing.latest_step(workdir) / steps_per_epoch
     run_config.check_restart(config, workdir, epochs_done, is_writer=jax.process_index() == 0)
@@ -216,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             run_config.record_exit(workdir, "failed", step, f"{type(error).__name__}: {error}")
         raise
     finally:
-        manager.wait_until_finished()
+        checkpointing.wait_until_finished(manager)
         writer.flush()
         stop.restore()  # after the wait: a repeated SIGTERM must not cut the save short
 

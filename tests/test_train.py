@@ -255,3 +255,28 @@ def test_manual_dir_follows_tfds_data_dir(tmp_path, monkeypatch):
     assert input_pipeline.manual_dir(config) == str(tmp_path / "mine" / "downloads" / "manual")
     config.manual_dir = str(tmp_path / "tars")
     assert input_pipeline.manual_dir(config) == str(tmp_path / "tars")
+
+
+def test_unwritable_workdir_and_a_failed_save_are_one_line(tiny_config, tmp_path, monkeypatch):
+    """A workdir that cannot be written is named at start-up; a save that fails
+    mid-run names the folder, and the earlier checkpoints stay readable."""
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(ValueError, match=r"--workdir .*a_file/run is not writable \(Not a directory\)"):
+        train.train_and_evaluate(tiny_config, str(tmp_path / "a_file" / "run"))
+
+    workdir = str(tmp_path / "full")
+    real_save = ocp.CheckpointManager.save
+
+    def disk_full_after_step_3(self, step, *args, **kwargs):
+        if step > 3:
+            raise OSError(28, "No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full_after_step_3)
+    with pytest.raises(checkpointing.SaveError) as error:
+        train.train_and_evaluate(tiny_config, workdir)
+    message = str(error.value)
+    assert message.startswith(f"saving the checkpoint of step 6 in {os.path.join(workdir, 'checkpoints')} failed")
+    assert "No space left on device" in message and "earlier checkpoints are intact" in message
+    assert "\n" not in message
+    assert _final_params(workdir, tiny_config)[1] == 3
