@@ -90,7 +90,7 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
                 f"(the first run prepares the data through tfds, several hours)"
             )
         download_config = tfds.download.DownloadConfig(manual_dir=folder)
-    _check_classes(config, builder)  # known from the registered features, before any download
+    check_splits_and_classes(config, builder)  # what tfds knows before any download
     try:
         with _few_download_retries():
             builder.download_and_prepare(download_config=download_config)
@@ -104,12 +104,21 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def _check_classes(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> None:
-    """The class count, which tfds registers with the dataset's features."""
-    label = builder.info.features["label"] if "label" in builder.info.features else None
-    if label is not None and config.model.num_classes != label.num_classes:
+def check_splits_and_classes(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> None:
+    """The config's splits and class count against the dataset's. Before a
+    download tfds knows the class count (registered with the features) and,
+    for some datasets, the split names: what it does not know yet is checked
+    once the data is prepared."""
+    splits = sorted(builder.info.splits.keys())
+    for field in ("train_split", "eval_split"):
+        if splits and config[field] not in splits:
+            raise ValueError(
+                f"config.{field}={config[field]!r} is not a split of {config.dataset}: use one of {splits}"
+            )
+    classes = builder.info.features["label"].num_classes
+    if config.model.num_classes != classes:
         raise ValueError(
-            f"config.model.num_classes={config.model.num_classes} but {config.dataset} has {label.num_classes} classes"
+            f"config.model.num_classes={config.model.num_classes} but {config.dataset} has {classes} classes"
         )
 
 

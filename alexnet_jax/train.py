@@ -62,17 +62,7 @@ def check_dataset(config: ml_collections.ConfigDict, builder) -> int:
     """Validates the config against the prepared dataset; returns steps per epoch."""
     if builder is None:  # synthetic data: any number of classes
         return synthetic_data.steps_per_epoch(config)
-    for field in ("train_split", "eval_split"):
-        if config[field] not in builder.info.splits:
-            raise ValueError(
-                f"config.{field}={config[field]!r} is not a split of {config.dataset}: "
-                f"use one of {sorted(builder.info.splits.keys())}"
-            )
-    classes = builder.info.features["label"].num_classes
-    if config.model.num_classes != classes:
-        raise ValueError(
-            f"config.model.num_classes={config.model.num_classes} but {config.dataset} has {classes} classes"
-        )
+    input_pipeline.check_splits_and_classes(config, builder)
     train_examples = input_pipeline.num_examples(builder, config.train_split)
     if train_examples < config.batch_size:
         raise ValueError(f"config.batch_size={config.batch_size} exceeds the {train_examples} training examples")
