@@ -77,7 +77,7 @@ def test_dry_run_prints_the_exact_commands(tmp_path, capsys):
 @pytest.mark.parametrize(
     "body, extra, message",
     [
-        ('[{"model.use_lr": False}]', [], "variant 0 sets 'model.use_lr', which is not a field of"),
+        ('[{"model.use_lr": False}]', [], "variant 0 (use_lr=False) sets 'model.use_lr', which is not a field of"),
         ("[]", [], "get_sweep() must return a non-empty list of dicts"),
         ('[{"seed": 0}]', ["--config.seed=1"], "--config.seed is swept by"),
         ('[{"seed": 0}]', ["--steps=3"], "unexpected argument '--steps=3'"),
