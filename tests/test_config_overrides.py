@@ -33,7 +33,9 @@ def test_override_names_in_every_flag_form():
     assert config_overrides.override_names([*argv, "--", "--config.f=4"]) == ["a.b", "c", "d", "e"]
 
 
-@pytest.mark.parametrize("module", ["alexnet_jax.main", "alexnet_jax.evaluate"])
+@pytest.mark.parametrize(
+    "module", ["alexnet_jax.main", "alexnet_jax.evaluate", "alexnet_jax.predict", "alexnet_jax.retrieval"]
+)
 def test_entry_points_refuse_a_misspelt_field_in_one_line(module, tmp_path):
     args = ["--config=configs/digits.py", f"--workdir={tmp_path}", "--config.modle.use_lrn=0"]
     result = subprocess.run(
