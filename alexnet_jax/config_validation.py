@@ -146,6 +146,20 @@ def _validate_dataset(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _validate_init(config: ml_collections.ConfigDict) -> None:
+    """init_from must be a path (checked when used); init_reset and frozen name layers."""
+    if not isinstance(config.init_from, str):
+        _fail("init_from", config.init_from, "must be a workdir or a checkpoint step directory ('' = none)")
+    for field in ("init_reset", "frozen"):
+        names = config[field]
+        if isinstance(names, str) or not all(name in models.LAYERS for name in names):
+            _fail(field, names, f"must be a tuple of layer names from {models.LAYERS}, e.g. ('fc8',)")
+    if config.init_reset and not config.init_from:
+        _fail("init_reset", tuple(config.init_reset), "needs config.init_from (the run whose other layers are taken)")
+    if set(config.frozen) == set(models.LAYERS):
+        _fail("frozen", tuple(config.frozen), "freezes every layer: nothing would train")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first wrong field; returns None if all is well."""
     _validate_dataset(config)
@@ -197,6 +211,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             )
 
     _validate_model(config.model)
+    _validate_init(config)
     if config.resize_size < config.model.input_size:
         _fail("resize_size", config.resize_size, f"must be >= model.input_size={config.model.input_size}")
     _validate_optimizer(config.optimizer)

@@ -35,6 +35,8 @@ _CONVS = (
     ("conv5", 256, 3, 1, True, True, 0.03),
 )
 _HIDDEN = 4096
+# The layers with parameters, input to output: what init_reset and frozen name.
+LAYERS = (*(conv[0] for conv in _CONVS), "fc6", "fc7", "fc8")
 _PRINTED_INIT_STD = 0.01
 
 

@@ -68,8 +68,17 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int)
     raise ValueError(f"optimizer.schedule={opt.schedule!r}: use one of {SCHEDULES}")
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The paper's optimiser from `config.optimizer`."""
+def frozen_labels(params: PyTree, frozen: tuple[str, ...]) -> PyTree:
+    """ "frozen" for every leaf of a layer named in `frozen`, else "trained"."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: "frozen" if path[0].key in frozen else "trained", params)
+
+
+def make_optimizer(
+    opt: ml_collections.ConfigDict, steps_per_epoch: int, frozen: tuple[str, ...] = ()
+) -> optax.GradientTransformation:
+    """The paper's optimiser from `config.optimizer`. Layers named in `frozen`
+    (config.frozen) get zero updates: no gradient step, no weight decay, no
+    momentum, so they stay bit-identical (optax.multi_transform)."""
     chain = functools.partial(
         _paper_chain,
         momentum=opt.momentum,
@@ -77,6 +86,13 @@ def make_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int) -> opta
         bias_lr_multiplier=opt.bias_lr_multiplier,
         bias_weight_decay=opt.bias_weight_decay,
     )
+    if frozen:
+        paper_chain = chain
+
+        def chain(learning_rate):
+            transforms = {"trained": paper_chain(learning_rate), "frozen": optax.set_to_zero()}
+            return optax.multi_transform(transforms, functools.partial(frozen_labels, frozen=tuple(frozen)))
+
     return optax.inject_hyperparams(chain)(learning_rate=learning_rate_schedule(opt, steps_per_epoch))
 
 

@@ -42,6 +42,9 @@ DEFINING: dict[str, str] = {
     "pca_noise_std": "the augmentation",
     "batch_size": "the update and the data position",
     "seed": "initialisation, data order, crops, dropout",
+    "init_from": "the initial weights (used at the first start only)",
+    "init_reset": "the initial weights",
+    "frozen": "which layers train (and the optimiser state's structure)",
     "model.num_classes": "the network",
     "model.input_size": "the network",
     "model.width": "the network",
@@ -218,10 +221,17 @@ def _past_drops(drop_epochs: list, epochs_done: float) -> list:
     return [e for e in drop_epochs if e <= epochs_done]
 
 
-def check_restart(config: ml_collections.ConfigDict, workdir: str, epochs_done: float, is_writer: bool = True) -> None:
+def check_restart(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    epochs_done: float,
+    is_writer: bool = True,
+    first_start: Mapping[str, Any] | None = None,
+) -> None:
     """Compares `config` with the workdir's config.json before a (re)start.
 
-    First start: writes config.json (`is_writer`: process 0 only). Restart:
+    First start: writes config.json (`is_writer`: process 0 only), with
+    `first_start`'s entries (e.g. the checkpoint it was initialised from). Restart:
     raises ValueError naming every changed defining field (and any drop of
     the learning rate already taken that would move), else logs each
     accepted change once and records it. A workdir from before config.json
@@ -237,7 +247,7 @@ def check_restart(config: ml_collections.ConfigDict, workdir: str, epochs_done: 
                 CONFIG_FILE,
             )
         elif is_writer:
-            _write(workdir, record_of(config))
+            _write(workdir, {**record_of(config), **(first_start or {})})
         return
     changed = _differences(flat_fields(record["config"]), flat_fields(config))
     refused = {k: v for k, v in changed.items() if k not in MAY_CHANGE}

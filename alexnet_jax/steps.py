@@ -37,7 +37,7 @@ def create_train_state(
     """Initialises parameters (from `config.seed`) directly in their sharding
     (`sharding.state_shardings`: each device creates only its own part)."""
     size = config.model.input_size
-    tx = optim.make_optimizer(config.optimizer, steps_per_epoch)
+    tx = optim.make_optimizer(config.optimizer, steps_per_epoch, tuple(config.frozen))
 
     def init() -> TrainState:
         dummy = jnp.zeros((1, size, size, 3), jnp.float32)

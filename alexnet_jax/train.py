@@ -18,6 +18,7 @@ from alexnet_jax import (
     augment,
     checkpointing,
     data_stats,
+    init_from,
     input_pipeline,
     metrics,
     optim,
@@ -97,17 +98,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         input_pipeline.prepare(config, builder)  # the preprocessed caches, once per dataset
         stats = data_stats.load_or_compute(config, builder)
 
+    mesh = sharding.make_mesh(config.mesh)
+    model = steps.create_model(config)
+    resumed_step = checkpointing.latest_step(workdir)
+    # Another run's parameters, at the first start only (a restart resumes its own).
+    source = init_from.resolve(config.init_from) if config.init_from and not resumed_step else None
+    if source:
+        init_from.check_source(steps.abstract_params(config, model, mesh), source, tuple(config.init_reset))
+
     run_config.check_writable(workdir)
     # The run's own config: written at the first start, a restart must match it.
-    epochs_done = checkpointing.latest_step(workdir) / steps_per_epoch
-    run_config.check_restart(config, workdir, epochs_done, is_writer=jax.process_index() == 0)
+    started_from = {"initialised_from": source} if source else {}
+    run_config.check_restart(config, workdir, resumed_step / steps_per_epoch, jax.process_index() == 0, started_from)
 
-    mesh = sharding.make_mesh(config.mesh)
     logging.info("Mesh %s over %d devices, model parallelism %r", dict(mesh.shape), mesh.size, config.model_parallel)
-    model = steps.create_model(config)
     state = steps.create_train_state(config, model, steps_per_epoch, mesh)
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     state, start_step, saved_position = checkpointing.restore_latest_with_data(manager, state)
+    if source and not start_step:
+        state = state.replace(params=init_from.initial_params(state.params, source, tuple(config.init_reset)))
     position = input_pipeline.resume_position(config, saved_position, start_step, steps_per_epoch)
     if start_step:
         logging.info(

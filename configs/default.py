@@ -66,6 +66,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3  # the latest is always kept
     config.seed = 0
 
+    # --- starting from another run (alexnet_jax/init_from.py) ---
+    # A workdir (its newest checkpoint) or one checkpoint step directory
+    # (<workdir>/checkpoints/<step>) whose parameters this run starts from, at
+    # step 0 with its own schedule (not the optimiser state, step or data
+    # position). "" = a fresh initialisation. Used at the first start only.
+    config.init_from = ""
+    # Layers (models.LAYERS: conv1..conv5, fc6..fc8) initialised afresh instead
+    # of taken from init_from, e.g. ("fc8",) for another class count. A layer
+    # whose shapes differ between the two networks must be named here.
+    config.init_reset = ()
+    # Layers the optimiser leaves unchanged (no update, no weight decay), e.g.
+    # ("conv1", "conv2", "conv3", "conv4", "conv5") to train the classifier only.
+    config.frozen = ()
+
     # --- model: fields map one to one onto alexnet_jax.models.AlexNet ---
     config.model = ml_collections.ConfigDict()
     config.model.num_classes = 1000
