@@ -68,6 +68,11 @@ def _validate_model_parallel(config: ml_collections.ConfigDict) -> None:
 def _validate_model(model: ml_collections.ConfigDict) -> None:
     _one_of(model.activation, "model.activation", ("relu", "tanh"))
     _one_of(model.towers, "model.towers", (1, 2))
+    _one_of(model.cross_tower, "model.cross_tower", (True, False))
+    _one_of(model.extra_conv6, "model.extra_conv6", (True, False))
+    filters = tuple(model.filters)
+    if len(filters) != 5 or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters):
+        _fail("model.filters", filters, "must be five positive filter counts (the paper's: (96, 256, 384, 384, 256))")
     _one_of(model.tower_impl, "model.tower_impl", ("split", "grouped"))
     _one_of(model.pool_window, "model.pool_window", (2, 3))
     _one_of(model.init_scheme, "model.init_scheme", ("as_trained", "printed"))

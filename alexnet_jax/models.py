@@ -16,6 +16,7 @@ produced the published numbers; the printed paper differs in:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import jax
@@ -26,25 +27,71 @@ from alexnet_jax import layers
 
 Array = jax.Array
 
-# (name, per-net filters at width 1, kernel, stride, grouped, bias-one, init std as trained)
-_CONVS = (
-    ("conv1", 96, 11, 4, False, False, 0.01),
-    ("conv2", 256, 5, 1, True, True, 0.01),
-    ("conv3", 384, 3, 1, False, False, 0.03),
-    ("conv4", 384, 3, 1, True, True, 0.03),
-    ("conv5", 256, 3, 1, True, True, 0.03),
-)
+# The paper's five convolutions' filter counts (both towers together).
+PAPER_FILTERS = (96, 256, 384, 384, 256)
 _HIDDEN = 4096
-# The layers with parameters, input to output: what init_reset and frozen name.
-LAYERS = (*(conv[0] for conv in _CONVS), "fc6", "fc7", "fc8")
 _PRINTED_INIT_STD = 0.01
 
 
-def final_feature_side(input_size: int, pool_window: int = 3, pool_stride: int = 2) -> int:
-    """Spatial side after pool5 (6 for the paper's 224); < 1 if too small."""
-    side = layers.conv_output_size(input_size, 11, 4)
-    for _ in range(3):  # pool1, pool2, pool5; the convs in between keep the size
-        side = (side - pool_window) // pool_stride + 1
+@dataclasses.dataclass(frozen=True)
+class ConvLayer:
+    """One row of the convolutional stack: what the layer is and what follows it."""
+
+    name: str
+    filters: int  # both towers together, at width 1
+    paper_filters: int  # the paper's count: init_match_fan_in's reference fan-in
+    kernel: int
+    stride: int
+    grouped: bool  # reads only its own tower's channels
+    bias_one: bool  # biases initialised to 1 (the paper: conv2, conv4, conv5)
+    std: float  # the as-trained init std
+    norm: Literal["lrn1", "lrn2", None]  # LRN1 (before or after the activation) or LRN2 (+ the 5x5 norm)
+    pool: bool  # max-pooling after it
+
+
+def conv_stack(
+    filters: tuple[int, ...] = PAPER_FILTERS, cross_tower: bool = True, extra_conv6: bool = False
+) -> tuple[ConvLayer, ...]:
+    """The convolutions, input to output, for the model's fields.
+
+    `cross_tower=False` makes conv3 a grouped convolution like conv4: the
+    towers exchange nothing until fc6. `extra_conv6` adds the Fall 2011
+    network's sixth convolution "over the last pooling layer"; the paper
+    gives no size, so these are our choices: 3x3, stride 1, SAME padding
+    (pool5's 6x6 stays 6x6, so fc6 keeps its fan-in), 256 filters, grouped
+    like conv4 and conv5 (each tower's own, as the two-GPU layout would place
+    it), biases 1 and the as-trained std 0.03 of conv3..conv5.
+    """
+    f1, f2, f3, f4, f5 = filters
+    stack = [
+        ConvLayer("conv1", f1, 96, 11, 4, False, False, 0.01, "lrn1", True),
+        ConvLayer("conv2", f2, 256, 5, 1, True, True, 0.01, "lrn2", True),
+        ConvLayer("conv3", f3, 384, 3, 1, not cross_tower, False, 0.03, None, False),
+        ConvLayer("conv4", f4, 384, 3, 1, True, True, 0.03, None, False),
+        ConvLayer("conv5", f5, 256, 3, 1, True, True, 0.03, None, True),
+    ]
+    if extra_conv6:
+        stack.append(ConvLayer("conv6", 256, 256, 3, 1, True, True, 0.03, None, False))
+    return tuple(stack)
+
+
+# The layers with parameters, input to output, of every variant: what
+# init_reset and frozen may name.
+LAYERS = (*(layer.name for layer in conv_stack(extra_conv6=True)), "fc6", "fc7", "fc8")
+
+
+def final_feature_side(
+    input_size: int, pool_window: int = 3, pool_stride: int = 2, stack: tuple[ConvLayer, ...] | None = None
+) -> int:
+    """Spatial side of the last convolutional layer's output (6 for the
+    paper's 224); < 1 if too small. conv1 is the only strided convolution
+    (the others keep the size: SAME padding); each pooling shrinks it."""
+    stack = conv_stack() if stack is None else stack
+    side = input_size
+    for layer in stack:
+        side = layers.conv_output_size(side, layer.kernel, layer.stride) if layer.stride > 1 else side
+        if layer.pool:
+            side = (side - pool_window) // pool_stride + 1
     return side
 
 
@@ -72,7 +119,10 @@ class AlexNet(nn.Module):
     num_classes: int = 1000
     input_size: int = 224
     width: float = 1.0
+    filters: tuple[int, ...] = PAPER_FILTERS
     towers: int = 2
+    cross_tower: bool = True
+    extra_conv6: bool = False
     tower_impl: layers.TowerImpl = "split"
     activation: Literal["relu", "tanh"] = "relu"
     use_lrn: bool = True
@@ -141,27 +191,20 @@ class AlexNet(nn.Module):
             std *= (paper_fan_in / fan_in) ** 0.5
         return nn.initializers.normal(std)
 
-    def _post_conv(self, name: str, x: Array) -> Array:
-        """Activation, normalisation and pooling after `name`, within each tower."""
-        if name == "conv1":
-            if self.use_lrn and self.lrn1_before_relu:
-                # ReLU commutes with max-pooling, so applying it after pool1
-                # (as the 2012 code does) equals applying it right here
-                # after LRN1; only LRN's position relative to ReLU matters.
-                x = self._act(self._lrn(x, self.towers))
-            elif self.use_lrn:
-                x = self._lrn(self._act(x), self.towers)
-            else:
-                x = self._act(x)
-            return self._pool(x)
-        x = self._act(x)
-        if name == "conv2":
-            if self.use_lrn:
+    def _post_conv(self, layer: ConvLayer, x: Array) -> Array:
+        """Activation, normalisation and pooling after `layer`, within each tower."""
+        if layer.norm == "lrn1" and self.use_lrn and self.lrn1_before_relu:
+            # ReLU commutes with max-pooling, so applying it after pool1
+            # (as the 2012 code does) equals applying it right here
+            # after LRN1; only LRN's position relative to ReLU matters.
+            x = self._act(self._lrn(x, self.towers))
+        else:
+            x = self._act(x)
+            if layer.norm is not None and self.use_lrn:
                 x = self._lrn(x, self.towers)
-                if self.within_channel_norm:
+                if layer.norm == "lrn2" and self.within_channel_norm:
                     x = layers.within_channel_norm(x)
-            return self._pool(x)
-        return self._pool(x) if name == "conv5" else x
+        return self._pool(x) if layer.pool else x
 
     @nn.compact
     def __call__(self, images_nhwc: Array, *, train: bool) -> Array:
@@ -178,40 +221,43 @@ class AlexNet(nn.Module):
         x = nn.with_logical_constraint(images_nhwc.astype(dtype), (layers.CONV_BATCH, None, None, None))
         # Towers are independent in conv1 too (each GPU had its own 48 filters),
         # but conv1 reads all input channels, so it is an ordinary convolution.
+        stack = conv_stack(tuple(self.filters), self.cross_tower, self.extra_conv6)
         paper_in_features = 3
-        for name, features, kernel, stride, grouped, bias_one, std in _CONVS:
-            groups = self.towers if grouped else 1
-            paper_fan_in = kernel * kernel * paper_in_features // (2 if grouped else 1)
-            fan_in = kernel * kernel * x.shape[-1] // groups
-            paper_in_features = features
-            if name == "conv1":
-                # The 2012 code lets the last window hang past the edge into zeros.
-                out = layers.conv_output_size(x.shape[1], kernel, stride)
-                pad = (out - 1) * stride + kernel - x.shape[1]
+        for layer in stack:
+            groups = self.towers if layer.grouped else 1
+            k = layer.kernel
+            paper_fan_in = k * k * paper_in_features // (2 if layer.grouped else 1)  # the paper's two towers
+            fan_in = k * k * x.shape[-1] // groups
+            paper_in_features = layer.paper_filters
+            if layer.stride > 1:
+                # The 2012 code lets conv1's last window hang past the edge into zeros.
+                out = layers.conv_output_size(x.shape[1], k, layer.stride)
+                pad = (out - 1) * layer.stride + k - x.shape[1]
                 padding = ((0, pad), (0, pad))
             else:
                 padding = "SAME"
-            with jax.named_scope(name):
+            with jax.named_scope(layer.name):
                 x = layers.TowerConv(
-                    features=_scaled(features, self.width, self.towers),
-                    kernel_size=(kernel, kernel),
-                    strides=(stride, stride),
+                    features=_scaled(layer.filters, self.width, self.towers),
+                    kernel_size=(k, k),
+                    strides=(layer.stride, layer.stride),
                     padding=padding,
                     towers=groups,
                     impl=self.tower_impl,
-                    space_to_depth=name == "conv1" and self._conv1_space_to_depth(),
+                    space_to_depth=layer.name == "conv1" and self._conv1_space_to_depth(),
                     gemm_wgrad=self._gemm_wgrad(),
-                    kernel_init=self._init(std, paper_fan_in, fan_in),
-                    bias_init=nn.initializers.ones if bias_one else nn.initializers.zeros,
+                    kernel_init=self._init(layer.std, paper_fan_in, fan_in),
+                    bias_init=nn.initializers.ones if layer.bias_one else nn.initializers.zeros,
                     dtype=dtype,
-                    name=name,
+                    name=layer.name,
                 )(x)
-                x = nn.with_logical_constraint(self._post_conv(name, x), layers.CONV_ACTIVATION)
+                x = nn.with_logical_constraint(self._post_conv(layer, x), layers.CONV_ACTIVATION)
 
         hidden = _scaled(_HIDDEN, self.width, self.towers)
-        for name, paper_fan_in in (("fc6", 6 * 6 * 256), ("fc7", _HIDDEN)):
+        paper_side = final_feature_side(224)  # 6: pool5 of the paper's 224 input
+        for name, paper_fan_in in (("fc6", paper_side * paper_side * stack[-1].paper_filters), ("fc7", _HIDDEN)):
             with jax.named_scope(name):
-                x = x.reshape(x.shape[0], -1)  # fc6 flattens pool5's output (fan-in 6*6*256)
+                x = x.reshape(x.shape[0], -1)  # fc6 flattens the last conv output (paper: 6*6*256)
                 x = nn.Dense(
                     hidden,
                     kernel_init=self._init(0.01, paper_fan_in, x.shape[-1]),

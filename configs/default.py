@@ -85,7 +85,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_classes = 1000
     config.model.input_size = 224  # square input side; 224 as in the paper
     config.model.width = 1.0  # multiplier on every conv/fc width (1.0 = paper)
+    # The five convolutions' filter counts (both towers together, scaled by
+    # width). Section 3.2's one-GPU net: towers=1, filters=(48, 128, 192, 192, 256).
+    config.model.filters = (96, 256, 384, 384, 256)
     config.model.towers = 2  # 2 = the two GPU towers as grouped convs; 1 = ungrouped
+    # False: conv3 reads only its own tower (grouped like conv4), so the towers
+    # exchange nothing until fc6: our reading of the paper's "no cross-tower
+    # communication" ablation (41.83 / 19.33).
+    config.model.cross_tower = True
+    # A sixth convolution after pool5 (the Fall 2011 net of "1 CNN*"): 3x3,
+    # SAME, 256 filters, grouped like conv5 (our choices; the paper gives no size).
+    config.model.extra_conv6 = False
     config.model.tower_impl = "split"  # "split" (per-tower convs) or "grouped" (feature_group_count)
     config.model.activation = "relu"  # "relu" or "tanh"
     config.model.use_lrn = True

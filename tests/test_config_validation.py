@@ -17,6 +17,8 @@ FIELDS = sorted(run_config.flat_fields(default.get_config()))
 
 
 def _bad_values(value):
+    if isinstance(value, tuple) and not value:  # a list of names, empty by default
+        return [("bogus",), ("",), (0,), (-1,)]
     if isinstance(value, tuple):
         return [(), value[:-1], (*value, value[0]), tuple(0 for _ in value), tuple(-1 for _ in value)]
     return [0, -1, 10**9, 0.5, "", "bogus", True]

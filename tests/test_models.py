@@ -169,3 +169,32 @@ def test_lrn_switch_changes_output():
 def test_wrong_input_size_is_rejected():
     with pytest.raises(ValueError, match="input_size=64"):
         models.AlexNet(**SMALL).init(jax.random.key(0), jnp.zeros((1, 72, 72, 3)), train=False)
+
+
+def _count(params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))
+
+
+def test_one_gpu_net_of_section_3_2():
+    """Half the kernels in each convolution except the last, one tower, same dense layers."""
+    params = _param_shapes(models.AlexNet(towers=1, filters=(48, 128, 192, 192, 256)))
+    # Counted by hand: kernels k*k*in*out plus out biases, every layer reading all channels.
+    convs = [(11, 3, 48), (5, 48, 128), (3, 128, 192), (3, 192, 192), (3, 192, 256)]
+    expected = sum(k * k * cin * cout + cout for k, cin, cout in convs)
+    expected += (9216 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)
+    assert _count(params) == expected == 59_798_312
+    assert params["conv3"]["kernel"].shape == (3, 3, 128, 192)
+
+
+def test_no_cross_tower_makes_conv3_read_its_own_tower():
+    params = _param_shapes(models.AlexNet(cross_tower=False))
+    assert params["conv3"]["kernel"].shape == (3, 3, 128, 384)  # 256 channels, two towers
+    assert _count(params) == 60_965_224 - 3 * 3 * 128 * 384
+
+
+def test_extra_conv6_over_the_last_pooling_layer():
+    params = _param_shapes(models.AlexNet(extra_conv6=True))
+    assert params["conv6"]["kernel"].shape == (3, 3, 128, 256)  # grouped like conv5: our choice
+    assert params["fc6"]["kernel"].shape == (9216, 4096)  # SAME padding keeps pool5's 6x6
+    assert _count(params) == 60_965_224 + 3 * 3 * 128 * 256 + 256
+    assert models.LAYERS == ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8")

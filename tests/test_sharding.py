@@ -14,7 +14,8 @@ TOWER_LOCAL = {"conv1", "conv2", "conv4", "conv5"}
 EXCHANGE = {"conv3", "fc6", "fc7", "fc8"}
 
 
-def _config(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5, conv1_s2d=False):
+def _config(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5, conv1_s2d=False, variant=()):
+    """The digits config shrunk; `variant`: model fields as (name, value) pairs."""
     from configs import digits
 
     config = digits.get_config()
@@ -26,6 +27,8 @@ def _config(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout
     config.micro_batch_size = micro_batch_size
     config.model.dropout_rate = dropout_rate
     config.model.conv1_impl = "space_to_depth" if conv1_s2d else "direct"
+    for field, value in variant:
+        config.model[field] = value
     return config
 
 
@@ -38,21 +41,23 @@ def _batch():
 
 
 @functools.cache
-def _initial_state(towers):
+def _initial_state(towers, variant=()):
     """The single-device initial state (compiling init once per model)."""
-    config = _config((1, 1), towers)
+    config = _config((1, 1), towers, variant=variant)
     return steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((1, 1)))
 
 
 @functools.cache
-def _one_step(mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5, conv1_s2d=False):
+def _one_step(
+    mesh, towers=2, model_parallel="towers", micro_batch_size=0, dropout_rate=0.5, conv1_s2d=False, variant=()
+):
     """Loss, parameters and compiled HLO text of one train step from
     `_initial_state` laid out on `mesh`."""
-    config = _config(mesh, towers, model_parallel, micro_batch_size, dropout_rate, conv1_s2d)
+    config = _config(mesh, towers, model_parallel, micro_batch_size, dropout_rate, conv1_s2d, variant)
     validate_config(config)
     device_mesh = sharding.make_mesh(mesh)
     model = steps.create_model(config)
-    initial = _initial_state(towers)
+    initial = _initial_state(towers, variant)
     # Host copies: the step donates its input state, which must not be the cache.
     host = jax.tree.map(np.asarray, initial)
     state = jax.device_put(host, sharding.state_shardings(initial, device_mesh, model_parallel))
@@ -132,6 +137,27 @@ def test_state_is_created_in_place_one_tower_per_device():
 
 def _layers(items):
     return {c.layer for c in items}
+
+
+NO_CROSS_TOWER = (("cross_tower", False),)
+EXTRA_CONV6 = (("extra_conv6", True),)
+
+
+@pytest.mark.parametrize("variant", [NO_CROSS_TOWER, EXTRA_CONV6])
+def test_network_variants_sharded_as_towers_match_single_device(variant):
+    loss_ref, params_ref, _ = _one_step((1, 1), variant=variant)
+    loss, params, _ = _one_step((4, 2), variant=variant)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for path, ref in jax.tree_util.tree_leaves_with_path(params_ref):
+        got = functools.reduce(lambda tree, key: tree[key.key], path, params)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+def test_without_cross_tower_communication_the_towers_meet_only_in_the_dense_layers():
+    """The paper's "no cross-tower communication" ablation, our reading: conv3
+    reads its own tower; the forward pass communicates in fc6-fc8 alone."""
+    found = collectives.collectives(_one_step((4, 2), variant=NO_CROSS_TOWER)[2])
+    assert _layers(c for c in found if not c.backward and c.layer is not None) == EXCHANGE - {"conv3"}
 
 
 def test_two_devices_talk_only_at_conv3_and_the_dense_layers():
