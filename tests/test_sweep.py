@@ -36,7 +36,7 @@ def test_variant_names_say_the_settings():
     assert sweep.variant_name({}) == "base"
 
 
-@pytest.mark.parametrize("name", ["ablations", "activations", "seeds"])
+@pytest.mark.parametrize("name", ["ablations", "activations", "seeds", "towers"])
 def test_shipped_sweeps_name_real_fields(name):
     variants = sweep.load_variants(os.path.join(REPO, "configs", "sweeps", f"{name}.py"), CONFIG)
     assert len({sweep.variant_name(v) for v in variants}) == len(variants)
@@ -48,7 +48,18 @@ def test_ablation_sweep_is_the_papers_grid():
     settings = {tuple((k, v) for k, v in variant.items() if k != "seed") for variant in variants}
     assert settings == {
         (("model.use_lrn", lrn), ("model.pool_window", pool)) for lrn in (True, False) for pool in (3, 2)
-    } | {(("model.towers", 1),)}
+    }
+
+
+def test_towers_sweep_is_the_papers_comparisons():
+    variants = sweep.load_variants(os.path.join(REPO, "configs", "sweeps", "towers.py"), CONFIG)
+    settings = [tuple((k, v) for k, v in variant.items() if k != "seed") for variant in variants[::2]]
+    assert settings == [
+        (),  # the two-tower baseline first
+        (("model.cross_tower", False),),
+        (("model.towers", 1), ("model.filters", (48, 128, 192, 192, 256))),
+    ]
+    assert [v["seed"] for v in variants] == [0, 1] * 3
 
 
 def test_dry_run_prints_the_exact_commands(tmp_path, capsys):
