@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "imagenet2012"
     config.eval_split = "validation"
     config.data_stats = "published"  # PAPER.md's mean and PCA; "computed" derives them (hours)
+    config.crop_chunk = 32  # as trained: one crop offset and flip per chunk of 32 images
     config.num_epochs = 90.0
     config.eval_every_steps = 10_000
     config.checkpoint_every_steps = 5_000
