@@ -84,13 +84,13 @@ def train_inputs(
     crop: int,
     flip: bool,
     chunk: int = 1,
-    pca_std: float = 0.1,
+    pca_std: float | Array = 0.1,
 ) -> Array:
     """The training batch from uint8 images: mean subtraction, PCA colour
     noise (off when `pca_std` is 0), random crop and flip; float32."""
     noise_key, crop_key = jax.random.split(key)
     images = images_bhwc.astype(jnp.float32) - stats.mean
-    if pca_std > 0:
+    if not isinstance(pca_std, int | float) or pca_std > 0:  # a traced std may turn to 0 (noise's end)
         offsets = pca_colour_offsets(noise_key, images.shape[0], stats, pca_std)
         images = images + offsets[:, None, None, :]
     return random_crop_flip(images, crop_key, crop, flip, chunk)

@@ -114,6 +114,22 @@ def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
     epochs = list(opt.drop_epochs)
     if any(e < 0 for e in epochs) or epochs != sorted(epochs):
         _fail("optimizer.drop_epochs", tuple(epochs), "must be increasing, non-negative epochs")
+    for change in opt.layer_lr_changes:
+        if (
+            not isinstance(change, tuple | list)
+            or len(change) != 3
+            or change[0] not in models.LAYERS
+            or not isinstance(change[1], int | float)
+            or change[1] < 0
+            or not isinstance(change[2], int | float)
+            or change[2] < 0
+        ):
+            _fail(
+                "optimizer.layer_lr_changes",
+                tuple(opt.layer_lr_changes),
+                f"must be (layer, epoch >= 0, multiplier >= 0) triples, layer one of {models.LAYERS}, "
+                "e.g. (('conv1', 67, 0.1), ('conv1', 72, 0.0))",
+            )
     if opt.plateau_patience < 1:
         _fail("optimizer.plateau_patience", opt.plateau_patience, "must be >= 1 evaluation")
     if opt.plateau_max_drops < 0:
@@ -155,13 +171,14 @@ def _validate_init(config: ml_collections.ConfigDict) -> None:
     """init_from must be a path (checked when used); init_reset and frozen name layers."""
     if not isinstance(config.init_from, str):
         _fail("init_from", config.init_from, "must be a workdir or a checkpoint step directory ('' = none)")
+    here = models.layer_names(config.model.extra_conv6)
     for field in ("init_reset", "frozen"):
         names = config[field]
-        if isinstance(names, str) or not all(name in models.LAYERS for name in names):
-            _fail(field, names, f"must be a tuple of layer names from {models.LAYERS}, e.g. ('fc8',)")
+        if isinstance(names, str) or not all(name in here for name in names):
+            _fail(field, names, f"must be a tuple of layer names from {here}, e.g. ('fc8',)")
     if config.init_reset and not config.init_from:
         _fail("init_reset", tuple(config.init_reset), "needs config.init_from (the run whose other layers are taken)")
-    if set(config.frozen) == set(models.LAYERS):
+    if set(config.frozen) == set(here):
         _fail("frozen", tuple(config.frozen), "freezes every layer: nothing would train")
 
 
@@ -188,6 +205,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, "crop_chunk")
     if not config.pca_noise_std >= 0:
         _fail("pca_noise_std", config.pca_noise_std, "must be >= 0 (the paper's is 0.1; 0 turns it off)")
+    if not isinstance(config.pca_noise_end_epoch, int | float):
+        _fail("pca_noise_end_epoch", config.pca_noise_end_epoch, "must be an epoch (run #145: 67; < 0 = never)")
     if len(tuple(config.mean_rgb)) != 3:
         _fail("mean_rgb", tuple(config.mean_rgb), "must be three numbers (R, G, B) on 0..255")
 

@@ -75,9 +75,13 @@ def conv_stack(
     return tuple(stack)
 
 
-# The layers with parameters, input to output, of every variant: what
-# init_reset and frozen may name.
-LAYERS = (*(layer.name for layer in conv_stack(extra_conv6=True)), "fc6", "fc7", "fc8")
+def layer_names(extra_conv6: bool = False) -> tuple[str, ...]:
+    """The layers with parameters, input to output: what init_reset, frozen
+    and the per-layer learning-rate changes name."""
+    return (*(layer.name for layer in conv_stack(extra_conv6=extra_conv6)), "fc6", "fc7", "fc8")
+
+
+LAYERS = layer_names(extra_conv6=True)  # of every variant
 
 
 def final_feature_side(

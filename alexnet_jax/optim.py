@@ -19,7 +19,8 @@ after an evaluation.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,11 +49,16 @@ def _paper_chain(
     weight_decay: float,
     bias_lr_multiplier: float,
     bias_weight_decay: bool,
+    layer_scale: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
+    # Without per-layer changes the chain (and its state) is the one runs
+    # have always saved, so their checkpoints still restore.
+    per_layer = [layer_scale] if layer_scale is not None else []
     return optax.chain(
         optax.add_decayed_weights(weight_decay, mask=None if bias_weight_decay else weight_mask),
         optax.scale_by_learning_rate(learning_rate),
         optax.masked(optax.scale(bias_lr_multiplier), bias_mask),
+        *per_layer,
         optax.trace(decay=momentum, nesterov=False),
     )
 
@@ -68,31 +74,58 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int)
     raise ValueError(f"optimizer.schedule={opt.schedule!r}: use one of {SCHEDULES}")
 
 
-def frozen_labels(params: PyTree, frozen: tuple[str, ...]) -> PyTree:
-    """ "frozen" for every leaf of a layer named in `frozen`, else "trained"."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: "frozen" if path[0].key in frozen else "trained", params)
+class LayerScaleState(NamedTuple):
+    count: jax.Array  # updates applied so far (the step)
+
+
+def layer_lr_multipliers(
+    changes: Sequence[tuple[str, float, float]], steps_per_epoch: int
+) -> optax.GradientTransformation:
+    """Scales each layer's updates by its learning-rate multiplier: 1 until
+    its first change, then `multiplier` from `epoch` on, for each (layer,
+    epoch, multiplier) of `changes` (run #145: conv1 x0.1 from epoch 67, x0
+    from 72). Placed where the learning rate is applied, inside the momentum
+    buffer, so a multiplier of 0 from step 0 leaves the layer bit-identical
+    (config.frozen), and a later 0 stops its gradient steps while the
+    velocity it already has decays, as the 2012 code's epsW = 0 did."""
+    by_layer: dict[str, list[tuple[int, float]]] = {}
+    for layer, epoch, multiplier in sorted(changes, key=lambda change: change[1]):
+        by_layer.setdefault(layer, []).append((int(round(epoch * steps_per_epoch)), float(multiplier)))
+
+    def init(params: PyTree) -> LayerScaleState:
+        del params
+        return LayerScaleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates: PyTree, state: LayerScaleState, params: PyTree | None = None):
+        del params
+
+        def scale(path, update):
+            multiplier = jnp.asarray(1.0, update.dtype)
+            for boundary, value in by_layer.get(path[0].key, ()):
+                multiplier = jnp.where(state.count >= boundary, jnp.asarray(value, update.dtype), multiplier)
+            return update * multiplier
+
+        return jax.tree_util.tree_map_with_path(scale, updates), LayerScaleState(count=state.count + 1)
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(
     opt: ml_collections.ConfigDict, steps_per_epoch: int, frozen: tuple[str, ...] = ()
 ) -> optax.GradientTransformation:
-    """The paper's optimiser from `config.optimizer`. Layers named in `frozen`
-    (config.frozen) get zero updates: no gradient step, no weight decay, no
-    momentum, so they stay bit-identical (optax.multi_transform)."""
+    """The paper's optimiser from `config.optimizer`, with its per-layer
+    learning-rate changes; layers named in `frozen` (config.frozen) get a
+    multiplier of 0 from step 0: no gradient step, no weight decay, no
+    momentum, so they stay bit-identical."""
+    changes = [*opt.layer_lr_changes, *((layer, 0.0, 0.0) for layer in frozen)]
     chain = functools.partial(
         _paper_chain,
         momentum=opt.momentum,
         weight_decay=opt.weight_decay,
         bias_lr_multiplier=opt.bias_lr_multiplier,
         bias_weight_decay=opt.bias_weight_decay,
+        layer_scale=layer_lr_multipliers(changes, steps_per_epoch) if changes else None,
     )
-    if frozen:
-        paper_chain = chain
-
-        def chain(learning_rate):
-            transforms = {"trained": paper_chain(learning_rate), "frozen": optax.set_to_zero()}
-            return optax.multi_transform(transforms, functools.partial(frozen_labels, frozen=tuple(frozen)))
-
     return optax.inject_hyperparams(chain)(learning_rate=learning_rate_schedule(opt, steps_per_epoch))
 
 

@@ -40,6 +40,7 @@ DEFINING: dict[str, str] = {
     "random_flip": "the augmentation",
     "crop_chunk": "the augmentation",
     "pca_noise_std": "the augmentation",
+    "pca_noise_end_epoch": "the augmentation",
     "batch_size": "the update and the data position",
     "seed": "initialisation, data order, crops, dropout",
     "init_from": "the initial weights (used at the first start only)",
@@ -74,6 +75,7 @@ DEFINING: dict[str, str] = {
     "optimizer.bias_weight_decay": "the update rule",
     "optimizer.schedule": "the optimiser state's structure",
     "optimizer.drop_factor": "the rate after each drop",
+    "optimizer.layer_lr_changes": "the update rule per layer (and the optimiser state's structure)",
     "optimizer.plateau_patience": "the plateau schedule",
     "optimizer.plateau_max_drops": "the plateau schedule",
 }

@@ -59,6 +59,20 @@ def abstract_params(config: ml_collections.ConfigDict, model: models.AlexNet, me
     return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), shapes, shardings)
 
 
+def noise_end_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int | None:
+    """The step from which colour noise is off (`config.pca_noise_end_epoch`;
+    run #145: epoch 67), or None when it never stops."""
+    if config.pca_noise_end_epoch < 0:
+        return None
+    return int(round(config.pca_noise_end_epoch * steps_per_epoch))
+
+
+def _pca_std(std: float, step: jax.Array, end_step: int | None) -> float | jax.Array:
+    if end_step is None or std == 0:
+        return std
+    return jnp.where(step < end_step, std, 0.0)
+
+
 def _step_keys(base_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(augmentation, dropout) keys of a step: a function of the step alone."""
     augment_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, step))
@@ -66,10 +80,16 @@ def _step_keys(base_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Arr
 
 
 def gradients(
-    state: TrainState, batch: Batch, base_key: jax.Array, config: ml_collections.ConfigDict, stats: augment.DataStats
+    state: TrainState,
+    batch: Batch,
+    base_key: jax.Array,
+    config: ml_collections.ConfigDict,
+    stats: augment.DataStats,
+    noise_end_step: int | None = None,
 ) -> tuple[jax.Array, Any, jax.Array]:
     """The augmented inputs, gradients and logits of the step `state.step` on
     `batch`, in micro-batches of `config.micro_batch_size` when it is set.
+    Colour noise stops at `noise_end_step` (None: never; see `noise_end_step`).
 
     Randomness (crops, flips, colour noise, dropout) comes from
     `fold_in(base_key, step)`, so a resumed run draws exactly what an
@@ -83,7 +103,7 @@ def gradients(
         crop=config.model.input_size,
         flip=config.random_flip,
         chunk=config.crop_chunk,
-        pca_std=config.pca_noise_std,
+        pca_std=_pca_std(config.pca_noise_std, state.step, noise_end_step),
     )
 
     def loss_fn(params, images, labels, key):
@@ -135,9 +155,10 @@ def train_step(
     *,
     config: ml_collections.ConfigDict,
     stats: augment.DataStats,
+    noise_end_step: int | None = None,
 ) -> tuple[TrainState, metrics.TrainMetrics]:
     """One SGD step on a uint8 batch: augment on device, forward, backward, update."""
-    _, grads, logits = gradients(state, batch, base_key, config, stats)
+    _, grads, logits = gradients(state, batch, base_key, config, stats, noise_end_step)
     new_state = state.apply_gradients(grads=grads)
     step_metrics = metrics.TrainMetrics.single_from_model_output(
         **metrics.per_example_outputs(logits, batch["label"]),
@@ -170,11 +191,12 @@ def inspect_step(
     *,
     config: ml_collections.ConfigDict,
     stats: augment.DataStats,
+    noise_end_step: int | None = None,
 ) -> Inspection:
     """What TensorBoard shows of the step `train_step(state, batch, base_key)`
     is about to take: its first inputs, its gradients and the norms, computed
     from the same batch and keys (one extra forward/backward pass)."""
-    images, grads, _ = gradients(state, batch, base_key, config, stats)
+    images, grads, _ = gradients(state, batch, base_key, config, stats, noise_end_step)
     # The run's own statistics (mean image or per-channel), not a fixed mean.
     means = augment.train_input_means(
         batch["image"].shape,
@@ -232,13 +254,19 @@ def make_step_fns(
     mesh: jax.sharding.Mesh,
     state: TrainState,
     stats: augment.DataStats,
+    noise_end: int | None = None,
 ):
-    """The jitted train and eval steps under `config.model_parallel`; the
+    """The jitted train and eval steps under `config.model_parallel` (colour
+    noise off from step `noise_end`, see `noise_end_step`); the
     state keeps its sharding from step to step, metrics are replicated."""
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     replicated = sharding.replicated(mesh)
     train_fn = jax.jit(
-        sharding.partitioned(functools.partial(train_step, config=config, stats=stats), mesh, config.model_parallel),
+        sharding.partitioned(
+            functools.partial(train_step, config=config, stats=stats, noise_end_step=noise_end),
+            mesh,
+            config.model_parallel,
+        ),
         donate_argnums=0,
         out_shardings=(state_sharding, replicated),
     )
@@ -257,10 +285,19 @@ def make_eval_fn(
     )
 
 
-def make_inspect_fn(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, stats: augment.DataStats):
+def make_inspect_fn(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    stats: augment.DataStats,
+    noise_end: int | None = None,
+):
     """The jitted `inspect_step`; its outputs are replicated, so every process
     (process 0 writes them) holds them whole, however the model is sharded."""
     return jax.jit(
-        sharding.partitioned(functools.partial(inspect_step, config=config, stats=stats), mesh, config.model_parallel),
+        sharding.partitioned(
+            functools.partial(inspect_step, config=config, stats=stats, noise_end_step=noise_end),
+            mesh,
+            config.model_parallel,
+        ),
         out_shardings=sharding.replicated(mesh),
     )

@@ -140,8 +140,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         summaries.write_run_info(writer, config, num_params)
 
     replicated = sharding.replicated(mesh)
-    train_fn, eval_fn = steps.make_step_fns(config, model, mesh, state, stats)
-    inspect_fn = steps.make_inspect_fn(config, mesh, stats)
+    noise_end = steps.noise_end_step(config, steps_per_epoch)
+    train_fn, eval_fn = steps.make_step_fns(config, model, mesh, state, stats, noise_end)
+    inspect_fn = steps.make_inspect_fn(config, mesh, stats, noise_end)
     base_key = jax.random.key(config.seed + 1)
 
     def run_eval(step: int) -> dict[str, float]:

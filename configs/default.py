@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.random_flip = True  # horizontal flips when training
     config.crop_chunk = 1  # images sharing one crop offset and flip; 32 = the 2012 code
     config.pca_noise_std = 0.1  # std of PCA colour-noise alphas; 0 turns it off
+    config.pca_noise_end_epoch = -1.0  # colour noise off from this epoch (run #145: 67); < 0 = never
     # "center" crop or "ten_view" (4 corners + centre, x2 flips; without
     # random_flip the 5 unmirrored views, named "five_view" in results).
     config.eval_views = "center"
@@ -132,6 +133,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.schedule = "piecewise"  # "piecewise" (by epoch) or "plateau"
     config.optimizer.drop_factor = 0.1
     config.optimizer.drop_epochs = (25, 51, 79)  # run #145's drops
+    # Per-layer learning-rate multipliers on top of the schedule, each
+    # (layer, epoch, multiplier): from that epoch on the layer's rate is the
+    # schedule's times multiplier (0 stops its gradient steps). Run #145:
+    # (("conv1", 67, 0.1), ("conv1", 72, 0.0)), i.e. conv1 at 1e-5, then frozen.
+    config.optimizer.layer_lr_changes = ()
     config.optimizer.plateau_patience = 3  # evaluations without improvement
     config.optimizer.plateau_max_drops = 3
 

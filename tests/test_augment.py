@@ -131,3 +131,30 @@ def test_train_input_means_turn_inputs_back_into_their_pixels(chunk):
 
 def _pca():
     return jnp.eye(3, dtype=jnp.float32), jnp.ones(3, jnp.float32)
+
+
+def test_colour_noise_stops_at_its_end_epoch(tiny_config):
+    """Run #145 turned the colour noise off at epoch 67: from the end step on,
+    the step's inputs are those of a run without noise (same crops, flips)."""
+    from alexnet_jax import sharding
+
+    config = tiny_config.copy_and_resolve_references()
+    config.pca_noise_end_epoch = 2.5
+    assert steps.noise_end_step(config, steps_per_epoch=4) == 10
+    config.pca_noise_end_epoch = -1.0
+    assert steps.noise_end_step(config, steps_per_epoch=4) is None
+    quiet = config.copy_and_resolve_references()
+    quiet.pca_noise_std = 0.0
+    state = steps.create_train_state(config, steps.create_model(config), 4, sharding.make_mesh((1, 1)))
+    batch = {"image": jnp.asarray(np.random.RandomState(2).randint(0, 256, (16, 72, 72, 3)), jnp.uint8)}
+    batch["label"] = jnp.zeros(16, jnp.int32)
+    stats = augment.published_stats((100.0, 100.0, 100.0))
+
+    def inputs(config, step, end):
+        at_step = state.replace(step=jnp.asarray(step, state.step.dtype))
+        return np.asarray(
+            steps.inspect_step(at_step, batch, jax.random.key(0), config=config, stats=stats, noise_end_step=end).images
+        )
+
+    assert not np.allclose(inputs(config, 9, 10), inputs(quiet, 9, 10))  # still noisy
+    np.testing.assert_allclose(inputs(config, 10, 10), inputs(quiet, 10, 10))  # off from step 10

@@ -105,3 +105,44 @@ def test_plateau_learning_rate_is_set_in_the_optimizer_state():
     updates, state = tx.update(grads, state, params)
     np.testing.assert_allclose(updates["kernel"], -0.001 * (1 + 5e-4), rtol=1e-6)
     assert float(optim.current_learning_rate(state)) == pytest.approx(0.001)
+
+
+def test_run_145_late_changes_match_numpy_across_its_epochs():
+    """One step per epoch through run #145: 0.01, /10 at 25, 51, 79; conv1 at
+    x0.1 of that (1e-5) from epoch 67 and x0 from 72, its velocity decaying."""
+    rng = np.random.RandomState(1)
+    shapes = {"conv1": {"kernel": (3, 2), "bias": (2,)}, "fc8": {"kernel": (2, 4), "bias": (4,)}}
+    params = {layer: {k: rng.normal(size=s).astype(np.float32) for k, s in p.items()} for layer, p in shapes.items()}
+    steps = 91
+    grads = [{layer: {k: rng.normal(size=s).astype(np.float32) for k, s in p.items()} for layer, p in shapes.items()}]
+    grads = grads * steps  # the same gradient each step: the velocities grow, then decay
+    opt = _opt_config(layer_lr_changes=(("conv1", 67, 0.1), ("conv1", 72, 0.0)))
+    tx = optim.make_optimizer(opt, steps_per_epoch=1)
+    current = jax.tree.map(jnp.asarray, params)
+    state = tx.init(current)
+    update = jax.jit(tx.update)
+    for g in grads:
+        updates, state = update(jax.tree.map(jnp.asarray, g), state, current)
+        current = optax.apply_updates(current, updates)
+
+    def rate(step):
+        return 0.01 * 0.1 ** sum(step >= drop for drop in (25, 51, 79))
+
+    conv1_multiplier = [1.0 if t < 67 else 0.1 if t < 72 else 0.0 for t in range(steps)]
+    want_conv1 = _numpy_layer(params["conv1"], grads, "conv1", [rate(t) * conv1_multiplier[t] for t in range(steps)])
+    want_fc8 = _numpy_layer(params["fc8"], grads, "fc8", [rate(t) for t in range(steps)])
+    for want, layer in ((want_conv1, "conv1"), (want_fc8, "fc8")):
+        for name in want:
+            np.testing.assert_allclose(np.asarray(current[layer][name]), want[name], rtol=1e-5, atol=1e-7)
+    assert 1e-5 == pytest.approx(rate(67) * 0.1)  # conv1's rate from epoch 67, as logged
+
+
+def _numpy_layer(layer_params, grads, layer, lrs):
+    return numpy_paper_rule(layer_params, [g[layer] for g in grads], lrs)
+
+
+def test_no_layer_changes_keep_the_optimiser_state_runs_have_saved():
+    params = {"conv1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+    plain = optim.make_optimizer(_opt_config(), steps_per_epoch=1).init(params)
+    changed = optim.make_optimizer(_opt_config(layer_lr_changes=(("conv1", 1, 0.5),)), 1).init(params)
+    assert len(plain.inner_state) == 4 and len(changed.inner_state) == 5
