@@ -61,10 +61,8 @@ def _two_process_global_batches(config, builder, position=None):
     process 1's (its devices hold the second half of the 'data' axis)."""
     streams = []
     for index in range(2):
-        with (
-            mock.patch.object(jax, "process_index", return_value=index),
-            mock.patch.object(jax, "process_count", return_value=2),
-        ):
+        part = sharding.DataPart(index, 2)
+        with mock.patch.object(input_pipeline.multihost_data, "config_data_part", return_value=part):
             streams.append(_TRAIN_BATCHES(config, builder, position or input_pipeline.StreamPosition()))
     for local_batches in zip(*streams):
         yield {k: np.concatenate([b[k] for b in local_batches]) for k in local_batches[0]}
