@@ -5,8 +5,10 @@ data so later epochs and runs never decode the full-size originals again.
 Layout: `<tfds data dir>/alexnet_cache/<split>-<part>of<parts>-<size>-<format>/`
 with `shard-NNNNN.tfrecord` files (tf.train.Example: encoded `image`, int64
 `label`; `SHARD_SIZE` examples each, in the source's order) and `info.json`.
-Each process caches its own part of the split (the one it trains on), so the
-parts are prepared in parallel and no process waits for another.
+Each data part (alexnet_jax.sharding.DataPart: the examples the processes
+holding the same rows of the mesh's 'data' axis train on) is cached by the
+first of those processes while the others sharing it wait; different parts
+are prepared in parallel.
 
 Formats: "jpeg" (re-encoded at quality `JPEG_QUALITY`: about 5x smaller than
 raw pixels, fast to decode, slightly lossy), "png" (lossless, bigger and

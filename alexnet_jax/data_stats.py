@@ -12,16 +12,19 @@ covariance's eigen-decomposition, computed once and cached next to the data.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import input_pipeline, multihost_data
 from alexnet_jax.augment import DataStats, published_stats
 
 
@@ -59,16 +62,19 @@ def load_or_compute(config: ml_collections.ConfigDict, builder: tfds.core.Datase
     if config.data_stats == "published":
         return published_stats(config.mean_rgb)
     path = cache_path(config, builder)
+    # Process 0 computes them (if not cached yet); the others wait, then read its file.
+    multihost_data.prepare_once(
+        "the training-set statistics",
+        functools.partial(_compute_once, config, builder, path),
+        lambda: None,
+        is_preparer=jax.process_index() == 0,
+        error_type=input_pipeline.DatasetUnavailableError,
+    )
     if not os.path.exists(path):
-        logging.info("Computing training-set statistics once; cached in %s", path)
-        batches = input_pipeline.full_split_batches(
-            builder, config.train_split, config.resize_size, batch_size=256, cache_format=config.cache_format
+        raise input_pipeline.DatasetUnavailableError(
+            f"process 0 wrote the training-set statistics to {path} but this process does not find them: "
+            f"every process needs the same data_dir (a shared file system)"
         )
-        stats = compute(batches, input_pipeline.num_examples(builder, config.train_split))
-        # Write-then-rename: a killed run never leaves a half-written cache.
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, **stats)
-        os.replace(tmp, path)
     with np.load(path) as cached:
         mean = cached["mean_image"] if config.mean_image else cached["mean_rgb"]
         return DataStats(
@@ -76,3 +82,26 @@ def load_or_compute(config: ml_collections.ConfigDict, builder: tfds.core.Datase
             eigvecs=jnp.asarray(cached["eigvecs"]),
             sqrt_eigvals=jnp.asarray(cached["sqrt_eigvals"]),
         )
+
+
+def _compute_once(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, path: str) -> None:
+    """Computes the statistics into `path` unless it exists."""
+    if os.path.exists(path):
+        return
+    logging.info("Computing training-set statistics once; cached in %s", path)
+    # With several data parts the whole split has no cache of its own: decode it
+    # rather than caching it a second time for one pass.
+    single_part = multihost_data.config_data_part(config).count == 1
+    batches = input_pipeline.full_split_batches(
+        builder,
+        config.train_split,
+        config.resize_size,
+        batch_size=256,
+        cache_format=config.cache_format if single_part else "none",
+    )
+    stats = compute(batches, input_pipeline.num_examples(builder, config.train_split))
+    # Write-then-rename: a killed run never leaves a half-written cache. Named
+    # by host and process: processes of several hosts may share the folder.
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}.npz"
+    np.savez(tmp, **stats)
+    os.replace(tmp, path)

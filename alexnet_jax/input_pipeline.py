@@ -6,8 +6,10 @@ the data (alexnet_jax.data_cache; `config.cache_format`), and ships uint8
 batches; random crops, flips and mean subtraction run on the device
 (alexnet_jax.augment).
 
-Each process reads a disjoint, even part of the split
-(`tfds.even_splits(split, process_count)[process_index]`). The training
+Each process reads the even part of the split that its devices' rows of the
+mesh's 'data' axis hold (`tfds.even_splits(split, parts)[part]`, the part
+from alexnet_jax.multihost_data): processes sharing those rows read the same
+examples in the same order. The training
 stream is a deterministic function of (seed, epoch), so a resumed run starts
 at its `StreamPosition` (epoch, batch within it) and skips the consumed part
 of that one epoch before decoding, instead of replaying the stream.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -37,6 +40,8 @@ from alexnet_jax import (
     data_cache,
     digits_dataset,  # noqa: F401  (registers `sklearn_digits`)
     image_folder,
+    multihost_data,
+    sharding,
 )
 
 Batch = dict[str, np.ndarray]
@@ -65,6 +70,33 @@ def rerun_command() -> str:
 
 
 def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The prepared tfds builder of `config.dataset`, preparing it if needed:
+    process 0 prepares, the others wait and open what it prepared (`_prepare_builder`)."""
+    if config.dataset == image_folder.DATASET:
+        open_prepared = functools.partial(image_folder.get_builder, config)
+    else:
+        open_prepared = functools.partial(_open_prepared, config)
+    return multihost_data.prepare_once(
+        f"dataset {config.dataset}",
+        functools.partial(_prepare_builder, config),
+        open_prepared,
+        is_preparer=jax.process_index() == 0,
+        error_type=DatasetUnavailableError,
+    )
+
+
+def _open_prepared(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The builder another process has prepared."""
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
+    if not builder.is_prepared():
+        raise DatasetUnavailableError(
+            f"process 0 prepared {config.dataset} but this process does not find it in {builder.data_dir}: "
+            f"every process needs the same data_dir (a shared file system), or prepare it on every host first"
+        )
+    return builder
+
+
+def _prepare_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """The prepared tfds builder of `config.dataset`, preparing it if needed.
 
     imagenet2012 cannot be downloaded: its tar files must be placed in the
@@ -156,24 +188,20 @@ def _resize_square(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.ensure_shape(image, (size, size, 3))
 
 
-def _process_part(split: str, per_process: bool) -> tuple[object, int, int]:
-    """This process's even part of `split` (tfds split spec, index, count), or
-    the whole split as part 0 of 1."""
-    if not per_process:
-        return split, 0, 1
-    index, count = jax.process_index(), jax.process_count()
-    return tfds.even_splits(split, n=count, drop_remainder=False)[index], index, count
+def _split_part(split: str, part: sharding.DataPart) -> object:
+    """The tfds split spec of `part` of `split`."""
+    return split if part.count == 1 else tfds.even_splits(split, n=part.count, drop_remainder=False)[part.index]
 
 
-def _local_batch_size(global_batch: int) -> int:
-    return global_batch // jax.process_count()
+def _local_batch_size(config: ml_collections.ConfigDict, global_batch: int) -> int:
+    return global_batch // multihost_data.config_data_part(config).count
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> int:
-    """Batches per epoch, the same on every process: the smallest process part
+    """Batches per epoch, the same on every process: the smallest data part
     (even splits differ by at most one example) in local batches."""
-    smallest_part = num_examples(builder, config.train_split) // jax.process_count()
-    return smallest_part // _local_batch_size(config.batch_size)
+    smallest_part = num_examples(builder, config.train_split) // multihost_data.config_data_part(config).count
+    return smallest_part // _local_batch_size(config, config.batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,8 +220,9 @@ class StreamPosition:
 
 
 # Saved with each checkpoint: what must match for the position to mean the
-# same examples when the run resumes.
-_MUST_MATCH = ("batch_size", "process_count", "seed", "dataset", "train_split")
+# same examples when the run resumes. The data parts, not the processes: two
+# processes holding the towers of one pair read what one process would.
+_MUST_MATCH = ("batch_size", "data_parts", "seed", "dataset", "train_split")
 
 
 def position_record(config: ml_collections.ConfigDict, position: StreamPosition, step: int, steps: int) -> dict:
@@ -203,8 +232,9 @@ def position_record(config: ml_collections.ConfigDict, position: StreamPosition,
         "batch_in_epoch": position.batch,
         "examples_seen": step * config.batch_size,
         "steps_per_epoch": steps,
-        "local_batch_size": _local_batch_size(config.batch_size),
+        "local_batch_size": _local_batch_size(config, config.batch_size),
         "batch_size": config.batch_size,
+        "data_parts": multihost_data.config_data_part(config).count,
         "process_count": jax.process_count(),
         "seed": config.seed,
         "dataset": config.dataset,
@@ -219,15 +249,18 @@ def resume_position(config: ml_collections.ConfigDict, saved: dict | None, step:
     the epoch and batch stay and the epoch's length follows the new data. A
     checkpoint without one (written before positions were saved) resumes at
     `StreamPosition.at_step`. Raises ValueError (one line) when the batch
-    size, process count, seed, dataset or split differ from the checkpoint's:
-    its position would then name other examples.
+    size, number of data parts, seed, dataset or split differ from the
+    checkpoint's: its position would then name other examples.
     """
     if saved is None:
         return StreamPosition.at_step(step, steps)
-    current = {**position_record(config, StreamPosition(), step, steps), "process_count": jax.process_count()}
+    current = position_record(config, StreamPosition(), step, steps)
+    # Positions saved before data parts were recorded: one part per process then.
+    saved = {"data_parts": saved.get("process_count"), **saved}
     for field in _MUST_MATCH:
         if saved.get(field) != current[field]:
-            where = "the number of processes" if field == "process_count" else f"config.{field}"
+            parts = "the number of data parts (config.mesh over the processes)"
+            where = parts if field == "data_parts" else f"config.{field}"
             raise ValueError(
                 f"the checkpoint of step {step} was written with {field}={saved.get(field)!r} but {where} is "
                 f"now {current[field]!r}: resume with the same value, or start a new --workdir"
@@ -260,15 +293,17 @@ def _tfds_source(builder: tfds.core.DatasetBuilder, part, size: int) -> _Source:
     return _Source(lambda seed: ds, decode, num_examples(builder, part))
 
 
-def _source(builder: tfds.core.DatasetBuilder, split: str, size: int, cache_format: str, per_process: bool) -> _Source:
-    """This process's part of `split`, from the preprocessed cache (written
-    first if missing) or, with `cache_format="none"`, from tfds."""
-    part, index, count = _process_part(split, per_process)
-    source = _tfds_source(builder, part, size)
+def _source(
+    builder: tfds.core.DatasetBuilder, split: str, size: int, cache_format: str, part: sharding.DataPart
+) -> _Source:
+    """`part` of `split`, from the preprocessed cache (written first if
+    missing) or, with `cache_format="none"`, from tfds."""
+    source = _tfds_source(builder, _split_part(split, part), size)
     if cache_format == "none":
         return source
-    path = data_cache.cache_dir(str(builder.data_dir), split, size, cache_format, index, count)
-    description = {"dataset": builder.name, "split": split, "part": index, "parts": count, "resize_size": size}
+    path = data_cache.cache_dir(str(builder.data_dir), split, size, cache_format, part.index, part.count)
+    description = {"dataset": builder.name, "split": split, "part": part.index, "parts": part.count}
+    description["resize_size"] = size
     info = data_cache.read_info(path)
     if info is None:
         logging.info("Preprocessing %s once into %s (%s)", split, path, cache_format)
@@ -283,10 +318,20 @@ def _source(builder: tfds.core.DatasetBuilder, split: str, size: int, cache_form
 
 
 def prepare(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> None:
-    """Writes this process's preprocessed caches of the train and eval splits
-    (no-op when they exist or `config.cache_format` is "none")."""
+    """Writes this process's part of the preprocessed caches of the train and
+    eval splits (no-op when they exist or `config.cache_format` is "none"):
+    the first process of each data part writes it, the others sharing the
+    part wait (two writers of one folder would race)."""
+    part = multihost_data.config_data_part(config)
     for split in (config.train_split, config.eval_split):
-        _source(builder, split, config.resize_size, config.cache_format, per_process=True)
+        prepare_part = functools.partial(_source, builder, split, config.resize_size, config.cache_format, part)
+        multihost_data.prepare_once(
+            f"the {split} cache, part {part.index} of {part.count}",
+            prepare_part,
+            prepare_part,  # the part exists now: this only opens it
+            is_preparer=part.first,
+            error_type=DatasetUnavailableError,
+        )
 
 
 def _decoded(source: _Source) -> tf.data.Dataset:
@@ -297,12 +342,11 @@ def _decoded(source: _Source) -> tf.data.Dataset:
 def full_split_batches(
     builder: tfds.core.DatasetBuilder, split: str, size: int, batch_size: int, cache_format: str = "none"
 ) -> Iterator[np.ndarray]:
-    """Every image of `split` (all processes' parts), resized as for training,
-    in uint8 batches: the input of the training-set statistics. A single
-    process reads (and makes) its cache; several decode the split themselves
-    rather than each caching the whole split."""
-    cache_format = cache_format if jax.process_count() == 1 else "none"
-    ds = _decoded(_source(builder, split, size, cache_format, per_process=False)).map(lambda ex: ex["image"])
+    """Every image of `split` (all data parts), resized as for training, in
+    uint8 batches: the input of the training-set statistics. Reads (and
+    makes) the whole split's cache; pass "none" where training reads parts of
+    the split, rather than caching it twice."""
+    ds = _decoded(_source(builder, split, size, cache_format, sharding.DataPart(0, 1))).map(lambda ex: ex["image"])
     return iter(tfds.as_numpy(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)))
 
 
@@ -327,8 +371,9 @@ def train_batches(
     they are decoded: a resume reads part of one epoch and decodes nothing
     extra, and batch k is the same whether the run started at 0 or resumed.
     """
-    source = _source(builder, config.train_split, config.resize_size, config.cache_format, per_process=True)
-    local_batch = _local_batch_size(config.batch_size)
+    part = multihost_data.config_data_part(config)
+    source = _source(builder, config.train_split, config.resize_size, config.cache_format, part)
+    local_batch = _local_batch_size(config, config.batch_size)
     examples_per_epoch = steps_per_epoch(config, builder) * local_batch
     consumed = tf.constant(position.batch * local_batch, tf.int64)
 
@@ -348,12 +393,15 @@ def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBu
     """Every example of `config.eval_split` exactly once, in fixed-size batches.
 
     The last batch is padded with zero images whose `mask` is 0; every process
-    yields the same number of batches (collectives need all of them).
+    yields the same number of batches (collectives need all of them). Each
+    data part is read by the processes sharing it and fills the same rows of
+    the global batch, so every example counts once.
     """
-    local_batch = _local_batch_size(config.eval_batch_size)
+    part = multihost_data.config_data_part(config)
+    local_batch = _local_batch_size(config, config.eval_batch_size)
     total = num_examples(builder, config.eval_split)
-    num_batches = math.ceil(math.ceil(total / jax.process_count()) / local_batch)
-    source = _source(builder, config.eval_split, config.resize_size, config.cache_format, per_process=True)
+    num_batches = math.ceil(math.ceil(total / part.count) / local_batch)
+    source = _source(builder, config.eval_split, config.resize_size, config.cache_format, part)
     ds = _decoded(source).map(lambda ex: {**ex, "mask": tf.constant(1, tf.int32)})
     size = config.resize_size
     padding = tf.data.Dataset.from_tensors(

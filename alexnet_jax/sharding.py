@@ -26,7 +26,7 @@ import functools
 import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -91,10 +91,63 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+class DataPart(NamedTuple):
+    """The examples a process reads: part `index` of `count` even parts of a split.
+
+    Processes whose devices sit on the same rows of the mesh's 'data' axis
+    (the two towers of a model pair on two processes) read the same part in
+    the same order; `first` marks the lowest-numbered of them, the one that
+    writes the part's cache.
+    """
+
+    index: int
+    count: int
+    first: bool = True
+
+
+def data_part(mesh: Mesh, process_index: int | None = None) -> DataPart:
+    """This process's DataPart under `mesh` (`process_index` defaults to jax.process_index()).
+
+    The parts are the distinct sets of 'data' rows the processes hold, in row
+    order, so process-local batches concatenated in part order are the global
+    batch. Raises ValueError when processes hold overlapping or unequal sets
+    of rows (no even split of the batch can feed them).
+    """
+    return _data_part(mesh, jax.process_index() if process_index is None else process_index)
+
+
+@functools.lru_cache(maxsize=16)  # called for every batch: the mesh does not change
+def _data_part(mesh: Mesh, process_index: int) -> DataPart:
+    rows: dict[int, set[int]] = collections.defaultdict(set)  # process -> the 'data' rows of its devices
+    for row, devices in enumerate(mesh.devices):  # shape (data, model)
+        for device in devices:
+            rows[device.process_index].add(row)
+    if process_index not in rows:
+        raise ValueError(f"process {process_index} holds no device of the mesh {dict(mesh.shape)}")
+    parts = sorted({frozenset(r) for r in rows.values()}, key=min)
+    held = [row for part in parts for row in part]
+    if len(held) != len(set(held)) or len({len(part) for part in parts}) > 1:
+        layout = {p: sorted(r) for p, r in sorted(rows.items())}
+        raise ValueError(
+            f"the mesh {dict(mesh.shape)} gives processes overlapping or unequal rows of its 'data' axis "
+            f"(process: rows {layout}): each process must hold whole model groups, or share whole groups"
+        )
+    mine = frozenset(rows[process_index])
+    first = min(p for p, r in rows.items() if r == mine)
+    return DataPart(parts.index(mine), len(parts), process_index == first)
+
+
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles this process's part of a batch into global arrays."""
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+    """Assembles this process's part of a batch into global arrays.
+
+    The global batch is `data_part(mesh).count` local batches: processes that
+    share a part pass identical local batches, which fill the same rows.
+    """
+    sharding, parts = batch_sharding(mesh), data_part(mesh).count
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * parts, *v.shape[1:]))
+        for k, v in local.items()
+    }
 
 
 def prefetch_to_device(

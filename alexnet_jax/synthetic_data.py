@@ -3,7 +3,7 @@
 `config.dataset = "synthetic"` feeds random uint8 `(batch, resize_size,
 resize_size, 3)` images and labels without any tfds dataset: the input costs
 nothing but the host-to-device copy, so images/s against a real dataset's
-tells an input-bound run from a compute-bound one. One batch per process is
+tells an input-bound run from a compute-bound one. One batch per data part is
 made once (seeded) and fed at every step. The training set counts as
 ImageNet's 1,281,167 images (epoch-based schedules as in the paper); the
 evaluation set is one `eval_batch_size` batch, and its accuracy means nothing.
@@ -16,9 +16,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-import jax
 import ml_collections
 import numpy as np
+
+from alexnet_jax import multihost_data
 
 NAME = "synthetic"
 TRAIN_EXAMPLES = 1_281_167  # ILSVRC-2012 train
@@ -29,8 +30,10 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
 
 
 def _local_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int) -> dict[str, np.ndarray]:
-    local = batch_size // jax.process_count()
-    rng = np.random.default_rng([seed, jax.process_index()])
+    # Processes sharing a data part (the towers of one pair) need the same images.
+    part = multihost_data.config_data_part(config)
+    local = batch_size // part.count
+    rng = np.random.default_rng([seed, part.index])
     size = config.resize_size
     return {
         "image": rng.integers(0, 256, (local, size, size, 3), dtype=np.uint8),

@@ -43,6 +43,7 @@ def _images_per_sec(make_batches, passes: int) -> float:
 
 def host_rows(num_images: int, passes: int, data_dir: str) -> list[tuple[str, float, str]]:
     from alexnet_jax import data_cache, input_pipeline
+    from alexnet_jax.sharding import DataPart
     from bench.photos_dataset import BenchPhotos
 
     BenchPhotos.num_images = num_images
@@ -51,7 +52,7 @@ def host_rows(num_images: int, passes: int, data_dir: str) -> list[tuple[str, fl
     rows = []
     for fmt in ("none", "jpeg", "png", "raw"):
         start = time.perf_counter()
-        input_pipeline._source(builder, "train", 256, fmt, per_process=False)  # writes the cache once
+        input_pipeline._source(builder, "train", 256, fmt, DataPart(0, 1))  # writes the cache once
         prepare_s = time.perf_counter() - start
 
         def batches(fmt=fmt):

@@ -1,16 +1,16 @@
-"""The tfds input: exact evaluation, per-process parts, a resumable stream."""
+"""The tfds input: exact evaluation, per-data-part reading, a resumable stream."""
 
 import hashlib
 import json
 import os
 import time
 
-import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import data_cache, input_pipeline, sharding
+from alexnet_jax import data_cache, input_pipeline, multihost_data, sharding
+from alexnet_jax.sharding import DataPart
 
 
 @pytest.fixture
@@ -32,11 +32,10 @@ def test_eval_counts_every_example_once(tiny_config, builder):
     assert len(set(_fingerprints(real))) > 350  # distinct digits, not repeats
 
 
-def test_two_processes_read_disjoint_complete_halves(tiny_config, builder, monkeypatch):
+def test_two_data_parts_are_disjoint_complete_halves(tiny_config, builder, monkeypatch):
     seen = []
     for index in (0, 1):
-        monkeypatch.setattr(jax, "process_count", lambda: 2)
-        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        monkeypatch.setattr(multihost_data, "config_data_part", lambda config, index=index: DataPart(index, 2))
         batches = list(input_pipeline.eval_batches(tiny_config, builder))
         images = np.concatenate([b["image"][b["mask"] == 1] for b in batches])
         seen.append(_fingerprints(images))
@@ -192,3 +191,15 @@ def test_prefetch_to_device_runs_two_batches_ahead(tiny_config):
     assert pulled == [0, 1] and first["image"].sharding == sharding.batch_sharding(mesh)
     rest = list(batches)
     assert [int(b["image"][0, 0]) for b in [first, *rest]] == [0, 1, 2, 3, 4]
+
+
+def test_resume_checks_the_data_parts_and_reads_older_positions(tiny_config):
+    """A position names examples of its data parts; positions saved before
+    `data_parts` was recorded had one part per process."""
+    record = input_pipeline.position_record(tiny_config, input_pipeline.StreamPosition(0, 5), 5, 89)
+    assert record["data_parts"] == 1 and record["local_batch_size"] == 16
+    older = {k: v for k, v in record.items() if k != "data_parts"}
+    assert input_pipeline.resume_position(tiny_config, older, 5, 89) == input_pipeline.StreamPosition(0, 5)
+    for saved in ({**older, "process_count": 2}, {**record, "data_parts": 2}):
+        with pytest.raises(ValueError, match=r"data_parts=2 but the number of data parts .* is now 1"):
+            input_pipeline.resume_position(tiny_config, saved, 5, 89)

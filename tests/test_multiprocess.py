@@ -1,8 +1,10 @@
 """Two processes on loopback (jax.distributed, gloo CPU collectives), launched
 by launch/local.sh: train, checkpoint, restart both, resume, and compare with
-one process that sees the same global batches."""
+one process that sees the same global batches; the paper's two towers on two
+processes of one device each, from an empty data directory."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -41,9 +43,9 @@ def _overrides(data_dir: str, steps: int) -> list[str]:
     ]
 
 
-def _launch_two_processes(workdir: str, data_dir: str, steps: int) -> str:
-    env = {**os.environ, "NUM_PROCESSES": "2", "CPU_DEVICES": "2", "PORT": str(_free_port()), "PYTHON": sys.executable}
-    env["XLA_FLAGS"] = ""  # not the test process's 8 devices: 2 per process, 4 in all
+def _launch_two_processes(workdir: str, data_dir: str, steps: int, devices_each: int = 2) -> str:
+    env = {**os.environ, "NUM_PROCESSES": "2", "CPU_DEVICES": str(devices_each), "PYTHON": sys.executable}
+    env.update(PORT=str(_free_port()), XLA_FLAGS="")  # not the test process's 8 devices
     result = subprocess.run(
         ["launch/local.sh", "configs/digits.py", workdir, *_overrides(data_dir, steps)],
         cwd=REPO,
@@ -61,10 +63,8 @@ def _two_process_global_batches(config, builder, position=None):
     process 1's (its devices hold the second half of the 'data' axis)."""
     streams = []
     for index in range(2):
-        with (
-            mock.patch.object(jax, "process_index", return_value=index),
-            mock.patch.object(jax, "process_count", return_value=2),
-        ):
+        part = sharding.DataPart(index, 2)
+        with mock.patch.object(input_pipeline.multihost_data, "config_data_part", return_value=part):
             streams.append(_TRAIN_BATCHES(config, builder, position or input_pipeline.StreamPosition()))
     for local_batches in zip(*streams):
         yield {k: np.concatenate([b[k] for b in local_batches]) for k in local_batches[0]}
@@ -101,5 +101,39 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digi
     state_two, step_two = _final_state(workdir, config)
     state_one, step_one = _final_state(single, config)
     assert step_two == step_one == 4
+    for a, b in zip(jax.tree.leaves(state_two), jax.tree.leaves(state_one)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_of_one_device_hold_one_model_pair(tiny_config, tmp_path):
+    """mesh (-1, 2) over two processes of one device: the two towers of one
+    pair, so one data part. Both read the same examples (the same loss at
+    every step), evaluation counts the 360 test digits once, and training
+    matches one process driving both devices. The data directory starts
+    empty: process 0 prepares the dataset, caches and statistics while the
+    other waits (every process preparing at once crashed tfds)."""
+    workdir, data_dir, num_steps = str(tmp_path / "pair"), str(tmp_path / "empty_tfds"), 4
+    log = _launch_two_processes(workdir, data_dir, steps=num_steps, devices_each=1)
+    assert "JAX process 1 of 2" in log and "2 global cpu devices" in log
+    assert "Waiting for another process to prepare dataset sklearn_digits" in log
+    losses = re.findall(r"\[(\d+)\] .*train_loss=([\d.]+)", log)
+    assert sorted(int(step) for step, _ in losses) == [s for s in range(1, num_steps + 1) for _ in range(2)]
+    for step in range(1, num_steps + 1):
+        first, second = [loss for s, loss in losses if int(s) == step]
+        assert first == second, f"the processes disagree at step {step}: {first} != {second}"
+    assert re.findall(r"eval_num_examples=(\d+)", log) == ["360", "360"]
+
+    config = tiny_config.copy_and_resolve_references()
+    config.data_dir = data_dir  # as prepared by the two processes
+    config.num_train_steps = num_steps
+    config.eval_every_steps = 100
+    config.mesh = (1, 2)  # the same two towers, on two of this process's devices
+    summary = train.train_and_evaluate(config, str(tmp_path / "one"))
+    assert summary["eval_num_examples"] == 360
+    eval_losses = [float(x) for x in re.findall(r"eval_loss=([\d.]+)", log)]
+    np.testing.assert_allclose(eval_losses, [summary["eval_loss"]] * 2, rtol=1e-5)
+    state_two, step_two = _final_state(workdir, config)
+    state_one, step_one = _final_state(str(tmp_path / "one"), config)
+    assert step_two == step_one == num_steps
     for a, b in zip(jax.tree.leaves(state_two), jax.tree.leaves(state_one)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

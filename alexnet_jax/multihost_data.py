@@ -1,0 +1,91 @@
+"""Data with several processes: which part of a split each one reads, and
+preparation done by one process while the others wait.
+
+The parts follow the mesh, not the process: processes whose devices hold
+the same rows of the 'data' axis (the two towers of a model pair on two
+processes) read the same examples in the same order (`sharding.data_part`).
+
+Preparing a tfds dataset, a cache part or the training-set statistics
+writes files that several processes would otherwise race to write (tfds's
+`FileExistsError: Cannot rename .../incomplete.*`): one process prepares,
+the others wait for its word through the `jax.distributed` key-value store
+(a bounded wait that also carries its failure) and then open what it wrote.
+The data_dir must therefore be shared by the processes, as the workdir is.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import jax
+import ml_collections
+
+from alexnet_jax import sharding
+
+T = TypeVar("T")
+
+# ImageNet's first preparation takes hours; a waiting process gives up after this.
+PREPARE_TIMEOUT_S = 12 * 3600
+
+# How often each name has been waited on in this process: every process makes
+# the same calls in the same order, so (name, count) is the same key on all.
+_calls: collections.Counter[str] = collections.Counter()
+
+
+def config_data_part(config: ml_collections.ConfigDict) -> sharding.DataPart:
+    """This process's DataPart under `config.mesh` (part 0 of 1 in a single process)."""
+    if jax.process_count() == 1:  # also when the mesh does not fit these devices (evaluating elsewhere)
+        return sharding.DataPart(0, 1)
+    return sharding.data_part(sharding.make_mesh(config.mesh))
+
+
+def _client():
+    from jax._src import distributed  # the coordination service jax.distributed.initialize started
+
+    return distributed.global_state.client
+
+
+def prepare_once(
+    what: str,
+    prepare: Callable[[], T],
+    open_prepared: Callable[[], T],
+    *,
+    is_preparer: bool,
+    error_type: type[Exception] = RuntimeError,
+    timeout_s: float = PREPARE_TIMEOUT_S,
+) -> T:
+    """`prepare()` in the preparing process; `open_prepared()` in the others,
+    once it has finished.
+
+    Every process of the group calls this with the same `what`, in the same
+    order. A failure in the preparer reaches the others as `error_type`
+    naming it; so does a wait longer than `timeout_s` (one line each).
+    """
+    if jax.process_count() == 1:
+        return prepare()
+    _calls[what] += 1
+    key = f"alexnet_jax/prepared/{what}/{_calls[what]}"
+    client = _client()
+    if is_preparer:
+        try:
+            result = prepare()
+        except BaseException as error:
+            client.key_value_set(key, f"{type(error).__name__}: {error}".splitlines()[0])
+            raise
+        client.key_value_set(key, "ok")
+        return result
+    logging.info("Waiting for another process to prepare %s (at most %d s)", what, timeout_s)
+    try:
+        word = client.blocking_key_value_get(key, int(timeout_s * 1000))
+    except Exception as error:  # the deadline, or the coordinator gone with its process
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise error_type(
+            f"waited for another process to prepare {what}, in vain after at most {timeout_s:.0f} s ({reason}): "
+            f"see the first process's log"
+        ) from None
+    if word != "ok":
+        raise error_type(f"another process failed to prepare {what}: {word}")
+    return open_prepared()
