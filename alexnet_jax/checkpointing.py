@@ -133,7 +133,7 @@ def latest_step(workdir: str) -> int:
     saves carry a suffix, so they are not counted)."""
     try:
         names = os.listdir(os.path.join(workdir, "checkpoints"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no run yet (or no folder at all: said at start-up)
         return 0
     return max((int(name) for name in names if name.isdigit()), default=0)
 

@@ -284,12 +284,16 @@ def config_from_record(record: Mapping, base: ml_collections.ConfigDict) -> ml_c
     fields = flat_fields(base)
     with config.unlocked():
         for field, value in flat_fields(record["config"]).items():
-            if field not in fields:  # a field since removed from the code
-                continue
-            node, _, leaf = field.rpartition(".")
-            target = _node(config, node) if node else config
-            target[leaf] = tuple(value) if isinstance(target[leaf], tuple) else value
+            if field in fields:  # not a field since removed from the code
+                _set(config, field, value)
     return config
+
+
+def _set(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+    """Sets a dotted field from a JSON value (lists back to tuples where the field is one)."""
+    node, _, leaf = field.rpartition(".")
+    target = _node(config, node) if node else config
+    target[leaf] = tuple(value) if isinstance(target[leaf], tuple) else value
 
 
 def _node(config: ml_collections.ConfigDict, dotted: str) -> ml_collections.ConfigDict:
@@ -329,11 +333,8 @@ def config_for_reading(
     if refused:
         raise ValueError(refusal(workdir, refused))
     with saved.unlocked():
-        for field in changed:
-            node, _, leaf = field.rpartition(".")
-            target = _node(saved, node) if node else saved
-            source = _node(flag_config, node) if node else flag_config
-            target[leaf] = source[leaf]
+        for field, (_, value) in changed.items():
+            _set(saved, field, value)
     return saved
 
 

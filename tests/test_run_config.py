@@ -158,11 +158,13 @@ def test_reading_a_workdir_needs_only_the_workdir(tiny_config, tmp_path):
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "config.model.activation='relu' but this run was trained with 'tanh'" in last
     assert "config.model.lrn1_before_relu=True" in last and "Traceback" not in refused.stderr
-    # Overrides that do not change the network are taken; one that does is refused.
-    ten_view = _run("alexnet_jax.evaluate", f"--workdir={workdir}", "--config.eval_views=ten_view")
-    assert ten_view.returncode == 0 and ten_view.stdout.startswith("test (five_view, step 2): ")  # no flips
-    wider = _run("alexnet_jax.evaluate", f"--workdir={workdir}", "--config.model.width=0.25")
-    assert wider.returncode == 1 and "config.model.width=0.25 but this run was trained with 0.125" in wider.stderr
+    # Overrides that do not change the network are taken; one that does is refused
+    # (in-process: the command line's overrides as config_flags hands them over).
+    flag_config = default.get_config()
+    read = run_config.config_for_reading(workdir, flag_config, {"eval_views": "ten_view"}, config_file_given=False)
+    assert read.eval_views == "ten_view" and read.model.activation == "tanh" and read.batch_size == 16
+    with pytest.raises(ValueError, match=r"config.model.width=0.25 but this run was trained with 0.125 \("):
+        run_config.config_for_reading(workdir, flag_config, {"model.width": 0.25}, config_file_given=False)
 
     scan = np.round(load_digits().images[0] * 255 / 16).astype(np.uint8)
     Image.fromarray(scan).resize((40, 40)).save(tmp_path / "zero.png")
