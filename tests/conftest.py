@@ -55,3 +55,19 @@ def tiny_config(digits_data_dir):
     # by test_one_step_golden_value, which sets the default back.
     config.model.conv_wgrad = "xla"
     return config
+
+
+@pytest.fixture
+def final_state():
+    """restore(workdir, config) -> (state, step): a workdir's newest train
+    state, restored onto one device whatever layout saved it."""
+    from alexnet_jax import checkpointing, sharding, steps
+
+    def restore(workdir, config):
+        template = steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((1, 1)))
+        manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+        state, step = checkpointing.restore_latest(manager, template)
+        manager.close()
+        return state, step
+
+    return restore

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, sharding, steps, train
+from alexnet_jax import checkpointing, train
 
 # orbax leaves the reads it abandons on the damaged files as never-awaited coroutines.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -23,15 +23,7 @@ def _truncate_largest_file(step_dir: str) -> None:
         f.truncate(os.path.getsize(largest) // 2)
 
 
-def _final_state(workdir, config):
-    template = steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh(config.mesh))
-    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-    state, step = checkpointing.restore_latest(manager, template)
-    manager.close()
-    return state, step
-
-
-def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_config, tmp_path, caplog):
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_config, tmp_path, caplog, final_state):
     uninterrupted = str(tmp_path / "uninterrupted")
     train.train_and_evaluate(tiny_config, uninterrupted)  # checkpoints 3 and 6
     workdir = str(tmp_path / "damaged")
@@ -45,8 +37,8 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_config, tmp
     aside = os.path.join(workdir, checkpointing.DAMAGED, "6")
     assert f"Moved the damaged checkpoint of step 6 to {aside}" in caplog.text and os.path.isdir(aside)
 
-    state_a, step_a = _final_state(uninterrupted, tiny_config)
-    state_b, step_b = _final_state(workdir, tiny_config)
+    state_a, step_a = final_state(uninterrupted, tiny_config)
+    state_b, step_b = final_state(workdir, tiny_config)
     assert step_a == step_b == 6
     for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -13,7 +13,7 @@ from unittest import mock
 import jax
 import numpy as np
 
-from alexnet_jax import input_pipeline, sharding, steps, train
+from alexnet_jax import input_pipeline, sharding, train
 
 # The unpatched reader: the single-process run below replaces
 # input_pipeline.train_batches with a two-process emulation that calls this.
@@ -70,17 +70,7 @@ def _two_process_global_batches(config, builder, position=None):
         yield {k: np.concatenate([b[k] for b in local_batches]) for k in local_batches[0]}
 
 
-def _final_state(workdir, config):
-    from alexnet_jax import checkpointing
-
-    template = steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((1, 1)))
-    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-    state, step = checkpointing.restore_latest(manager, template)
-    manager.close()
-    return state, step
-
-
-def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digits_data_dir, tmp_path):
+def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digits_data_dir, tmp_path, final_state):
     workdir = str(tmp_path / "two")
     log = _launch_two_processes(workdir, digits_data_dir, steps=2)
     assert "JAX process 1 of 2" in log and "4 global cpu devices" in log
@@ -98,14 +88,14 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digi
     with mock.patch.object(train.input_pipeline, "train_batches", _two_process_global_batches):
         train.train_and_evaluate(config, single)
 
-    state_two, step_two = _final_state(workdir, config)
-    state_one, step_one = _final_state(single, config)
+    state_two, step_two = final_state(workdir, config)
+    state_one, step_one = final_state(single, config)
     assert step_two == step_one == 4
     for a, b in zip(jax.tree.leaves(state_two), jax.tree.leaves(state_one)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def test_two_processes_of_one_device_hold_one_model_pair(tiny_config, tmp_path):
+def test_two_processes_of_one_device_hold_one_model_pair(tiny_config, tmp_path, final_state):
     """mesh (-1, 2) over two processes of one device: the two towers of one
     pair, so one data part. Both read the same examples (the same loss at
     every step), evaluation counts the 360 test digits once, and training
@@ -132,8 +122,8 @@ def test_two_processes_of_one_device_hold_one_model_pair(tiny_config, tmp_path):
     assert summary["eval_num_examples"] == 360
     eval_losses = [float(x) for x in re.findall(r"eval_loss=([\d.]+)", log)]
     np.testing.assert_allclose(eval_losses, [summary["eval_loss"]] * 2, rtol=1e-5)
-    state_two, step_two = _final_state(workdir, config)
-    state_one, step_one = _final_state(str(tmp_path / "one"), config)
+    state_two, step_two = final_state(workdir, config)
+    state_one, step_one = final_state(str(tmp_path / "one"), config)
     assert step_two == step_one == num_steps
     for a, b in zip(jax.tree.leaves(state_two), jax.tree.leaves(state_one)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

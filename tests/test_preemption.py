@@ -91,20 +91,12 @@ def _saved_steps(workdir: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
 
 
-def _final_state(workdir, config):
-    template = steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((1, 1)))
-    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-    state, step = checkpointing.restore_latest(manager, template)
-    manager.close()
-    return state, step
-
-
 def _assert_identical(state_a, state_b) -> None:
     for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_sigterm_saves_the_step_it_stopped_at_and_the_restart_matches(tiny_config, tmp_path):
+def test_sigterm_saves_the_step_it_stopped_at_and_the_restart_matches(tiny_config, tmp_path, final_state):
     config = _stoppable_config(tiny_config)
     uninterrupted = str(tmp_path / "uninterrupted")
     train.train_and_evaluate(config, uninterrupted)
@@ -121,8 +113,8 @@ def test_sigterm_saves_the_step_it_stopped_at_and_the_restart_matches(tiny_confi
         assert json.load(f)["last_exit"]["status"] == "stopped"
 
     train.train_and_evaluate(config, workdir)  # resumes at `stopped`
-    state_a, step_a = _final_state(uninterrupted, config)
-    state_b, step_b = _final_state(workdir, config)
+    state_a, step_a = final_state(uninterrupted, config)
+    state_b, step_b = final_state(workdir, config)
     assert step_a == step_b == TOTAL_STEPS
     _assert_identical(state_a, state_b)
 
@@ -154,7 +146,7 @@ def _process_with_id(launcher_pid: int, process_id: int) -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds local.sh's children in /proc")
-def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tiny_config, tmp_path):
+def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tiny_config, tmp_path, final_state):
     """Both processes save the same step, and the restart of both ends where an
     uninterrupted two-process run does (each launch takes ~20-35 s on 2 cores)."""
     config = _stoppable_config(tiny_config)
@@ -181,8 +173,8 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tiny_config, 
         command = ["launch/local.sh", "configs/digits.py", run_dir, *_overrides(config)]
         finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
         assert finished.returncode == 0, finished.stderr[-3000:]
-    state_a, step_a = _final_state(str(tmp_path / "uninterrupted"), config)
-    state_b, step_b = _final_state(workdir, config)
+    state_a, step_a = final_state(str(tmp_path / "uninterrupted"), config)
+    state_b, step_b = final_state(workdir, config)
     assert step_a == step_b == TOTAL_STEPS
     _assert_identical(state_a, state_b)
 
