@@ -204,9 +204,16 @@ def record_of(config: ml_collections.ConfigDict) -> dict:
 
 
 def _differences(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{field: (saved, new)} for fields whose values differ. A field the saved
-    record lacks (added to the code later) is taken to have had its value."""
+    """{field: (saved, new)} for the fields of `new` whose values differ."""
     return {k: (saved[k], v) for k, v in new.items() if k in saved and saved[k] != v}
+
+
+def saved_config(record: Mapping) -> ml_collections.ConfigDict:
+    """The config a record was trained with; a field it lacks (added to the
+    code after the run started) has its default, the behaviour runs had then."""
+    from configs import default
+
+    return config_from_record(record, default.get_config())
 
 
 def _describe(value: Any) -> str:
@@ -254,7 +261,7 @@ def check_restart(
         elif is_writer:
             _write(workdir, {**record_of(config), **(first_start or {})})
         return
-    changed = _differences(flat_fields(record["config"]), flat_fields(config))
+    changed = _differences(flat_fields(saved_config(record)), flat_fields(config))
     refused = {k: v for k, v in changed.items() if k not in MAY_CHANGE}
     if "optimizer.drop_epochs" in changed and config.optimizer.schedule == "piecewise":
         old, new = changed["optimizer.drop_epochs"]
@@ -325,7 +332,7 @@ def config_for_reading(
             )
         logging.warning("%s has no %s: using --config as given, unchecked", workdir, CONFIG_FILE)
         return flag_config
-    saved = config_from_record(record, flag_config)
+    saved = saved_config(record)
     new = flat_fields(flag_config)
     asked = new if config_file_given else {k: v for k, v in flat_fields(overrides).items() if k in new}
     changed = _differences(flat_fields(saved), asked)

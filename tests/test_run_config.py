@@ -195,3 +195,21 @@ def test_params_only_restore_ignores_the_optimiser(tiny_config, tmp_path):
     assert step == 2
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_field_added_after_a_run_started_counts_as_its_default(tmp_path):
+    """A config.json without a newer field: the run had that field's default
+    behaviour, so a restart or a reader asking for another value is refused."""
+    workdir = str(tmp_path)
+    config = default.get_config()
+    run_config.check_restart(config, workdir, epochs_done=0)
+    record = json.loads(open(run_config.path(workdir)).read())
+    del record["config"]["model"]["cross_tower"]  # as written before the field existed
+    open(run_config.path(workdir), "w").write(json.dumps(record))
+    run_config.check_restart(config, workdir, epochs_done=1)  # the default: accepted
+    changed = config.copy_and_resolve_references()
+    changed.model.cross_tower = False
+    with pytest.raises(ValueError, match="config.model.cross_tower=False but this run was trained with True"):
+        run_config.check_restart(changed, workdir, epochs_done=1)
+    with pytest.raises(ValueError, match="config.model.cross_tower=False but this run was trained with True"):
+        run_config.config_for_reading(workdir, config, {"model.cross_tower": False}, config_file_given=False)
