@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import data_stats, input_pipeline, metrics, predict, sharding, steps, train
+from alexnet_jax import data_stats, input_pipeline, metrics, predict, run_config, sharding, steps, train
 
 
 @dataclasses.dataclass
@@ -77,7 +77,7 @@ def check_same_task(
     """One-line ValueError if the runs differ in a field of `fields`."""
     for workdir, config in zip(workdirs[1:], configs[1:]):
         for field in fields:
-            ours, theirs = _field(configs[0], field), _field(config, field)
+            ours, theirs = run_config.field_value(configs[0], field), run_config.field_value(config, field)
             if ours != theirs:
                 raise ValueError(
                     f"ensemble members disagree on config.{field}: {workdirs[0]} has {ours!r}, "
@@ -92,12 +92,6 @@ def check_same_order(first: Member, other: Member) -> None:
             f"{first.workdir} and {other.workdir} read {first.config.eval_split} in different orders "
             "(different prepared data or process layout?): evaluate them on the same prepared data"
         )
-
-
-def _field(config: ml_collections.ConfigDict, dotted: str):
-    for part in dotted.split("."):
-        config = config[part]
-    return config
 
 
 def ensemble_probs(members: list[Member]) -> np.ndarray:

@@ -299,11 +299,12 @@ def config_from_record(record: Mapping, base: ml_collections.ConfigDict) -> ml_c
 def _set(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
     """Sets a dotted field from a JSON value (lists back to tuples where the field is one)."""
     node, _, leaf = field.rpartition(".")
-    target = _node(config, node) if node else config
+    target = field_value(config, node) if node else config
     target[leaf] = tuple(value) if isinstance(target[leaf], tuple) else value
 
 
-def _node(config: ml_collections.ConfigDict, dotted: str) -> ml_collections.ConfigDict:
+def field_value(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    """config["model"]["width"] for "model.width" (a group for "model")."""
     for part in dotted.split("."):
         config = config[part]
     return config
