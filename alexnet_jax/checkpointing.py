@@ -56,11 +56,15 @@ def wait_until_finished(manager: ocp.CheckpointManager) -> None:
         raise _save_error(manager, error) from error
 
 
+def _first_line(error: Exception) -> str:
+    """An orbax or tensorstore error's first line: its message is often pages long."""
+    return str(error).strip().split("\n")[0][:300]
+
+
 def _save_error(manager: ocp.CheckpointManager, error: Exception, step: int | None = None) -> SaveError:
     which = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
-    reason = str(error).strip().split("\n")[0][:300]
     return SaveError(
-        f"saving {which} in {manager.directory} failed ({type(error).__name__}: {reason}); "
+        f"saving {which} in {manager.directory} failed ({type(error).__name__}: {_first_line(error)}); "
         "the earlier checkpoints are intact: free the disk (or fix the path) and rerun to resume"
     )
 
@@ -83,9 +87,11 @@ def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> 
         try:
             state, data = _restore(manager, step, abstract)
         except Exception as error:  # orbax, tensorstore and OS errors alike: try the one before
-            first_line = str(error).strip().split("\n")[0][:300]
             logging.warning(
-                "Checkpoint %s cannot be read (%s: %s)", manager.directory / str(step), type(error).__name__, first_line
+                "Checkpoint %s cannot be read (%s: %s)",
+                manager.directory / str(step),
+                type(error).__name__,
+                _first_line(error),
             )
             damaged.append(step)
             continue
@@ -100,8 +106,14 @@ def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> 
     return target, 0, None
 
 
+def _has_items(manager: ocp.CheckpointManager, step: int) -> bool:
+    """Whether `step` holds the "state" and "data" items; checkpoints from
+    before the data position was saved hold one "default" item, the state."""
+    return (manager.directory / str(step) / STATE).exists()
+
+
 def _restore(manager: ocp.CheckpointManager, step: int, abstract: PyTree) -> tuple[PyTree, dict | None]:
-    if not (manager.directory / str(step) / STATE).exists():
+    if not _has_items(manager, step):
         return manager.restore(step, args=ocp.args.StandardRestore(abstract)), None
     restored = manager.restore(
         step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract), DATA: ocp.args.JsonRestore()})
@@ -158,9 +170,9 @@ def restore_params(workdir: str, abstract_params: PyTree) -> tuple[PyTree, int]:
     restore = ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
     )
-    if (manager.directory / str(step) / STATE).exists():
+    if _has_items(manager, step):
         restored = manager.restore(step, args=ocp.args.Composite(**{STATE: restore}))[STATE]
-    else:  # checkpoints from before the data position was saved: one "default" item
+    else:
         restored = manager.restore(step, args=restore)
     manager.close()
     return restored["params"], step

@@ -94,14 +94,13 @@ def top_k(probs: np.ndarray, k: int = _TOP_K) -> np.ndarray:
     return np.argsort(-probs, axis=-1, kind="stable")[:, :k]
 
 
-def member_probs(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> np.ndarray:
-    """One run's class probabilities of the image files (all readable), with
-    its own resize, statistics and views."""
+def member_probs(config: ml_collections.ConfigDict, workdir: str, images_uint8: np.ndarray) -> np.ndarray:
+    """One run's class probabilities of images loaded at its `resize_size`,
+    with its own statistics and views."""
     model, params, step = restore_params(config, workdir)
     logging.info("%s: checkpoint of step %d", workdir, step)
     stats = data_stats.load_or_compute(config, input_pipeline.get_builder(config))
-    images = np.stack([load_image(path, config.resize_size) for path in paths])
-    return probabilities(model, params, images, config, stats)
+    return probabilities(model, params, images_uint8, config, stats)
 
 
 def main(argv: list[str]) -> None:
@@ -117,16 +116,22 @@ def main(argv: list[str]) -> None:
         names = class_names(configs[0])
     except (ValueError, input_pipeline.DatasetUnavailableError) as error:
         sys.exit(f"error: {error}")
-    readable = []
+    readable, first_size = [], []
     for path in paths:
         try:
-            load_image(path, configs[0].resize_size)
+            first_size.append(load_image(path, configs[0].resize_size))
             readable.append(path)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
     if readable:  # one batch per run: this is for a handful of files
+        # Each file is decoded once per resize size the runs use, not once per run.
+        by_size = {configs[0].resize_size: np.stack(first_size)}
+        for config in configs[1:]:
+            if config.resize_size not in by_size:
+                by_size[config.resize_size] = np.stack([load_image(p, config.resize_size) for p in readable])
         # The ensemble's probabilities: the mean of its runs' (one run: its own).
-        probs = sum(member_probs(c, w, readable) for c, w in zip(configs, workdirs)) / len(workdirs)
+        members = (member_probs(c, w, by_size[c.resize_size]) for c, w in zip(configs, workdirs))
+        probs = sum(members) / len(workdirs)
         for path, row, top in zip(readable, probs, top_k(probs)):
             print(f"{path}: " + " | ".join(f"{names[i]} {100 * row[i]:.1f}%" for i in top), flush=True)
     if len(readable) < len(paths):

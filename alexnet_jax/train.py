@@ -166,7 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_iter = sharding.prefetch_to_device(local_batches, mesh, config.prefetch_batches)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
     stop, stopping = StopSignals().install(), False
-    train_metrics, previous, summary = None, None, None
+    train_metrics, summary = None, None
+    # (step, metrics) of the steps whose loss is not read yet; the last is the newest.
     in_flight: collections.deque = collections.deque()
     period_start, period_steps = time.monotonic(), 0
     step = start_step
@@ -178,8 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if step == start_step + 1 or step % config.eval_every_steps == 0 or step == total_steps:
                 # Histograms of non-finite weights would fail in the writer's
                 # thread and hide the real error: stop here, naming the step.
-                if previous is not None:
-                    _check_finite(*previous)
+                if in_flight:
+                    _check_finite(*in_flight[-1])
                 if not bool(_all_finite(state.params)):
                     raise FloatingPointError(f"parameters are not finite before step {step}: stopping")
                 # Before the step: train_fn donates the state it is given.
@@ -191,13 +192,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             in_flight.append((step, step_metrics))
             if len(in_flight) > HOST_LEAD_STEPS:
                 _check_finite(*in_flight.popleft())
-            previous = (step, step_metrics)
             train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
             period_steps += 1
             report(step)
 
             if step % config.log_every_steps == 0 or step == total_steps:
-                _check_finite(*previous)
+                _check_finite(*in_flight[-1])
                 scalars = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
                 elapsed = time.monotonic() - period_start
                 scalars["images_per_sec"] = period_steps * config.batch_size / elapsed
@@ -212,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # A stop signal: save this step as the periodic save does, then stop (Preempted above).
             stopping = stop.requested(step - start_step) and step < total_steps
             if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
-                _check_finite(*previous)
+                _check_finite(*in_flight[-1])
                 if not bool(_all_finite(state.params)):
                     raise FloatingPointError(f"parameters are not finite after step {step}: not saving them")
                 data = input_pipeline.position_record(
