@@ -27,7 +27,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _overrides(data_dir: str, steps: int) -> list[str]:
+def _overrides(data_dir: str, steps: int, mesh: str) -> list[str]:
     return [
         f"--config.data_dir={data_dir}",
         "--config.model.width=0.125",
@@ -38,16 +38,16 @@ def _overrides(data_dir: str, steps: int) -> list[str]:
         "--config.eval_every_steps=100",
         "--config.checkpoint_every_steps=2",
         "--config.shuffle_buffer_size=64",
-        "--config.mesh=(-1, 2)",
+        f"--config.mesh={mesh}",
         "--config.model.conv_wgrad=xla",  # as tiny_config: compiles faster
     ]
 
 
-def _launch_two_processes(workdir: str, data_dir: str, steps: int, devices_each: int = 2) -> str:
+def _launch_two_processes(workdir: str, data_dir: str, steps: int, devices_each: int, mesh: str = "(-1, 2)") -> str:
     env = {**os.environ, "NUM_PROCESSES": "2", "CPU_DEVICES": str(devices_each), "PYTHON": sys.executable}
     env.update(PORT=str(_free_port()), XLA_FLAGS="")  # not the test process's 8 devices
     result = subprocess.run(
-        ["launch/local.sh", "configs/digits.py", workdir, *_overrides(data_dir, steps)],
+        ["launch/local.sh", "configs/digits.py", workdir, *_overrides(data_dir, steps, mesh)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -56,6 +56,17 @@ def _launch_two_processes(workdir: str, data_dir: str, steps: int, devices_each:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr
+
+
+def _assert_processes_agree(log: str, steps: range) -> None:
+    """Both processes log the same loss at every step (they compute one global
+    batch's loss), and each evaluation counts the 360 test digits once."""
+    losses = re.findall(r"\[(\d+)\] .*train_loss=([\d.]+)", log)
+    assert sorted(int(step) for step, _ in losses) == [s for s in steps for _ in range(2)], log[-3000:]
+    for step in steps:
+        first, second = [loss for s, loss in losses if int(s) == step]
+        assert first == second, f"the processes disagree at step {step}: {first} != {second}"
+    assert re.findall(r"eval_num_examples=(\d+)", log) == ["360", "360"], log[-3000:]
 
 
 def _two_process_global_batches(config, builder, position=None):
@@ -71,11 +82,19 @@ def _two_process_global_batches(config, builder, position=None):
 
 
 def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digits_data_dir, tmp_path, final_state):
+    """Two processes of two devices: steps 1-2 with the towers on each
+    process's two devices (mesh (-1, 2): one data slice per process), then a
+    restart of both with pure data parallelism (mesh (-1, 1): two data slices
+    per process) that resumes at step 2. Under both layouts the processes log
+    the same losses and count 360 test examples, and the result is one
+    process's over the same global batches."""
     workdir = str(tmp_path / "two")
-    log = _launch_two_processes(workdir, digits_data_dir, steps=2)
+    log = _launch_two_processes(workdir, digits_data_dir, steps=2, devices_each=2, mesh="(-1, 2)")
     assert "JAX process 1 of 2" in log and "4 global cpu devices" in log
-    log = _launch_two_processes(workdir, digits_data_dir, steps=4)  # restarts both: resumes at 2
+    _assert_processes_agree(log, range(1, 3))
+    log = _launch_two_processes(workdir, digits_data_dir, steps=4, devices_each=2, mesh="(-1, 1)")
     assert "Resumed from the checkpoint of step 2" in log
+    _assert_processes_agree(log, range(3, 5))
     # Only process 0 writes summaries: one event file per launch.
     assert len([f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]) == 2
 
@@ -106,12 +125,7 @@ def test_two_processes_of_one_device_hold_one_model_pair(tiny_config, tmp_path, 
     log = _launch_two_processes(workdir, data_dir, steps=num_steps, devices_each=1)
     assert "JAX process 1 of 2" in log and "2 global cpu devices" in log
     assert "Waiting for another process to prepare dataset sklearn_digits" in log
-    losses = re.findall(r"\[(\d+)\] .*train_loss=([\d.]+)", log)
-    assert sorted(int(step) for step, _ in losses) == [s for s in range(1, num_steps + 1) for _ in range(2)]
-    for step in range(1, num_steps + 1):
-        first, second = [loss for s, loss in losses if int(s) == step]
-        assert first == second, f"the processes disagree at step {step}: {first} != {second}"
-    assert re.findall(r"eval_num_examples=(\d+)", log) == ["360", "360"]
+    _assert_processes_agree(log, range(1, num_steps + 1))
 
     config = tiny_config.copy_and_resolve_references()
     config.data_dir = data_dir  # as prepared by the two processes

@@ -152,11 +152,14 @@ def _process_with_id(launcher_pid: int, process_id: int) -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds local.sh's children in /proc")
 def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tiny_config, tmp_path, final_state):
     """Both processes save the same step, and the restart of both ends where an
-    uninterrupted two-process run does (each launch takes ~20-35 s on 2 cores)."""
+    uninterrupted two-process run does (each launch takes ~20-35 s on 2 cores).
+    One device per process with mesh (-1, 2): the two towers of one pair on
+    two processes, so this is also the checkpoint-and-resume test of that
+    layout (test_multiprocess resumes the two-devices-per-process layouts)."""
     config = _stoppable_config(tiny_config, TWO_PROCESS_STEPS)
     config.mesh = (-1, 2)
-    env = {**os.environ, "NUM_PROCESSES": "2", "CPU_DEVICES": "2", "PYTHON": sys.executable}
-    env.update(XLA_FLAGS="", PORT=str(_free_port()))  # not the test process's 8 devices: 2 per process
+    env = {**os.environ, "NUM_PROCESSES": "2", "CPU_DEVICES": "1", "PYTHON": sys.executable}
+    env.update(XLA_FLAGS="", PORT=str(_free_port()))  # not the test process's 8 devices: 1 per process
     workdir = str(tmp_path / "stopped")
     command = ["launch/local.sh", "configs/digits.py", workdir, *_overrides(config)]
     returncode, log = _run_and_signal(command, env, target=lambda pid: _process_with_id(pid, 1))
