@@ -14,7 +14,16 @@ import jax
 import ml_collections
 import tensorflow_datasets as tfds
 
-from alexnet_jax import data_cache, digits_dataset, image_folder, models, optim, sharding, synthetic_data  # noqa: F401
+from alexnet_jax import (  # noqa: F401
+    data_cache,
+    digits_dataset,
+    image_folder,
+    machine_defaults,
+    models,
+    optim,
+    sharding,
+    synthetic_data,
+)
 
 
 def _fail(field: str, value: Any, fix: str) -> None:
@@ -225,14 +234,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             )
 
     micro = config.micro_batch_size
-    if micro:
-        if micro < 0 or config.batch_size % micro or micro % devices_per_batch:
-            _fail(
-                "micro_batch_size",
-                micro,
-                f"must divide batch_size={config.batch_size} and be divisible by the {devices_per_batch} "
-                "data-parallel devices (0 = no micro-batches)",
-            )
+    if micro != machine_defaults.AUTO and (
+        micro < 0 or (micro and (config.batch_size % micro or micro % devices_per_batch))
+    ):
+        _fail(
+            "micro_batch_size",
+            micro,
+            f"must divide batch_size={config.batch_size} and be divisible by the {devices_per_batch} "
+            "data-parallel devices (0 = no micro-batches, -1 = chosen for the machine)",
+        )
 
     _validate_model(config.model)
     _validate_init(config)

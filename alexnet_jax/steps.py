@@ -15,7 +15,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from alexnet_jax import augment, metrics, models, optim, sharding
+from alexnet_jax import augment, machine_defaults, metrics, models, optim, sharding
 
 Batch = dict[str, jax.Array]
 NUM_INPUT_IMAGES = 8  # augmented inputs an inspection shows
@@ -88,12 +88,13 @@ def gradients(
     noise_end_step: int | None = None,
 ) -> tuple[jax.Array, Any, jax.Array]:
     """The augmented inputs, gradients and logits of the step `state.step` on
-    `batch`, in micro-batches of `config.micro_batch_size` when it is set.
-    Colour noise stops at `noise_end_step` (None: never; see `noise_end_step`).
+        `batch`, in micro-batches of `config.micro_batch_size` when it is set
+    (or when machine_defaults picks them).
+        Colour noise stops at `noise_end_step` (None: never; see `noise_end_step`).
 
-    Randomness (crops, flips, colour noise, dropout) comes from
-    `fold_in(base_key, step)`, so a resumed run draws exactly what an
-    uninterrupted one would, and `inspect_step` sees the step's own draws.
+        Randomness (crops, flips, colour noise, dropout) comes from
+        `fold_in(base_key, step)`, so a resumed run draws exactly what an
+        uninterrupted one would, and `inspect_step` sees the step's own draws.
     """
     augment_key, dropout_key = _step_keys(base_key, state.step)
     images = augment.train_inputs(
@@ -113,7 +114,7 @@ def gradients(
         return loss, logits
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    micro = config.micro_batch_size
+    micro = machine_defaults.micro_batch_size(config)
     if not micro or micro == images.shape[0]:
         (_, logits), grads = grad_fn(state.params, images, batch["label"], dropout_key)
         return images, grads, logits

@@ -21,6 +21,7 @@ from alexnet_jax import (
     data_stats,
     init_from,
     input_pipeline,
+    machine_defaults,
     metrics,
     optim,
     run_config,
@@ -119,6 +120,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run_config.check_restart(config, workdir, resumed_step / steps_per_epoch, jax.process_index() == 0, started_from)
 
     logging.info("Mesh %s over %d devices, model parallelism %r", dict(mesh.shape), mesh.size, config.model_parallel)
+    if config.micro_batch_size == machine_defaults.AUTO:
+        micro = machine_defaults.micro_batch_size(config)
+        logging.info("micro_batch_size=-1 on %s: %s", jax.default_backend(), micro or "the whole batch at once")
     state = steps.create_train_state(config, model, steps_per_epoch, mesh)
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     state, start_step, saved_position = checkpointing.restore_latest_with_data(manager, state)

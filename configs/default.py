@@ -55,9 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 128  # global, over all devices and processes
     # > 0: the step computes the batch's mean gradient in micro-batches of this
     # many images (global), summed in a loop. Same update, less activation
-    # memory; on XLA:CPU large conv batches are slow per image, so 32 is faster
-    # there (BENCHMARKS.md). 0 = the whole batch at once.
-    config.micro_batch_size = 0
+    # memory. 0 = the whole batch at once. -1 = chosen for the machine
+    # (alexnet_jax/machine_defaults.py): on CPUs micro-batches of up to 32
+    # paper-sized images per device, which XLA:CPU runs faster
+    # (BENCHMARKS.md); on accelerators the whole batch.
+    config.micro_batch_size = -1
     config.eval_batch_size = 128
     config.num_epochs = 90.0
     config.num_train_steps = -1  # > 0 overrides num_epochs

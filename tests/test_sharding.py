@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import augment, collectives, sharding, steps
+from alexnet_jax import augment, collectives, machine_defaults, sharding, steps
 from alexnet_jax.config_validation import validate_config
 
 TOWER_LOCAL = {"conv1", "conv2", "conv4", "conv5"}
@@ -94,6 +94,21 @@ def test_micro_batches_give_the_whole_batch_step(mesh):
     the towers split and data parallel."""
     loss_ref, params_ref, _ = _one_step((1, 1), dropout_rate=0.0)
     loss, params, _ = _one_step(mesh, micro_batch_size=8, dropout_rate=0.0)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for path, ref in jax.tree_util.tree_leaves_with_path(params_ref):
+        got = functools.reduce(lambda tree, key: tree[key.key], path, params)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+def test_machine_chosen_micro_batches_give_the_whole_batch_step(monkeypatch):
+    """micro_batch_size=-1 (the default) with a budget that splits the test's
+    batch of 16 into micro-batches of 8: without dropout, the whole batch's
+    loss and update, as an explicitly set size gives."""
+    monkeypatch.setattr(machine_defaults, "CPU_MICRO_BATCH_PIXELS", 8 * 64 * 64)  # 8 digits crops of 64x64
+    assert machine_defaults.micro_batch_size(_config((1, 1), micro_batch_size=-1), "cpu") == 8
+    loss_ref, params_ref, hlo_ref = _one_step((1, 1), dropout_rate=0.0)
+    loss, params, hlo = _one_step.__wrapped__((1, 1), micro_batch_size=-1, dropout_rate=0.0)
+    assert hlo != hlo_ref  # the micro-batched program, not the whole batch's
     assert loss == pytest.approx(loss_ref, rel=1e-5)
     for path, ref in jax.tree_util.tree_leaves_with_path(params_ref):
         got = functools.reduce(lambda tree, key: tree[key.key], path, params)

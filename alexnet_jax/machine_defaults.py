@@ -1,0 +1,50 @@
+"""Defaults whose fastest value depends on the machine, resolved where they
+are used so a user never needs to know them.
+
+`config.micro_batch_size = -1` (the default) picks micro-batches on CPUs:
+XLA:CPU's convolutions cost more per image on large batches than on small
+ones (BENCHMARKS.md: the paper step at batch 128 ran 1.15x faster in
+micro-batches of 32 on an AMD EPYC, 1.13x on an Intel Xeon), while for small
+images the whole batch is faster (digits at 64x64: micro-batches of 32 took
+1.18x as long).
+Accelerators take the whole batch. The update is the same either way (only
+dropout's random stream differs; tests/test_machine_defaults.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from alexnet_jax import sharding
+
+AUTO = -1
+# Micro-batch budget per data-parallel device, in input pixels: 32 of the
+# paper's 224x224 crops, the size measured fastest on CPU (BENCHMARKS.md).
+CPU_MICRO_BATCH_PIXELS = 32 * 224 * 224
+
+
+def batch_devices(config: ml_collections.ConfigDict) -> int:
+    """Devices a batch's convolutions are spread over (as config_validation
+    counts them): the data axis, times the model axis under "dense"."""
+    data, model = sharding.mesh_shape(tuple(config.mesh), jax.device_count())
+    return data * (model if config.model_parallel == "dense" else 1)
+
+
+def micro_batch_size(config: ml_collections.ConfigDict, backend: str | None = None) -> int:
+    """`config.micro_batch_size`, with AUTO resolved for `backend` (default:
+    JAX's): on CPU the largest micro-batch within CPU_MICRO_BATCH_PIXELS per
+    device that divides the batch evenly, if the batch exceeds the budget
+    and such a size is at least half of it; 0 (the whole batch) otherwise."""
+    if config.micro_batch_size != AUTO:
+        return config.micro_batch_size
+    if (backend or jax.default_backend()) != "cpu":
+        return 0
+    devices = batch_devices(config)
+    per_device = config.batch_size // devices
+    budget = max(1, CPU_MICRO_BATCH_PIXELS // config.model.input_size**2)
+    if per_device <= budget:
+        return 0
+    size = max(d for d in range(1, budget + 1) if per_device % d == 0)
+    # An odd batch (e.g. 37 per device) would split into tiny micro-batches.
+    return size * devices if 2 * size >= budget else 0
