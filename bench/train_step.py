@@ -13,7 +13,8 @@ device's peak bytes in use on GPU). Inputs are synthetic uint8 images of the
 host-side size (256x256 for the paper model), already on the device: this
 measures the step (augmentation on device included), not the input pipeline.
 alexnet_jax runs once per `--micro_batch` value (`config.micro_batch_size`:
-the same update computed in micro-batches; 0 = the whole batch at once).
+the same update computed in micro-batches; -1 = the default, chosen for the
+machine; 0 = the whole batch at once).
 
 PyTorch runs twice: eager, and as a user tuning it for speed would run it
 (`torch.compile` with inductor and channels_last memory; compile time is
@@ -140,6 +141,8 @@ def worker_jax(
 ) -> dict:
     import jax
 
+    from alexnet_jax import machine_defaults
+
     step_fn, state, key, config = jax_step(model_name, batch, dtype, micro_batch, overrides)
     data = synthetic_batch(config, batch)
     start = time.perf_counter()
@@ -161,6 +164,7 @@ def worker_jax(
         "compile_s": compile_s,
         "peak_mb": device.memory_stats()["peak_bytes_in_use"] / 2**20 if on_gpu else _peak_rss_mb(),
         "xla_gflop_per_image": cost.get("flops", 0.0) / batch / 1e9,
+        "micro_batch_size": machine_defaults.micro_batch_size(config),
     }
 
 
@@ -299,11 +303,14 @@ def _run_worker(worker: str, args, **fields) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _label(contender: str) -> str:
+def _label(contender: str, result: dict | None = None) -> str:
     if contender.startswith("torch"):
         return "PyTorch, torch.compile + channels_last" if contender.endswith(":compiled") else "PyTorch (eager)"
     micro_batch = int(contender.partition(":")[2])
-    return "alexnet_jax" + (f", micro-batches of {micro_batch}" if micro_batch else "")
+    if micro_batch == -1:  # the default: say what it chose here
+        chosen = (result or {}).get("micro_batch_size", 0)
+        return "alexnet_jax, defaults" + (f" (micro-batches of {chosen})" if chosen else " (whole batch)")
+    return "alexnet_jax" + (f", micro-batches of {micro_batch}" if micro_batch else ", whole batch")
 
 
 def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) -> tuple[dict, list[dict]]:
@@ -366,7 +373,7 @@ def _print_table(args, contenders, settings, runs, gemm) -> None:
         for contender in contenders:
             if not ok[contender]:
                 error = runs[contender, model, dtype, batch][0]["error"]
-                print(f"| {model} | {dtype} | {batch} | {_label(contender)} | failed: {error} |||||||")
+                print(f"| {model} | {dtype} | {batch} | {_label(contender, {})} | failed: {error} |||||||")
                 continue
             times = [1000 * t for r in ok[contender] for t in r["times"]]
             rate = batch / medians[contender]
@@ -375,7 +382,7 @@ def _print_table(args, contenders, settings, runs, gemm) -> None:
             versus_torch = not contender.startswith("torch") and fastest_torch is not None
             ratio = f"{fastest_torch / medians[contender]:.2f}" if versus_torch else ""
             print(
-                f"| {model} | {dtype} | {batch} | {_label(contender)} | {rate:.1f} "
+                f"| {model} | {dtype} | {batch} | {_label(contender, ok[contender][0])} | {rate:.1f} "
                 f"| {1000 * medians[contender]:.1f} | {min(times):.1f}-{max(times):.1f} "
                 f"| {'-' if compile_s is None else f'{compile_s:.1f}'} | {peak_mb:.0f} "
                 f"| {flop:.3f} | {100 * rate * flop / peaks[limit_dtype]:.1f} | {ratio} |"
@@ -400,8 +407,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--micro_batch",
-        help="alexnet_jax contenders: config.micro_batch_size values, comma-separated, 0 = whole batch "
-        "(default 0,32 on CPU, 0 on GPU)",
+        help="alexnet_jax contenders: config.micro_batch_size values, comma-separated, -1 = the default "
+        "(chosen for the machine), 0 = whole batch (default -1,0 on CPU, -1 on GPU)",
     )
     parser.add_argument("--set", default="", help='alexnet_jax config overrides, e.g. "model.use_lrn=False"')
     parser.add_argument("--no-torch", action="store_true")
@@ -434,7 +441,7 @@ def main() -> None:
     args.warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
     args.steps = args.steps if args.steps is not None else (30 if on_gpu else 3)
     dtypes = (args.dtypes or ("float32,bfloat16" if on_gpu or cpu_has_amx() else "float32")).split(",")
-    micro = (args.micro_batch or ("0" if on_gpu else "0,32")).split(",")
+    micro = (args.micro_batch or ("-1" if on_gpu else "-1,0")).split(",")
     max_batch = args.max_batch if args.max_batch is not None else ("paper" if on_gpu else "")
     max_models = dict(entry.partition(":")[::2] for entry in max_batch.split(",") if entry)
     torch_contenders = ["torch:eager"] + ([] if args.no_compile else ["torch:compiled"])
