@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import tensorflow_datasets as tfds
 
-from alexnet_jax import data_cache, digits_dataset, image_folder, models, optim, sharding, synthetic_data  # noqa: F401
+from alexnet_jax import data_cache, digits_dataset, image_folder, models, optim, paths, sharding, synthetic_data  # noqa: F401
 
 
 def _fail(field: str, value: Any, fix: str) -> None:
@@ -148,6 +148,8 @@ def _validate_dataset(config: ml_collections.ConfigDict) -> None:
     if name == image_folder.DATASET:
         if not folder:
             _fail("image_folder", folder, "must be the root of split/class/image folders when dataset='image_folder'")
+        if paths.is_remote(folder):  # config.data_dir, where the prepared copy goes, may be remote
+            _fail("image_folder", folder, "must be a local folder (its files are listed and fingerprinted locally)")
         if not os.path.isdir(os.path.expanduser(folder)):
             _fail("image_folder", folder, "is not a folder: give the root of split/class/image folders")
         return
