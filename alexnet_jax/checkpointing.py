@@ -7,7 +7,8 @@ intact and the half-written one is ignored. Every process calls save and
 restore (orbax coordinates them); only the primary host writes metadata and
 the JSON item, and every process reads it back on restore. A checkpoint
 damaged afterwards (a file truncated or deleted) is skipped on restore: the
-run goes on from the newest readable one.
+run goes on from the newest readable one. The workdir may be a local path or
+a URI (gs://...): orbax is given an `epath.Path` (paths.as_path).
 """
 
 from __future__ import annotations
@@ -18,17 +19,25 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
+
+from alexnet_jax import paths
 
 PyTree = Any
 STATE, DATA = "state", "data"
 DAMAGED = "damaged_checkpoints"  # in the workdir: checkpoints that could not be read
 
 
-def make_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
+def directory(workdir: str | os.PathLike) -> epath.Path:
+    """`<workdir>/checkpoints`: absolute if local (orbax wants that), a URI unchanged."""
+    return paths.as_path(workdir) / "checkpoints"
+
+
+def make_manager(workdir: str | os.PathLike, max_to_keep: int) -> ocp.CheckpointManager:
     """A manager keeping the newest `max_to_keep` checkpoints (so always the last)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    return ocp.CheckpointManager(directory(workdir), options=options)
 
 
 class SaveError(OSError):
@@ -139,18 +148,17 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     manager.reload()
 
 
-def latest_step(workdir: str) -> int:
+def latest_step(workdir: str | os.PathLike) -> int:
     """The newest finished checkpoint's step in `workdir` (0 if none), read
     from the folder names without creating anything (orbax's unfinished
     saves carry a suffix, so they are not counted)."""
-    try:
-        names = os.listdir(os.path.join(workdir, "checkpoints"))
-    except (FileNotFoundError, NotADirectoryError):  # no run yet (or no folder at all: said at start-up)
+    folder = directory(workdir)
+    if not folder.is_dir():  # no run yet (or no workdir at all: said at start-up)
         return 0
-    return max((int(name) for name in names if name.isdigit()), default=0)
+    return max((int(entry.name) for entry in folder.iterdir() if entry.name.isdigit()), default=0)
 
 
-def restore_params(workdir: str, abstract_params: PyTree) -> tuple[PyTree, int]:
+def restore_params(workdir: str | os.PathLike, abstract_params: PyTree) -> tuple[PyTree, int]:
     """The parameters alone of the newest checkpoint in `workdir`, on
     `abstract_params`' shapes and shardings, and its step.
 
@@ -158,14 +166,14 @@ def restore_params(workdir: str, abstract_params: PyTree) -> tuple[PyTree, int]:
     restore), so the optimiser, its schedule and the step counter never
     have to match: evaluation needs the network, nothing else.
     """
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax takes absolute paths
+    folder = directory(workdir)
     step = latest_step(workdir)
     if not step:
         raise ValueError(
-            f"no finished checkpoint in {directory}: train first, or let the training run save one "
+            f"no finished checkpoint in {folder}: train first, or let the training run save one "
             f"(every config.checkpoint_every_steps and at the end)"
         )
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    manager = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(create=False))
     target = {"params": abstract_params}
     restore = ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True

@@ -21,6 +21,7 @@ from alexnet_jax import (  # noqa: F401
     machine_defaults,
     models,
     optim,
+    paths,
     sharding,
     synthetic_data,
 )
@@ -157,6 +158,8 @@ def _validate_dataset(config: ml_collections.ConfigDict) -> None:
     if name == image_folder.DATASET:
         if not folder:
             _fail("image_folder", folder, "must be the root of split/class/image folders when dataset='image_folder'")
+        if paths.is_remote(folder):  # config.data_dir, where the prepared copy goes, may be remote
+            _fail("image_folder", folder, "must be a local folder (its files are listed and fingerprinted locally)")
         if not os.path.isdir(os.path.expanduser(folder)):
             _fail("image_folder", folder, "is not a folder: give the root of split/class/image folders")
         return

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import requests
 import tensorflow_datasets as tfds
+from etils import epath
 
 from alexnet_jax import (
     digits_dataset,  # noqa: F401  (registers `sklearn_digits`)
@@ -36,7 +37,9 @@ def manual_dir(config: ml_collections.ConfigDict) -> str:
     data_dir being tfds's own default where config.data_dir is empty
     ($TFDS_DATA_DIR if set, else ~/tensorflow_datasets)."""
     data_dir = config.data_dir or tfds.core.constants.get_default_data_dir()
-    return config.manual_dir or os.path.join(os.path.expanduser(data_dir), "downloads", "manual")
+    if config.manual_dir:
+        return config.manual_dir
+    return os.fspath(epath.Path(data_dir).expanduser() / "downloads" / "manual")  # local or a URI (gs://...)
 
 
 def rerun_command() -> str:
@@ -90,7 +93,7 @@ def _prepare_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
     download_config = None
     if config.dataset.split(":")[0] == "imagenet2012":
         folder = manual_dir(config)
-        missing = [name for name in IMAGENET_TARS if not os.path.exists(os.path.join(folder, name))]
+        missing = [name for name in IMAGENET_TARS if not (epath.Path(folder).expanduser() / name).exists()]
         if missing:
             raise DatasetUnavailableError(
                 f"imagenet2012 is not prepared and {', '.join(missing)} not found in {folder}: "

@@ -17,7 +17,8 @@ name and the reason are kept in the prepared dataset's metadata, so every
 run warns about it (with the count) without decoding anything again. The
 prepared copy is keyed by the folder's path and listing (names, sizes,
 modification times): changing the folder prepares a fresh copy on the next
-run.
+run. The folder must be local (it is listed and fingerprinted with the local
+file system); the data_dir the copy goes to may be a URI (gs://...).
 
 Why not `tfds.folder_dataset.ImageFolder`: it re-reads the original files
 every epoch (a corrupt one stops the run where it is met), accepts no
@@ -40,6 +41,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 DATASET = "image_folder"  # the value of config.dataset that selects this source
 _LISTED_BAD_FILES = 20  # names spelled out in the warning; the rest are in metadata.json
@@ -193,7 +195,7 @@ def _warn_bad_files(builder: tfds.core.DatasetBuilder) -> None:
         "%d unreadable image file(s) in %s were excluded (all listed in %s): %s%s",
         len(bad),
         builder.builder_config.root_dir,
-        os.path.join(str(builder.data_dir), "metadata.json"),
+        epath.Path(builder.data_dir) / "metadata.json",
         listed,
         more,
     )

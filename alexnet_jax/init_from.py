@@ -18,23 +18,24 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from alexnet_jax import checkpointing
+from alexnet_jax import checkpointing, paths
 
 PyTree = Any
 
 
-def resolve(path: str) -> str:
+def resolve(path: str | os.PathLike) -> str:
     """The checkpoint step directory `path` names: itself if it is one (it
-    holds the train state), else the newest one of the workdir `path`.
-    One-line ValueError naming `path` otherwise."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(os.path.join(path, checkpointing.STATE)):
-        return path
+    holds the train state), else the newest one of the workdir `path`; a
+    string (it is recorded in config.json), local or a URI. One-line
+    ValueError naming `path` otherwise."""
+    path = paths.as_path(path)
+    if (path / checkpointing.STATE).is_dir():
+        return str(path)
     step = checkpointing.latest_step(path)
     if step:
-        return os.path.join(path, "checkpoints", str(step))
+        return str(checkpointing.directory(path) / str(step))
     raise ValueError(
-        f"config.init_from={path!r} is neither a checkpoint step directory (<workdir>/checkpoints/<step>) "
+        f"config.init_from={str(path)!r} is neither a checkpoint step directory (<workdir>/checkpoints/<step>) "
         "nor a workdir with a finished checkpoint"
     )
 
@@ -42,14 +43,14 @@ def resolve(path: str) -> str:
 def load_params(step_dir: str) -> dict[str, Any]:
     """The parameters alone of a checkpoint step directory, as saved (host
     NumPy arrays, whatever the shapes and the layout they were saved from)."""
-    item = os.path.join(step_dir, checkpointing.STATE)
+    item = paths.as_path(step_dir) / checkpointing.STATE
     target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), _saved_params(item))}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
     args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
     return ocp.PyTreeCheckpointer().restore(item, args=args)["params"]
 
 
-def _saved_params(item: str) -> PyTree:
+def _saved_params(item: str | os.PathLike) -> PyTree:
     """The saved parameters' metadata (shapes, dtypes), read without the arrays."""
     return ocp.PyTreeCheckpointer().metadata(item).item_metadata.tree["params"]
 
@@ -84,7 +85,7 @@ def check_compatible(
 def check_source(abstract_params: PyTree, step_dir: str, reset: tuple[str, ...]) -> None:
     """Before anything is written: the source fits this run's network."""
     check_compatible(
-        shapes(abstract_params), shapes(_saved_params(os.path.join(step_dir, checkpointing.STATE))), reset, step_dir
+        shapes(abstract_params), shapes(_saved_params(paths.as_path(step_dir) / checkpointing.STATE)), reset, step_dir
     )
 
 

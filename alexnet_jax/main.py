@@ -24,7 +24,9 @@ from ml_collections import config_flags
 from alexnet_jax import config_overrides
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard event files.")
+flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, config.json and TensorBoard event files: local or a URI (gs://...)."
+)
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 # Several processes (one per GPU, host or TPU VM worker) run the same command;

@@ -17,6 +17,7 @@ exit status is 1 if any file failed.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any
 
@@ -43,7 +44,7 @@ from alexnet_jax import (
 _TOP_K = 5
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str) -> tuple[models.AlexNet, Any, int]:
+def restore_params(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> tuple[models.AlexNet, Any, int]:
     """The model and the parameters alone of the newest checkpoint in
     `workdir`, with its step (the optimiser state is not read)."""
     model = steps.create_model(config)

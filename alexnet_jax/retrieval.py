@@ -14,6 +14,7 @@ is read with its own config.json, as evaluate does.
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 
 from alexnet_jax import (
     augment,
@@ -157,7 +159,10 @@ def main(argv: list[str]) -> None:
     queries = images_at(config, builder, query_split, query_ids)
     neighbours = images_at(config, builder, database_split, sorted(set(order.ravel().tolist())))
     grid = retrieval_grid([queries[q] for q in query_ids], [[neighbours[i] for i in row] for row in order])
-    Image.fromarray(grid).save(FLAGS.out)
+    out = epath.Path(FLAGS.out)  # local, or a URI such as the run's gs:// workdir
+    encoded = io.BytesIO()
+    Image.fromarray(grid).save(encoded, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
+    out.write_bytes(encoded.getvalue())
     print(f"wrote {FLAGS.out}", flush=True)
 
 

@@ -7,6 +7,8 @@ its config with the saved one field by field: a field that defines the run
 (`DEFINING`) must be equal, one that may change on a restart (`MAY_CHANGE`)
 is taken and logged. Evaluation, prediction, retrieval and ensembles build
 their config from the saved one, accepting only `READ_MAY_CHANGE` overrides.
+The workdir may be local or a URI (gs://...): every file here goes through
+`epath.Path` (paths.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
+from etils import epath
+
+from alexnet_jax import paths
 
 CONFIG_FILE = "config.json"
 
@@ -122,8 +127,8 @@ def flat_fields(config: ml_collections.ConfigDict | Mapping) -> dict[str, Any]:
     return dict(walk(tree, ""))
 
 
-def path(workdir: str) -> str:
-    return os.path.join(workdir, CONFIG_FILE)
+def path(workdir: str | os.PathLike) -> epath.Path:
+    return paths.as_path(workdir) / CONFIG_FILE
 
 
 def _git_commit() -> str | None:
@@ -154,41 +159,42 @@ def _version() -> str | None:
         return None
 
 
-def load(workdir: str) -> dict | None:
+def load(workdir: str | os.PathLike) -> dict | None:
     """The saved record (`config`, `command`, `version`, `git_commit`, `created`,
     `restarts`), or None for a workdir without one."""
     try:
-        with open(path(workdir)) as f:
-            return json.load(f)
+        return json.loads(path(workdir).read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
         raise ValueError(f"{path(workdir)} cannot be read ({error}): restore it or use a new --workdir") from None
 
 
-def _write(workdir: str, record: dict) -> None:
-    """Atomically: a reader sees the old file or the new one, never a part."""
-    os.makedirs(workdir, exist_ok=True)
-    tmp = f"{path(workdir)}.tmp-{os.uname().nodename}-{os.getpid()}"
-    with open(tmp, "w") as f:
+def _write(workdir: str | os.PathLike, record: dict) -> None:
+    """Atomically: a reader sees the old file or the new one, never a part
+    (on a bucket the rename is a copy, but the file is still whole)."""
+    target = path(workdir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{CONFIG_FILE}.tmp-{os.uname().nodename}-{os.getpid()}")
+    with tmp.open("w") as f:
         json.dump(record, f, indent=2, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path(workdir))
+    tmp.replace(target)
 
 
-def check_writable(workdir: str) -> None:
+def check_writable(workdir: str | os.PathLike) -> None:
     """One-line ValueError naming `workdir` if it cannot be created or written
-    (read-only, full disk): said at start-up, not at the first save."""
-    probe = os.path.join(workdir, f".write-test-{os.uname().nodename}-{os.getpid()}")
+    (read-only, full disk, a bucket without write access): said at start-up,
+    not at the first save."""
+    folder = paths.as_path(workdir)
+    probe = folder / f".write-test-{os.uname().nodename}-{os.getpid()}"
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(
-            f"--workdir {workdir} is not writable ({error.strerror or error}): use another path or free the disk"
-        ) from None
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except Exception as error:  # OSError, or tf.errors.* from a remote file system
+        reason = getattr(error, "strerror", None) or str(error).strip().split("\n")[0][:200] or type(error).__name__
+        raise ValueError(f"--workdir {folder} is not writable ({reason}): use another path or free the disk") from None
 
 
 def record_of(config: ml_collections.ConfigDict) -> dict:
@@ -220,7 +226,7 @@ def _describe(value: Any) -> str:
     return repr(tuple(value)) if isinstance(value, list) else repr(value)
 
 
-def refusal(workdir: str, fields: Mapping[str, tuple[Any, Any]]) -> str:
+def refusal(workdir: str | os.PathLike, fields: Mapping[str, tuple[Any, Any]]) -> str:
     """One line naming every field the new config may not change."""
     parts = [
         f"config.{field}={_describe(new)} but this run was trained with {_describe(old)}"
@@ -235,7 +241,7 @@ def _past_drops(drop_epochs: list, epochs_done: float) -> list:
 
 def check_restart(
     config: ml_collections.ConfigDict,
-    workdir: str,
+    workdir: str | os.PathLike,
     epochs_done: float,
     is_writer: bool = True,
     first_start: Mapping[str, Any] | None = None,
@@ -251,7 +257,7 @@ def check_restart(
     """
     record = load(workdir)
     if record is None:
-        if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        if (paths.as_path(workdir) / "checkpoints").is_dir():
             logging.warning(
                 "%s has checkpoints but no %s (a run from before it was written): its config cannot be "
                 "checked; make sure the overrides match how it was trained",
@@ -311,7 +317,7 @@ def field_value(config: ml_collections.ConfigDict, dotted: str) -> Any:
 
 
 def config_for_reading(
-    workdir: str,
+    workdir: str | os.PathLike,
     flag_config: ml_collections.ConfigDict,
     overrides: Mapping[str, Any],
     config_file_given: bool,
@@ -346,7 +352,7 @@ def config_for_reading(
     return saved
 
 
-def record_exit(workdir: str, status: str, step: int, error: str | None = None) -> None:
+def record_exit(workdir: str | os.PathLike, status: str, step: int, error: str | None = None) -> None:
     """Notes in config.json how the run last ended ("finished", "stopped" by
     a signal after saving `step`, or "failed" at `step` with `error`), so a
     report need not guess from the logs."""

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import flax
@@ -19,7 +20,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from alexnet_jax import steps
+from alexnet_jax import paths, steps
 
 _KERNEL_ZOOM = 4  # 11x11 kernels are too small to see at 1:1
 
@@ -40,11 +41,13 @@ class _ConsoleWriter(metric_writers.LoggingWriter):
         pass
 
 
-def create_writer(workdir: str, just_logging: bool) -> metric_writers.MetricWriter:
-    """clu's default pair (console + TensorBoard event files in `workdir`),
-    asynchronous, with a console that leaves the inspection to TensorBoard.
+def create_writer(workdir: str | os.PathLike, just_logging: bool) -> metric_writers.MetricWriter:
+    """clu's default pair (console + TensorBoard event files in `workdir`,
+    local or a URI: TensorFlow writes them through tf.io.gfile), asynchronous,
+    with a console that leaves the inspection to TensorBoard.
     `just_logging` (processes other than 0): console only."""
-    writers = [_ConsoleWriter()] + ([] if just_logging else [metric_writers.SummaryWriter(workdir)])
+    logdir = os.fspath(paths.as_path(workdir))  # TensorFlow takes a string
+    writers = [_ConsoleWriter()] + ([] if just_logging else [metric_writers.SummaryWriter(logdir)])
     return metric_writers.AsyncMultiWriter(writers)
 
 

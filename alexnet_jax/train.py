@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from alexnet_jax import (
     machine_defaults,
     metrics,
     optim,
+    paths,
     run_config,
     sharding,
     steps,
@@ -85,8 +87,9 @@ def eval_summary(eval_metrics: metrics.EvalMetrics) -> dict[str, float]:
     return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
     """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
+    `workdir` is a local path or a URI (gs://...), a string or a path-like.
 
     Returns the final evaluation summary (eval_loss, eval_top1_error, ...).
     Raises ValueError (bad config) or DatasetUnavailableError before writing
@@ -94,6 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Preempted after saving the step at which SIGTERM or SIGINT stopped the loop.
     """
     validate_config(config)
+    workdir = paths.as_path(workdir)  # one path type below: local (absolute) or remote alike
     synthetic = config.dataset == synthetic_data.NAME
     # Synthetic data needs no tfds builder: no dataset, split or statistics.
     builder = None if synthetic else input_pipeline.get_builder(config)

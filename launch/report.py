@@ -262,6 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.target_error < 1:
         raise SystemExit(f"error: --target_error={args.target_error} must be a fraction in (0, 1), e.g. 0.25")
     out = args.out or args.workdir
+    try:
+        sweep.check_local(args.workdir, "--workdir")
+        sweep.check_local(out, "--out")
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     os.makedirs(out, exist_ok=True)
     manifest, results = collect(args.workdir, args.target_error)
     if not any(r.status == "finished" for r in results):

@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from alexnet_jax import config_overrides, run_config
+from alexnet_jax import config_overrides, paths, run_config
 
 Variant = dict[str, Any]
 
@@ -167,9 +167,20 @@ def is_finished(run: Run) -> bool:
         return False
 
 
+def check_local(directory: str, flag: str) -> None:
+    """One-line ValueError naming `flag` for a URI (gs://...): a sweep runs
+    local processes and keeps their logs, markers and reports in local files."""
+    if paths.is_remote(directory):
+        raise ValueError(
+            f"{flag} {directory} is a URI, but sweeps and their reports use local files (logs, sweep.json): "
+            "use a local directory"
+        )
+
+
 def finished_workdirs(workdir: str) -> list[str]:
     """The workdirs of the sweep's variants that finished with the command
     the manifest names (in the sweep's order): an ensemble's members."""
+    check_local(workdir, "--sweep")
     path = os.path.join(workdir, MANIFEST)
     try:
         with open(path) as f:
@@ -274,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--dry-run", action="store_true", help="print the commands, one per line, and exit")
     mode.add_argument("--index", type=int, help="run only this variant (0-based), e.g. $SLURM_ARRAY_TASK_ID")
     args, extra = parser.parse_known_args(argv)
+    try:
+        check_local(args.workdir, "--workdir")  # before anything is written
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     runs = plan(args.config, args.sweep, args.workdir, extra)
     if args.dry_run:
         print("\n".join(shlex.join(run.command) for run in runs))

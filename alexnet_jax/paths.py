@@ -1,0 +1,25 @@
+"""Where a run's files live: a local path, or any URI `etils.epath` reads
+and writes (gs://, s3://, ...; through tf.io.gfile when TensorFlow is
+installed). The workdir (config.json, checkpoints, event files) and the
+data_dir are read and written through `epath.Path`, never `os` and `open`,
+so the same code serves a local disk and a bucket.
+"""
+
+from __future__ import annotations
+
+import os
+
+from etils import epath
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` is a URI (gs://bucket/..., ...) rather than a local path."""
+    return "://" in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """`path` as an `epath.Path`: a local one with `~` expanded and made
+    absolute (orbax takes absolute local paths), a URI unchanged (an
+    absolute local path would turn gs://b/x into ./gs:/b/x)."""
+    path = epath.Path(path)
+    return path if is_remote(path) else path.expanduser().resolve()
