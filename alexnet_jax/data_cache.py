@@ -22,7 +22,8 @@ complete: a killed preparation leaves no folder that a later run would trust
 Each part also keeps `stats_sums.npz`: the float64 sums over its images
 (`ImageSums`) from which alexnet_jax.data_stats finishes the training-set
 mean image and RGB covariance without reading the images again; they are
-accumulated while the part is written, when the images are decoded anyway.
+accumulated while the part is written, when the images are decoded anyway
+(the resized images before encoding: a jpeg cache's sums are not lossy).
 Paths go through `etils.epath`, so the data_dir may be a `gs://` bucket.
 """
 
