@@ -18,24 +18,38 @@ outruns JPEG decoding; needs disk and, for the shuffle buffer, memory). The
 cache is written into a temporary folder and renamed into place only when
 complete: a killed preparation leaves no folder that a later run would trust
 (its leftover `*.tmp-*` folder is ignored).
+
+Each part also keeps `stats_sums.npz`: the float64 sums over its images
+(`ImageSums`) from which alexnet_jax.data_stats finishes the training-set
+mean image and RGB covariance without reading the images again; they are
+accumulated while the part is written, when the images are decoded anyway
+(the resized images before encoding: a jpeg cache's sums are not lossy).
+Paths go through `etils.epath`, so the data_dir may be a `gs://` bucket.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import dataclasses
 import json
 import logging
 import os
-import shutil
 import socket
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 import tqdm
+from etils import epath
 
 FORMATS = ("jpeg", "png", "raw", "none")  # "none": no cache, decode the source every epoch
 JPEG_QUALITY = 95
 SHARD_SIZE = 1024  # examples per file: the unit of per-epoch file shuffling
 INFO_FILE = "info.json"
+SUMS_FILE = "stats_sums.npz"
+_SUMS_BATCH = 64  # images per accumulation task of write's worker threads
+_SUMS_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 2))
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
@@ -46,22 +60,82 @@ class CacheMismatchError(ValueError):
     """A cache folder exists but describes other data; the message says what to delete."""
 
 
+@dataclasses.dataclass
+class ImageSums:
+    """Float64 sums over uint8 (H, W, 3) images: the per-pixel sum image, the
+    3x3 sum of pixel outer products and the image count, from which the mean
+    image, per-channel mean and RGB covariance follow (data_stats.finish).
+
+    Every term is an integer and every partial sum stays below 2**53 (up to
+    about 2 million 256x256 images), so the float64 sums are exact: the same
+    whatever the batching, order or split into parts (`merge`).
+    """
+
+    image_sum: np.ndarray | None = None  # (H, W, 3); None before the first image
+    outer_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((3, 3)))
+    count: int = 0
+
+    def add(self, images_uint8) -> None:
+        """Adds a (batch, H, W, 3) array of images (one at a time: small temporaries)."""
+        for image in np.asarray(images_uint8):
+            image = image.astype(np.float64)
+            if self.image_sum is None:
+                self.image_sum = np.zeros_like(image)
+            self.image_sum += image
+            pixels = image.reshape(-1, 3)
+            self.outer_sum += pixels.T @ pixels
+            self.count += 1
+
+    def merge(self, other: ImageSums) -> None:
+        if other.image_sum is None:
+            return
+        self.image_sum = other.image_sum.copy() if self.image_sum is None else self.image_sum + other.image_sum
+        self.outer_sum = self.outer_sum + other.outer_sum
+        self.count += other.count
+
+    @property
+    def pixel_sum(self) -> np.ndarray:
+        """(3,): the sum of every pixel of every image."""
+        return self.image_sum.reshape(-1, 3).sum(0)
+
+    def save(self, path: str) -> None:
+        with epath.Path(path).open("wb") as f:
+            np.savez(f, image_sum=self.image_sum, outer_sum=self.outer_sum, count=np.int64(self.count))
+
+    @classmethod
+    def load(cls, path: str) -> ImageSums:
+        with epath.Path(path).open("rb") as f, np.load(f) as saved:
+            return cls(saved["image_sum"], saved["outer_sum"], int(saved["count"]))
+
+
+def _sums_of(images_uint8) -> ImageSums:
+    sums = ImageSums()
+    sums.add(images_uint8)
+    return sums
+
+
 def cache_dir(data_dir: str, split: str, size: int, fmt: str, part: int, parts: int) -> str:
     safe_split = split.replace("/", "_").replace(":", "_")
-    return os.path.join(data_dir, "alexnet_cache", f"{safe_split}-{part}of{parts}-{size}-{fmt}")
+    return os.fspath(epath.Path(data_dir) / "alexnet_cache" / f"{safe_split}-{part}of{parts}-{size}-{fmt}")
 
 
 def read_info(path: str) -> dict | None:
     """The cache's description, or None when `path` holds no complete cache."""
-    try:
-        with open(os.path.join(path, INFO_FILE)) as f:
-            return json.load(f)
-    except FileNotFoundError:
+    info_file = epath.Path(path) / INFO_FILE
+    if not info_file.exists():
         return None
+    return json.loads(info_file.read_text())
+
+
+def read_sums(path: str) -> ImageSums | None:
+    """The image sums stored with the complete cache at `path`; None when it
+    has none (written before they were kept)."""
+    sums_file = epath.Path(path) / SUMS_FILE
+    return ImageSums.load(os.fspath(sums_file)) if sums_file.exists() else None
 
 
 def shard_files(path: str, info: dict) -> list[str]:
-    return [os.path.join(path, f"shard-{i:05d}.tfrecord") for i in range(info["num_shards"])]
+    return [os.fspath(epath.Path(path) / f"shard-{i:05d}.tfrecord") for i in range(info["num_shards"])]
 
 
 def _encode(fmt: str) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -87,37 +161,61 @@ def _serialize(encoded: bytes, label: int) -> bytes:
 
 def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, description: dict) -> None:
     """Writes `decoded` ({"image": uint8 HxWx3, "label"}, fixed order) as the
-    cache at `path`, atomically, with a progress bar."""
-    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    cache at `path`, atomically, with a progress bar, and the images'
+    `ImageSums` with it (accumulated in worker threads beside the writing;
+    exact, so the same in any grouping)."""
+    final = epath.Path(path)
+    # Named by host and process: processes of several hosts may share the folder.
+    tmp = epath.Path(f"{path}.tmp-{socket.gethostname()}-{os.getpid()}")
+    tmp.rmtree(missing_ok=True)
+    tmp.mkdir(parents=True)
     encode = _encode(fmt)
     encoded = decoded.map(
-        lambda ex: (encode(ex["image"]), ex["label"]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        lambda ex: (encode(ex["image"]), ex["label"], ex["image"]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     ).prefetch(tf.data.AUTOTUNE)
     count, writer, total_bytes = 0, None, 0
+    sums, pending, in_flight = ImageSums(), [], collections.deque()
     try:
-        with tqdm.tqdm(total=num_examples, desc=f"caching {os.path.basename(path)}", unit="img") as progress:
-            for image_bytes, label in encoded.as_numpy_iterator():
+        with (
+            concurrent.futures.ThreadPoolExecutor(_SUMS_WORKERS) as workers,
+            tqdm.tqdm(total=num_examples, desc=f"caching {final.name}", unit="img") as progress,
+        ):
+
+            def add_pending() -> None:  # to the workers (NumPy releases the GIL), a bounded queue of them
+                if len(in_flight) >= 2 * _SUMS_WORKERS:
+                    sums.merge(in_flight.popleft().result())
+                in_flight.append(workers.submit(_sums_of, np.stack(pending)))
+                pending.clear()
+
+            for image_bytes, label, image in encoded.as_numpy_iterator():
                 if count % SHARD_SIZE == 0:
                     if writer is not None:
                         writer.close()
-                    writer = tf.io.TFRecordWriter(os.path.join(tmp, f"shard-{count // SHARD_SIZE:05d}.tfrecord"))
+                    writer = tf.io.TFRecordWriter(os.fspath(tmp / f"shard-{count // SHARD_SIZE:05d}.tfrecord"))
                 writer.write(_serialize(image_bytes, label))
+                pending.append(image)
+                if len(pending) == _SUMS_BATCH:
+                    add_pending()
                 total_bytes += len(image_bytes)
                 count += 1
                 progress.update(1)
+            if pending:
+                add_pending()
+            while in_flight:
+                sums.merge(in_flight.popleft().result())
         if writer is not None:
             writer.close()
         if count != num_examples:
             raise RuntimeError(f"the source yielded {count} examples for {path}, its metadata says {num_examples}")
+        sums.save(os.fspath(tmp / SUMS_FILE))
         info = {**description, "format": fmt, "num_examples": count, "num_shards": -(-count // SHARD_SIZE)}
         info["image_bytes"] = total_bytes
         # info.json last, then the rename: the folder appears only when complete.
-        with open(os.path.join(tmp, INFO_FILE), "w") as f:
-            json.dump(info, f, indent=1)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
         try:
-            os.replace(tmp, path)
+            tmp.rename(final)
         except OSError:  # another process finished the same cache first: keep theirs
             if read_info(path) is None:
                 raise
@@ -125,7 +223,7 @@ def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, desc
     finally:
         if writer is not None:
             writer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.rmtree(missing_ok=True)
 
 
 def check(path: str, info: dict, description: dict, num_examples: int) -> None:

@@ -3,9 +3,13 @@ covariance's eigen-decomposition, computed once and cached next to the data.
 
 `config.data_stats` chooses:
   - "computed": from the training split (host-side `resize_size` images),
-    with a progress bar, cached as `<tfds data dir>/alexnet_stats_*.npz`;
-    `config.mean_image` picks the per-pixel mean image (the paper's) or its
-    per-channel average;
+    cached as `<tfds data dir>/alexnet_stats_*.npz`; `config.mean_image`
+    picks the per-pixel mean image (the paper's) or its per-channel average.
+    They are finished from the sums (data_cache.ImageSums) that the
+    preprocessed cache keeps with each of its parts, accumulated while the
+    cache was written: no pass over the images of their own. Without them
+    (`cache_format="none"`, or a cache written before the sums were kept)
+    one pass over the training split computes them, with a progress bar;
   - "published": PAPER.md's ImageNet values: the per-channel mean
     `config.mean_rgb` and cuda-convnet2's PCA (0..255 units).
 """
@@ -23,27 +27,19 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
+from etils import epath
 
-from alexnet_jax import input_pipeline, multihost_data
+from alexnet_jax import data_cache, input_pipeline, multihost_data, sharding
 from alexnet_jax.augment import DataStats, published_stats
 
 
-def compute(images_uint8_batches, num_examples: int) -> dict[str, np.ndarray]:
+def finish(sums: data_cache.ImageSums) -> dict[str, np.ndarray]:
     """Mean image, per-channel mean and RGB covariance eigen-decomposition
-    from an iterable of uint8 (batch, H, W, 3) arrays, in float64."""
-    image_sum, outer_sum, count = None, np.zeros((3, 3)), 0
-    with tqdm.tqdm(total=num_examples, desc="training-set statistics", unit="img") as progress:
-        for images in images_uint8_batches:
-            images = np.asarray(images, np.float64)
-            image_sum = images.sum(0) if image_sum is None else image_sum + images.sum(0)
-            pixels = images.reshape(-1, 3)
-            outer_sum += pixels.T @ pixels
-            count += images.shape[0]
-            progress.update(images.shape[0])
-    mean_image = image_sum / count
+    from the images' sums (float64 until the float32 results)."""
+    mean_image = sums.image_sum / sums.count
     mean_rgb = mean_image.reshape(-1, 3).mean(0)
     pixels_per_image = mean_image.shape[0] * mean_image.shape[1]
-    covariance = outer_sum / (count * pixels_per_image) - np.outer(mean_rgb, mean_rgb)
+    covariance = sums.outer_sum / (sums.count * pixels_per_image) - np.outer(mean_rgb, mean_rgb)
     eigvals, eigvecs = np.linalg.eigh(covariance)  # ascending, like the published order
     return {
         "mean_image": mean_image.astype(np.float32),
@@ -53,15 +49,26 @@ def compute(images_uint8_batches, num_examples: int) -> dict[str, np.ndarray]:
     }
 
 
+def compute(images_uint8_batches, num_examples: int) -> dict[str, np.ndarray]:
+    """`finish`ed statistics of an iterable of uint8 (batch, H, W, 3) arrays:
+    one pass, with a progress bar."""
+    sums = data_cache.ImageSums()
+    with tqdm.tqdm(total=num_examples, desc="training-set statistics", unit="img") as progress:
+        for images in images_uint8_batches:
+            sums.add(images)
+            progress.update(len(images))
+    return finish(sums)
+
+
 def cache_path(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> str:
-    return os.path.join(str(builder.data_dir), f"alexnet_stats_{config.train_split}_{config.resize_size}.npz")
+    return os.fspath(epath.Path(builder.data_dir) / f"alexnet_stats_{config.train_split}_{config.resize_size}.npz")
 
 
 def load_or_compute(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> DataStats:
     """The DataStats `config` asks for, computing and caching them if needed."""
     if config.data_stats == "published":
         return published_stats(config.mean_rgb)
-    path = cache_path(config, builder)
+    path = epath.Path(cache_path(config, builder))
     # Process 0 computes them (if not cached yet); the others wait, then read its file.
     multihost_data.prepare_once(
         "the training-set statistics",
@@ -70,12 +77,12 @@ def load_or_compute(config: ml_collections.ConfigDict, builder: tfds.core.Datase
         is_preparer=jax.process_index() == 0,
         error_type=input_pipeline.DatasetUnavailableError,
     )
-    if not os.path.exists(path):
+    if not path.exists():
         raise input_pipeline.DatasetUnavailableError(
             f"process 0 wrote the training-set statistics to {path} but this process does not find them: "
             f"every process needs the same data_dir (a shared file system)"
         )
-    with np.load(path) as cached:
+    with path.open("rb") as f, np.load(f) as cached:
         mean = cached["mean_image"] if config.mean_image else cached["mean_rgb"]
         return DataStats(
             mean=jnp.asarray(mean),
@@ -84,24 +91,61 @@ def load_or_compute(config: ml_collections.ConfigDict, builder: tfds.core.Datase
         )
 
 
-def _compute_once(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, path: str) -> None:
+def cached_sums(
+    config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
+) -> tuple[data_cache.ImageSums | None, str]:
+    """The training split's image sums, combined over the parts of its
+    preprocessed cache, or None and the reason there are none.
+
+    With one data part a missing cache is written now (training reads it
+    anyway); with several, every part must exist already (input_pipeline.
+    prepare has process 0 wait until all are written).
+    """
+    if config.cache_format == "none":
+        return None, 'cache_format is "none"'
+    split, size, fmt = config.train_split, config.resize_size, config.cache_format
+    parts = multihost_data.config_data_part(config).count
+    if parts == 1:
+        input_pipeline.ensure_cached(builder, split, size, fmt, sharding.DataPart(0, 1))
+    total = data_cache.ImageSums()
+    for index in range(parts):
+        path, info = input_pipeline.cached_part(builder, split, size, fmt, sharding.DataPart(index, parts))
+        if info is None:
+            return None, f"the cache part {path} is not written"
+        sums = data_cache.read_sums(path)
+        if sums is None:
+            return None, f"the cache part {path} has no image sums (written before they were kept)"
+        total.merge(sums)
+    expected = input_pipeline.num_examples(builder, split)
+    if total.count != expected:  # the parts' infos matched, so this would be a damaged sums file
+        return None, f"the cache parts' sums count {total.count} images, the split has {expected}"
+    return total, ""
+
+
+def _compute_once(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, path: epath.Path) -> None:
     """Computes the statistics into `path` unless it exists."""
-    if os.path.exists(path):
+    if path.exists():
         return
-    logging.info("Computing training-set statistics once; cached in %s", path)
-    # With several data parts the whole split has no cache of its own: decode it
-    # rather than caching it a second time for one pass.
-    single_part = multihost_data.config_data_part(config).count == 1
-    batches = input_pipeline.full_split_batches(
-        builder,
-        config.train_split,
-        config.resize_size,
-        batch_size=256,
-        cache_format=config.cache_format if single_part else "none",
-    )
-    stats = compute(batches, input_pipeline.num_examples(builder, config.train_split))
+    sums, why_not = cached_sums(config, builder)
+    if sums is not None:
+        logging.info("Training-set statistics from the preprocessed cache's image sums (no pass); cached in %s", path)
+        stats = finish(sums)
+    else:
+        logging.info("Computing training-set statistics in one pass over the images (%s); cached in %s", why_not, path)
+        # With several data parts the whole split has no cache of its own: decode it
+        # rather than caching it a second time for one pass.
+        single_part = multihost_data.config_data_part(config).count == 1
+        batches = input_pipeline.full_split_batches(
+            builder,
+            config.train_split,
+            config.resize_size,
+            batch_size=256,
+            cache_format=config.cache_format if single_part else "none",
+        )
+        stats = compute(batches, input_pipeline.num_examples(builder, config.train_split))
     # Write-then-rename: a killed run never leaves a half-written cache. Named
     # by host and process: processes of several hosts may share the folder.
-    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}.npz"
-    np.savez(tmp, **stats)
-    os.replace(tmp, path)
+    tmp = epath.Path(f"{path}.tmp-{socket.gethostname()}-{os.getpid()}.npz")
+    with tmp.open("wb") as f:
+        np.savez(f, **stats)
+    tmp.replace(path)

@@ -171,6 +171,29 @@ def _tfds_source(builder: tfds.core.DatasetBuilder, part, size: int) -> _Source:
     return _Source(lambda seed: ds, decode, num_examples(builder, part))
 
 
+def _cache_part(
+    builder: tfds.core.DatasetBuilder, split: str, size: int, cache_format: str, part: sharding.DataPart
+) -> tuple[str, dict]:
+    """The cache folder of `part` of `split` and the description its info must match."""
+    path = data_cache.cache_dir(str(builder.data_dir), split, size, cache_format, part.index, part.count)
+    description = {"dataset": builder.name, "split": split, "part": part.index, "parts": part.count}
+    description["resize_size"] = size
+    return path, description
+
+
+def cached_part(
+    builder: tfds.core.DatasetBuilder, split: str, size: int, cache_format: str, part: sharding.DataPart
+) -> tuple[str, dict | None]:
+    """The cache folder of `part` of `split` and its info, None when it is not
+    written (yet). Raises data_cache.CacheMismatchError when it describes other data."""
+    path, description = _cache_part(builder, split, size, cache_format, part)
+    info = data_cache.read_info(path)
+    if info is not None:
+        expected = num_examples(builder, _split_part(split, part))
+        data_cache.check(path, info, {**description, "format": cache_format}, expected)
+    return path, info
+
+
 def _source(
     builder: tfds.core.DatasetBuilder, split: str, size: int, cache_format: str, part: sharding.DataPart
 ) -> _Source:
@@ -179,9 +202,7 @@ def _source(
     source = _tfds_source(builder, _split_part(split, part), size)
     if cache_format == "none":
         return source
-    path = data_cache.cache_dir(str(builder.data_dir), split, size, cache_format, part.index, part.count)
-    description = {"dataset": builder.name, "split": split, "part": part.index, "parts": part.count}
-    description["resize_size"] = size
+    path, description = _cache_part(builder, split, size, cache_format, part)
     info = data_cache.read_info(path)
     if info is None:
         logging.info("Preprocessing %s once into %s (%s)", split, path, cache_format)
@@ -195,21 +216,34 @@ def _source(
     )
 
 
+def ensure_cached(
+    builder: tfds.core.DatasetBuilder, split: str, size: int, cache_format: str, part: sharding.DataPart
+) -> None:
+    """Writes the cache of `part` of `split` (with its image sums) unless it exists."""
+    _source(builder, split, size, cache_format, part)
+
+
 def prepare(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> None:
     """Writes this process's part of the preprocessed caches of the train and
     eval splits (no-op when they exist or `config.cache_format` is "none"):
     the first process of each data part writes it, the others sharing the
-    part wait (two writers of one folder would race)."""
+    part wait (two writers of one folder would race). Process 0 returns
+    only once every part is written: it then reads all parts' image sums
+    for the training-set statistics (alexnet_jax.data_stats)."""
     part = multihost_data.config_data_part(config)
-    for split in (config.train_split, config.eval_split):
-        prepare_part = functools.partial(_source, builder, split, config.resize_size, config.cache_format, part)
-        multihost_data.prepare_once(
-            f"the {split} cache, part {part.index} of {part.count}",
-            prepare_part,
-            prepare_part,  # the part exists now: this only opens it
-            is_preparer=part.first,
-            error_type=DatasetUnavailableError,
-        )
+
+    def prepare_parts() -> None:
+        for split in (config.train_split, config.eval_split):
+            prepare_part = functools.partial(_source, builder, split, config.resize_size, config.cache_format, part)
+            multihost_data.prepare_once(
+                f"the {split} cache, part {part.index} of {part.count}",
+                prepare_part,
+                prepare_part,  # the part exists now: this only opens it
+                is_preparer=part.first,
+                error_type=DatasetUnavailableError,
+            )
+
+    multihost_data.prepare_everywhere("the preprocessed caches", prepare_parts, error_type=DatasetUnavailableError)
 
 
 def _decoded(source: _Source) -> tf.data.Dataset:

@@ -9,7 +9,10 @@ Preparing a tfds dataset, a cache part or the training-set statistics
 writes files that several processes would otherwise race to write (tfds's
 `FileExistsError: Cannot rename .../incomplete.*`): one process prepares,
 the others wait for its word through the `jax.distributed` key-value store
-(a bounded wait that also carries its failure) and then open what it wrote.
+(a bounded wait that also carries its failure) and then open what it wrote
+(`prepare_once`). Where each process writes its own share and process 0
+then reads them all (the cache parts' image sums), process 0 waits for
+every process's word (`prepare_everywhere`).
 The data_dir must therefore be shared by the processes, as the workdir is.
 """
 
@@ -77,15 +80,52 @@ def prepare_once(
             raise
         client.key_value_set(key, "ok")
         return result
-    logging.info("Waiting for another process to prepare %s (at most %d s)", what, timeout_s)
+    _wait_for_word(client, key, "another process", what, error_type, timeout_s)
+    return open_prepared()
+
+
+def prepare_everywhere(
+    what: str,
+    prepare: Callable[[], T],
+    *,
+    error_type: type[Exception] = RuntimeError,
+    timeout_s: float = PREPARE_TIMEOUT_S,
+) -> T:
+    """`prepare()` in every process; process 0 returns only once all of them
+    have finished theirs, so it may then read what every process wrote.
+
+    Every process calls this with the same `what`, in the same order. A
+    failure in another process reaches process 0 as `error_type` naming it;
+    so does a wait longer than `timeout_s`. The others do not wait.
+    """
+    if jax.process_count() == 1:
+        return prepare()
+    _calls[what] += 1
+    key = f"alexnet_jax/prepared_everywhere/{what}/{_calls[what]}"
+    client = _client()
+    try:
+        result = prepare()
+    except BaseException as error:
+        client.key_value_set(f"{key}/{jax.process_index()}", f"{type(error).__name__}: {error}".splitlines()[0])
+        raise
+    client.key_value_set(f"{key}/{jax.process_index()}", "ok")
+    if jax.process_index() == 0:
+        for process in range(1, jax.process_count()):
+            _wait_for_word(client, f"{key}/{process}", f"process {process}", what, error_type, timeout_s)
+    return result
+
+
+def _wait_for_word(client, key: str, who: str, what: str, error_type: type[Exception], timeout_s: float) -> None:
+    """Blocks until `who` sets `key` after preparing `what`; raises
+    `error_type` (one line) unless its word is "ok"."""
+    logging.info("Waiting for %s to prepare %s (at most %d s)", who, what, timeout_s)
     try:
         word = client.blocking_key_value_get(key, int(timeout_s * 1000))
     except Exception as error:  # the deadline, or the coordinator gone with its process
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise error_type(
-            f"waited for another process to prepare {what}, in vain after at most {timeout_s:.0f} s ({reason}): "
-            f"see the first process's log"
+            f"waited for {who} to prepare {what}, in vain after at most {timeout_s:.0f} s ({reason}): "
+            f"see that process's log"
         ) from None
     if word != "ok":
-        raise error_type(f"another process failed to prepare {what}: {word}")
-    return open_prepared()
+        raise error_type(f"{who} failed to prepare {what}: {word}")

@@ -136,3 +136,28 @@ def test_a_wait_in_vain_ends_with_one_line(store):
         multihost_data.prepare_once("cifar10", list, list, is_preparer=False, error_type=ValueError, timeout_s=2)
     message = str(error.value)
     assert "\n" not in message and "prepare cifar10, in vain after at most 2 s (DEADLINE_EXCEEDED" in message
+
+
+def test_process_0_returns_once_every_process_has_prepared_its_share(store, monkeypatch):
+    prepared = []
+    for process in (1, 2, 0):  # process 0 last: the others' words are there when it waits
+        monkeypatch.setattr(jax, "process_index", lambda process=process: process)
+        monkeypatch.setattr(jax, "process_count", lambda: 3)
+        multihost_data._calls.clear()
+        assert multihost_data.prepare_everywhere("parts", lambda p=process: prepared.append(p) or p) == process
+    assert prepared == [1, 2, 0] and set(store.values.values()) == {"ok"}
+
+    # A failure in process 2 reaches process 0 in one line; a missing word ends its wait.
+    def fail():
+        raise OSError("disk full\nsecond line")
+
+    monkeypatch.setattr(jax, "process_index", lambda: 2)
+    with pytest.raises(OSError):
+        multihost_data.prepare_everywhere("caches", fail)
+    store.values["alexnet_jax/prepared_everywhere/caches/1/1"] = "ok"  # process 1's word
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    multihost_data._calls.clear()
+    with pytest.raises(ValueError, match=r"^process 2 failed to prepare caches: OSError: disk full$"):
+        multihost_data.prepare_everywhere("caches", list, error_type=ValueError)
+    with pytest.raises(ValueError, match=r"^waited for process 1 to prepare sums, in vain after at most 2 s .*log$"):
+        multihost_data.prepare_everywhere("sums", list, error_type=ValueError, timeout_s=2)
