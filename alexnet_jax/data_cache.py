@@ -43,6 +43,8 @@ import tensorflow as tf
 import tqdm
 from etils import epath
 
+from alexnet_jax import paths
+
 FORMATS = ("jpeg", "png", "raw", "none")  # "none": no cache, decode the source every epoch
 JPEG_QUALITY = 95
 SHARD_SIZE = 1024  # examples per file: the unit of per-epoch file shuffling
@@ -99,13 +101,12 @@ class ImageSums:
         return self.image_sum.reshape(-1, 3).sum(0)
 
     def save(self, path: str) -> None:
-        with epath.Path(path).open("wb") as f:
-            np.savez(f, image_sum=self.image_sum, outer_sum=self.outer_sum, count=np.int64(self.count))
+        paths.write_npz(path, image_sum=self.image_sum, outer_sum=self.outer_sum, count=np.int64(self.count))
 
     @classmethod
     def load(cls, path: str) -> ImageSums:
-        with epath.Path(path).open("rb") as f, np.load(f) as saved:
-            return cls(saved["image_sum"], saved["outer_sum"], int(saved["count"]))
+        saved = paths.read_npz(path)
+        return cls(saved["image_sum"], saved["outer_sum"], int(saved["count"]))
 
 
 def _sums_of(images_uint8) -> ImageSums:
@@ -161,12 +162,17 @@ def _serialize(encoded: bytes, label: int) -> bytes:
 
 def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, description: dict) -> None:
     """Writes `decoded` ({"image": uint8 HxWx3, "label"}, fixed order) as the
-    cache at `path`, atomically, with a progress bar, and the images'
+    cache at `path`, complete or not at all, with a progress bar, and the images'
     `ImageSums` with it (accumulated in worker threads beside the writing;
     exact, so the same in any grouping)."""
     final = epath.Path(path)
-    # Named by host and process: processes of several hosts may share the folder.
-    tmp = epath.Path(f"{path}.tmp-{socket.gethostname()}-{os.getpid()}")
+    # Locally: a temporary folder renamed into place, named by host and process
+    # (processes of several hosts may share the data_dir). An object store
+    # (gs://) has no atomic folder rename (it copies object by object): there
+    # the folder is written in place, and info.json, written last, is what
+    # marks it complete (read_info), as it does locally.
+    in_place = paths.is_remote(path)
+    tmp = final if in_place else epath.Path(f"{path}.tmp-{socket.gethostname()}-{os.getpid()}")
     tmp.rmtree(missing_ok=True)
     tmp.mkdir(parents=True)
     encode = _encode(fmt)
@@ -215,7 +221,8 @@ def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, desc
         # info.json last, then the rename: the folder appears only when complete.
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
         try:
-            tmp.rename(final)
+            if not in_place:
+                tmp.rename(final)
         except OSError:  # another process finished the same cache first: keep theirs
             if read_info(path) is None:
                 raise
@@ -223,7 +230,8 @@ def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, desc
     finally:
         if writer is not None:
             writer.close()
-        tmp.rmtree(missing_ok=True)
+        if not in_place or read_info(path) is None:  # a partial folder never stays
+            tmp.rmtree(missing_ok=True)
 
 
 def check(path: str, info: dict, description: dict, num_examples: int) -> None:

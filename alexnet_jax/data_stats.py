@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from etils import epath
 
-from alexnet_jax import data_cache, input_pipeline, multihost_data, sharding
+from alexnet_jax import data_cache, input_pipeline, multihost_data, paths, sharding
 from alexnet_jax.augment import DataStats, published_stats
 
 
@@ -82,13 +82,11 @@ def load_or_compute(config: ml_collections.ConfigDict, builder: tfds.core.Datase
             f"process 0 wrote the training-set statistics to {path} but this process does not find them: "
             f"every process needs the same data_dir (a shared file system)"
         )
-    with path.open("rb") as f, np.load(f) as cached:
-        mean = cached["mean_image"] if config.mean_image else cached["mean_rgb"]
-        return DataStats(
-            mean=jnp.asarray(mean),
-            eigvecs=jnp.asarray(cached["eigvecs"]),
-            sqrt_eigvals=jnp.asarray(cached["sqrt_eigvals"]),
-        )
+    cached = paths.read_npz(path)
+    mean = cached["mean_image"] if config.mean_image else cached["mean_rgb"]
+    return DataStats(
+        mean=jnp.asarray(mean), eigvecs=jnp.asarray(cached["eigvecs"]), sqrt_eigvals=jnp.asarray(cached["sqrt_eigvals"])
+    )
 
 
 def cached_sums(
@@ -146,6 +144,5 @@ def _compute_once(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
     # Write-then-rename: a killed run never leaves a half-written cache. Named
     # by host and process: processes of several hosts may share the folder.
     tmp = epath.Path(f"{path}.tmp-{socket.gethostname()}-{os.getpid()}.npz")
-    with tmp.open("wb") as f:
-        np.savez(f, **stats)
+    paths.write_npz(tmp, **stats)
     tmp.replace(path)

@@ -7,8 +7,10 @@ so the same code serves a local disk and a bucket.
 
 from __future__ import annotations
 
+import io
 import os
 
+import numpy as np
 from etils import epath
 
 
@@ -23,3 +25,17 @@ def as_path(path: str | os.PathLike) -> epath.Path:
     absolute local path would turn gs://b/x into ./gs:/b/x)."""
     path = epath.Path(path)
     return path if is_remote(path) else path.expanduser().resolve()
+
+
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """`np.savez` to `path`, local or remote: built in memory and written in
+    one piece (np.savez seeks and tells, which object stores' writers lack)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, local or remote, read in one piece."""
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as saved:
+        return {name: saved[name] for name in saved.files}

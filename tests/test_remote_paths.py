@@ -135,6 +135,37 @@ def test_a_remote_data_dir_keeps_its_uri(tiny_config, ram_dir):
         datasets.get_builder(config)
 
 
+def test_the_preprocessed_cache_and_its_sums_on_a_remote_data_dir(ram_dir):
+    """data_cache writes its shards, info and image sums under a URI (the
+    temporary folder renamed into place), reads them back through tf.data,
+    and the training-set statistics file round-trips there too."""
+    import numpy as np
+    import tensorflow as tf
+
+    from alexnet_jax import data_cache, data_stats
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 8, 8, 3), np.uint8)
+    labels = np.arange(20) % 10
+    path = data_cache.cache_dir(ram_dir, "train", 8, "png", 0, 1)
+    assert path.startswith(f"{ram_dir}/alexnet_cache/")
+    decoded = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    data_cache.write(path, decoded, len(images), "png", {"split": "train"})
+    assert [p.name for p in epath.Path(ram_dir, "alexnet_cache").iterdir()] == [path.rsplit("/", 1)[1]]  # no tmp left
+    info = data_cache.read_info(path)
+    assert info["num_examples"] == 20
+    read = list(data_cache.records(data_cache.shard_files(path, info), None).map(data_cache.decode("png", 8)))
+    np.testing.assert_array_equal(np.stack([r["image"] for r in read]), images)
+    stats = data_stats.finish(data_cache.read_sums(path))
+    np.testing.assert_allclose(stats["mean_image"], images.mean(0), rtol=1e-6)
+    # The statistics file as data_stats writes it: a temporary file replaced into place.
+    tmp, final = epath.Path(ram_dir, "stats.npz.tmp-host-1.npz"), epath.Path(ram_dir, "stats.npz")
+    paths.write_npz(tmp, **stats)
+    tmp.replace(final)
+    assert not tmp.exists()
+    np.testing.assert_array_equal(paths.read_npz(final)["mean_image"], stats["mean_image"])
+
+
 def test_a_remote_image_folder_is_refused_in_one_line(tiny_config):
     config = tiny_config.copy_and_resolve_references()
     config.dataset, config.image_folder = "image_folder", "gs://bucket/pets"
