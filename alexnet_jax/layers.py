@@ -1,5 +1,5 @@
 """Layers AlexNet needs that no library ships: LRN, the within-channel norm,
-and convolutions split into towers.
+convolutions split into towers, and the paper's (not inverted) dropout.
 
 Everything here works on NHWC arrays. Channels of a tower-split activation
 are laid out tower after tower: channels [0, C/towers) belong to tower a,
@@ -26,6 +26,7 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 TowerImpl = Literal["split", "grouped"]
+DropoutScaling = Literal["test", "train"]
 
 # Logical axes of activations and parameters. Convolutions split their
 # output channels tower after tower along CONV_CHANNELS, dense layers their
@@ -123,6 +124,35 @@ def within_channel_norm(
     )
     factor = _inverse_power(k + scale / size**2 * sums, beta)
     return (x_nhwc.astype(jnp.float32) * factor).astype(x_nhwc.dtype)
+
+
+class Dropout(nn.Module):
+    """Dropout scaled at test time (the paper's) or at training (inverted).
+
+    `scaling="test"` (PAPER.md, Section 4.2): at training each unit is zeroed
+    with probability `rate` and the kept ones pass unchanged; at test every
+    unit passes, multiplied by 1 - rate. `scaling="train"`: flax's
+    `nn.Dropout` exactly (kept units divided by 1 - rate at training, nothing
+    at test). Both draw the same mask from the same key: the class shares
+    `nn.Dropout`'s name, so auto-naming gives it the same scope
+    (`Dropout_0`, ...) and `make_rng` the same key, and the draw is
+    `nn.Dropout`'s. The two compute the same test-time function when the
+    layer reading the output has (1 - rate) times the weights in the
+    inverted form; under SGD they train differently (PAPER.md, Network).
+    """
+
+    rate: float
+    scaling: DropoutScaling = "test"
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        if self.rate == 0.0:
+            return x
+        keep_prob = 1.0 - self.rate
+        if not train:
+            return x if self.scaling == "train" else x * jnp.asarray(keep_prob, x.dtype)
+        kept = jax.random.bernoulli(self.make_rng("dropout"), p=keep_prob, shape=x.shape)
+        return jax.lax.select(kept, x / keep_prob if self.scaling == "train" else x, jnp.zeros_like(x))
 
 
 def conv_output_size(size: int, kernel: int, stride: int) -> int:

@@ -12,6 +12,8 @@ produced the published numbers; the printed paper differs in:
   - `within_channel_norm=False`: no 5x5 within-channel norm after LRN2;
   - `init_scheme="printed"`: N(0, 0.01) for every weight (the code uses 0.03 for
     conv3..conv5).
+Dropout follows the paper and the code alike (`dropout_scaling="test"`: no
+rescaling at training, x0.5 at test); "train" is flax's inverted dropout.
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ class AlexNet(nn.Module):
     pool_window: int = 3
     pool_stride: int = 2
     dropout_rate: float = 0.5
+    dropout_scaling: layers.DropoutScaling = "test"
     init_scheme: Literal["as_trained", "printed"] = "as_trained"
     init_match_fan_in: bool = False
     conv1_impl: Literal["auto", "direct", "space_to_depth"] = "auto"
@@ -275,7 +278,7 @@ class AlexNet(nn.Module):
                     # The last hidden layer (Figure 4's retrieval features); read it with
                     # `apply(..., mutable=["intermediates"])`, free otherwise.
                     self.sow("intermediates", "features", x)
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+                x = layers.Dropout(self.dropout_rate, self.dropout_scaling)(x, train=train)
         with jax.named_scope("fc8"):
             logits = nn.Dense(
                 self.num_classes,

@@ -70,6 +70,7 @@ DEFINING: dict[str, str] = {
     "model.pool_window": "the network",
     "model.pool_stride": "the network",
     "model.dropout_rate": "the network (training)",
+    "model.dropout_scaling": "the network's training (and the weights' scale at test)",
     "model.init_scheme": "the initial weights",
     "model.init_match_fan_in": "the initial weights",
     "model.dtype": "the numbers computed",
@@ -106,6 +107,12 @@ MAY_CHANGE: dict[str, str] = {
     "model.conv1_impl": "an implementation switch, same numbers",
     "model.conv_wgrad": "an implementation switch, same numbers",
     "optimizer.drop_epochs": "future drops only: drops already taken must stay (checked)",
+}
+
+# Fields whose default is not what runs did before the field existed: a
+# record without the field was trained with this value, not the default.
+BEFORE_FIELD: dict[str, Any] = {
+    "model.dropout_scaling": "train",  # flax's inverted dropout until the paper's became the default
 }
 
 # Reading a trained workdir may also choose what to measure it on.
@@ -216,10 +223,16 @@ def _differences(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
 
 def saved_config(record: Mapping) -> ml_collections.ConfigDict:
     """The config a record was trained with; a field it lacks (added to the
-    code after the run started) has its default, the behaviour runs had then."""
+    code after the run started) has its default, the behaviour runs had then,
+    or its `BEFORE_FIELD` value where the default is another behaviour."""
     from configs import default
 
-    return config_from_record(record, default.get_config())
+    config = config_from_record(record, default.get_config())
+    saved = flat_fields(record["config"])
+    for field, value in BEFORE_FIELD.items():
+        if field not in saved:
+            _set(config, field, value)
+    return config
 
 
 def _describe(value: Any) -> str:

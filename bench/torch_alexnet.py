@@ -5,7 +5,8 @@ project dependency). The network matches alexnet_jax.models.AlexNet with
 `within_channel_norm=False` (PyTorch has no such layer): conv1 padded to 55x55
 outputs as the 2012 code, LRN1 on conv1's output before ReLU, LRN within each
 tower (`nn.LocalResponseNorm(5, 1e-4, 0.75, 2)` is the as-trained alpha / n
-form), grouped conv2/conv4/conv5, overlapping 3x3/2 max-pooling, dropout 0.5.
+form), grouped conv2/conv4/conv5, overlapping 3x3/2 max-pooling, dropout 0.5
+(PyTorch's inverted form; alexnet_jax's default scales at test instead, at the same cost).
 """
 
 from __future__ import annotations

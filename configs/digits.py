@@ -9,7 +9,8 @@ paper's optimiser), at width 0.25 on 64x64 inputs (the 8x8 scans upscaled;
 accept). 1,437 training and 360 test images.
 
 Hardware and time: about 2 minutes on a 2-core CPU (install excluded).
-Expected: at least 97% test top-1 accuracy (the last line of the run).
+Expected: at least 98% test top-1 accuracy (the last line of the run; five
+seeds gave 98.6% to 99.4%).
 """
 
 import ml_collections
@@ -40,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The paper's stds at width 0.25 / 64x64 inputs shrink the signal so much
     # that training stalls at ln(10); scale them to the paper's per-layer gain.
     config.model.init_match_fan_in = True
+    # Dropout: the default, the paper's form ("test"). Five seeds: 98.6% to
+    # 99.4% test accuracy with it, 97.8% to 98.6% with flax's inverted form
+    # (results/README.md), so the digits need no other.
 
     config.optimizer.learning_rate = 0.01
     config.optimizer.drop_epochs = (20, 26)

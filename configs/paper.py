@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_stats = "computed"
     config.mean_image = True  # False: the mean image's per-channel average
     config.crop_chunk = 32  # as trained: one crop offset and flip per chunk of 32 images
+    # The paper's dropout (and the 2012 code's): kept units unscaled at
+    # training, x0.5 at test. Inverted dropout ("train") would train fc7 and
+    # fc8 as if started 2x larger at 4x the learning rate (PAPER.md, Network).
+    config.model.dropout_scaling = "test"
     # Run #145 as logged (PAPER.md): 0.01, /10 at epochs 25, 51, 79
     # (optimizer.drop_epochs, the default); conv1 at 1e-5 (x0.1) and colour
     # noise off at epoch 67, conv1 frozen (x0) at 72; stopped at epoch 91.

@@ -213,3 +213,24 @@ def test_a_field_added_after_a_run_started_counts_as_its_default(tmp_path):
         run_config.check_restart(changed, workdir, epochs_done=1)
     with pytest.raises(ValueError, match="config.model.cross_tower=False but this run was trained with True"):
         run_config.config_for_reading(workdir, config, {"model.cross_tower": False}, config_file_given=False)
+
+
+def test_a_run_from_before_dropout_scaling_was_trained_with_inverted_dropout(tmp_path):
+    """The default became the paper's dropout after runs had used flax's
+    inverted one: a config.json without the field reads as "train", so such a
+    run is evaluated and resumed with the form it was trained with."""
+    assert set(run_config.BEFORE_FIELD) <= set(run_config.DEFINING)
+    workdir = str(tmp_path)
+    config = default.get_config()
+    assert config.model.dropout_scaling == "test"
+    run_config.check_restart(config, workdir, epochs_done=0)
+    record = json.loads(open(run_config.path(workdir)).read())
+    del record["config"]["model"]["dropout_scaling"]  # as written before the field existed
+    open(run_config.path(workdir), "w").write(json.dumps(record))
+    assert run_config.saved_config(record).model.dropout_scaling == "train"
+    with pytest.raises(ValueError, match="config.model.dropout_scaling='test' but this run was trained with 'train'"):
+        run_config.check_restart(config, workdir, epochs_done=1)
+    inverted = config.copy_and_resolve_references()
+    inverted.model.dropout_scaling = "train"
+    run_config.check_restart(inverted, workdir, epochs_done=1)  # its own form: accepted
+    assert run_config.config_for_reading(workdir, config, {}, config_file_given=False).model.dropout_scaling == "train"
