@@ -278,6 +278,72 @@ def _gemm_wgrad_conv_bwd(strides, pads, residuals, grad_nhwo):
 _gemm_wgrad_conv.defvjp(_gemm_wgrad_conv_fwd, _gemm_wgrad_conv_bwd)
 
 
+def max_pool_taps(x_nhwc: Array, window: int, stride: int) -> Array:
+    """VALID `window` x `window` max-pooling with stride `stride`, as the
+    maximum of the window's strided views, with a gradient that needs no
+    scatter.
+
+    Same numbers as `nn.max_pool` (the maximum is exact) and its gradient:
+    each output's gradient goes to the first input of its window, in
+    row-major order, that holds the maximum, as XLA's select-and-scatter
+    does; where windows overlap the contributions are summed in another
+    order. XLA:CPU computes `nn.max_pool`'s backward as an arg-max
+    reduce-window with four index arrays and a scatter: alone at the paper's
+    sizes 5-11x slower than these elementwise passes, and 0.5 GB more
+    memory in the paper's CPU step, yet that step runs no faster with them
+    (XLA overlaps the reduce-window with other work; BENCHMARKS.md), so
+    `model.pool_impl` defaults to XLA's.
+    """
+    return _max_pool_taps(x_nhwc, window, stride)
+
+
+def _pool_views(x_nhwc: Array, window: int, stride: int) -> list[Array]:
+    """The window's window**2 strided views of x, tap (i, j) at index i*window + j."""
+    n, h, w, c = x_nhwc.shape
+    span_h, span_w = (h - window) // stride * stride + 1, (w - window) // stride * stride + 1
+    return [
+        jax.lax.slice(x_nhwc, (0, i, j, 0), (n, i + span_h, j + span_w, c), (1, stride, stride, 1))
+        for i in range(window)
+        for j in range(window)
+    ]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_taps(x_nhwc: Array, window: int, stride: int) -> Array:
+    return functools.reduce(jnp.maximum, _pool_views(x_nhwc, window, stride))
+
+
+def _max_pool_taps_fwd(x_nhwc, window, stride):
+    pooled = _max_pool_taps(x_nhwc, window, stride)
+    return pooled, (x_nhwc, pooled)
+
+
+def _max_pool_taps_bwd(window, stride, residuals, grad_pooled):
+    x_nhwc, pooled = residuals
+    _, h, w, _ = x_nhwc.shape
+    out_h, out_w = pooled.shape[1:3]
+    zero = jnp.zeros((), grad_pooled.dtype)
+    grad_x = jnp.zeros_like(x_nhwc, dtype=grad_pooled.dtype)
+    taken = jnp.zeros(pooled.shape, bool)  # whether an earlier tap held the maximum
+    for tap, view in enumerate(_pool_views(x_nhwc, window, stride)):
+        i, j = divmod(tap, window)
+        first = (view == pooled) & ~taken
+        taken = taken | first
+        # Back to the input's positions: tap (i, j) of output (y, x) is input
+        # (i + stride*y, j + stride*x), i.e. interior padding of stride - 1.
+        spread = (
+            (0, 0, 0),
+            (i, h - i - (out_h - 1) * stride - 1, stride - 1),
+            (j, w - j - (out_w - 1) * stride - 1, stride - 1),
+            (0, 0, 0),
+        )
+        grad_x = grad_x + jax.lax.pad(jnp.where(first, grad_pooled, zero), zero, spread)
+    return (grad_x.astype(x_nhwc.dtype),)
+
+
+_max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
+
+
 class TowerConv(nn.Module):
     """A convolution whose input and output channels are split into towers.
 

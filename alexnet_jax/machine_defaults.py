@@ -1,14 +1,14 @@
 """Defaults whose fastest value depends on the machine, resolved where they
 are used so a user never needs to know them.
 
-`config.micro_batch_size = -1` (the default) picks micro-batches on CPUs:
-XLA:CPU's convolutions cost more per image on large batches than on small
-ones (BENCHMARKS.md: the paper step at batch 128 ran 1.15x faster in
-micro-batches of 32 on an AMD EPYC, 1.13x on an Intel Xeon), while for small
-images the whole batch is faster (digits at 64x64: micro-batches of 32 took
-1.18x as long).
-Accelerators take the whole batch. The update is the same either way (only
-dropout's random stream differs; tests/test_machine_defaults.py).
+`config.micro_batch_size = -1` (the default) picks micro-batches on CPUs
+only for batches beyond CPU_MICRO_BATCH_PIXELS per device. With XLA's own
+convolution kernels (alexnet_jax.xla_cpu_flags) the paper step at batch 128
+ran fastest whole on a 2-core AMD EPYC (4.2 s, against 4.4-4.6 s in
+micro-batches of 64 and 32; BENCHMARKS.md), while micro-batches keep the
+activation memory of larger CPU batches bounded. Accelerators take the whole
+batch. The update is the same either way (only dropout's random stream
+differs; tests/test_sharding.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import ml_collections
 from alexnet_jax import sharding
 
 AUTO = -1
-# Micro-batch budget per data-parallel device, in input pixels: 32 of the
-# paper's 224x224 crops, the size measured fastest on CPU (BENCHMARKS.md).
-CPU_MICRO_BATCH_PIXELS = 32 * 224 * 224
+# Micro-batch budget per data-parallel device, in input pixels: 128 of the
+# paper's 224x224 crops, the largest batch measured (and the fastest) on CPU
+# (BENCHMARKS.md).
+CPU_MICRO_BATCH_PIXELS = 128 * 224 * 224
 
 
 def batch_devices(config: ml_collections.ConfigDict) -> int:

@@ -147,6 +147,7 @@ class AlexNet(nn.Module):
     init_match_fan_in: bool = False
     conv1_impl: Literal["auto", "direct", "space_to_depth"] = "auto"
     conv_wgrad: Literal["auto", "xla", "gemm"] = "auto"
+    pool_impl: Literal["xla", "taps"] = "xla"
     dtype: str = "float32"
 
     def _conv1_space_to_depth(self) -> bool:
@@ -160,17 +161,23 @@ class AlexNet(nn.Module):
 
     def _gemm_wgrad(self) -> bool:
         """Whether the convolutions' kernel gradients are matrix products
-        (`layers.gemm_wgrad_conv`). Same numbers either way; "auto" takes it
-        on XLA:CPU, whose own kernel-gradient convolutions are slow there
-        (BENCHMARKS.md), and leaves GPUs and TPUs to XLA."""
-        if self.conv_wgrad == "auto":
-            return jax.default_backend() == "cpu"
+        (`layers.gemm_wgrad_conv`). Same numbers either way; "auto" leaves
+        them to XLA everywhere: with XLA's own CPU convolution kernels
+        (alexnet_jax.xla_cpu_flags) its kernel gradients are the faster ones
+        (BENCHMARKS.md)."""
         return self.conv_wgrad == "gemm"
+
+    def _pool_taps(self) -> bool:
+        """Whether max-pooling is `layers.max_pool_taps` (same numbers; less
+        memory, but no faster a step on XLA:CPU: BENCHMARKS.md)."""
+        return self.pool_impl == "taps"
 
     def _act(self, x: Array) -> Array:
         return nn.relu(x) if self.activation == "relu" else jnp.tanh(x)
 
     def _pool(self, x: Array) -> Array:
+        if self._pool_taps():
+            return layers.max_pool_taps(x, self.pool_window, self.pool_stride)
         window = (self.pool_window, self.pool_window)
         return nn.max_pool(x, window, strides=(self.pool_stride, self.pool_stride), padding="VALID")
 

@@ -106,6 +106,7 @@ MAY_CHANGE: dict[str, str] = {
     "model.tower_impl": "an implementation switch, same numbers",
     "model.conv1_impl": "an implementation switch, same numbers",
     "model.conv_wgrad": "an implementation switch, same numbers",
+    "model.pool_impl": "an implementation switch, same numbers",
     "optimizer.drop_epochs": "future drops only: drops already taken must stay (checked)",
 }
 

@@ -16,6 +16,11 @@ alexnet_jax runs once per `--micro_batch` value (`config.micro_batch_size`:
 the same update computed in micro-batches; -1 = the default, chosen for the
 machine; 0 = the whole batch at once).
 
+On CPU a "before" row runs alexnet_jax as it ran until the project turned
+XLA's YNNPACK convolutions off (alexnet_jax/xla_cpu_flags.py): YNNPACK
+convolutions, GEMM kernel gradients, micro-batches of 32 (`--no-before`
+skips it). The default rows: `--micro_batch -1,32` on CPU.
+
 PyTorch runs twice: eager, and as a user tuning it for speed would run it
 (`torch.compile` with inductor and channels_last memory; compile time is
 reported and kept out of the step time). The ratio column is against the
@@ -290,11 +295,21 @@ def worker_gemm() -> dict:
     return {"platform": device.platform, "device": device.device_kind, "n": n, "gflops": rates}
 
 
-def _run_worker(worker: str, args, **fields) -> dict:
-    """Runs one worker in a fresh process; its result, or {"error": ...}."""
+# The "before" row on CPU: XLA's default YNNPACK convolutions (which
+# alexnet_jax.xla_cpu_flags turns off), with the settings that were fastest
+# under them: GEMM kernel gradients and micro-batches of 32.
+YNN_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution,reduce"
+YNN_SET = "model.conv_wgrad=gemm"
+
+
+def _run_worker(worker: str, args, xla_flags: str = "", **fields) -> dict:
+    """Runs one worker in a fresh process (`xla_flags` added to XLA_FLAGS);
+    its result, or {"error": ...}."""
     command = [sys.executable, "-m", "bench.train_step", "--worker", worker]
     command += [f"--{k}={v}" for k, v in fields.items()]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode:
         lines = result.stderr.strip().splitlines() or ["(no output)"]
@@ -306,7 +321,9 @@ def _run_worker(worker: str, args, **fields) -> dict:
 def _label(contender: str, result: dict | None = None) -> str:
     if contender.startswith("torch"):
         return "PyTorch, torch.compile + channels_last" if contender.endswith(":compiled") else "PyTorch (eager)"
-    micro_batch = int(contender.partition(":")[2])
+    if contender.endswith(":ynn"):
+        return "alexnet_jax, YNNPACK convolutions, GEMM kernel gradients, micro-batches of 32 (before)"
+    micro_batch = int(contender.split(":")[1])
     if micro_batch == -1:  # the default: say what it chose here
         chosen = (result or {}).get("micro_batch_size", 0)
         return "alexnet_jax, defaults" + (f" (micro-batches of {chosen})" if chosen else " (whole batch)")
@@ -324,11 +341,15 @@ def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) 
             for contender in order:
                 worker, _, micro_batch = contender.partition(":")
                 fields = dict(models=model, batch=batch, dtype=dtype, warmup=args.warmup, steps=args.steps)
-                if worker == "jax":
+                xla_flags = ""
+                if contender == "jax:32:ynn":
+                    fields.update(set=",".join(filter(None, [YNN_SET, args.set])), micro_batch="32")
+                    xla_flags = YNN_FLAGS
+                elif worker == "jax":
                     fields.update(set=args.set, micro_batch=micro_batch or "0")
                 else:
                     fields["compiled"] = micro_batch == "compiled"
-                result = _run_worker(worker, args, **fields)
+                result = _run_worker(worker, args, xla_flags, **fields)
                 if "error" in result:  # e.g. out of memory at the largest batch: a row says so
                     print(f"{contender} {model} {dtype} {batch}: {result['stderr']}", file=sys.stderr)
                 else:  # progress, so a run cut short still shows what it measured
@@ -413,6 +434,9 @@ def main() -> None:
     parser.add_argument("--set", default="", help='alexnet_jax config overrides, e.g. "model.use_lrn=False"')
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (eager PyTorch only)")
+    parser.add_argument(
+        "--no-before", action="store_true", help="skip the CPU row with XLA's default YNNPACK convolutions"
+    )
     parser.add_argument("--worker", choices=["jax", "torch", "fit", "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", default="False", help=argparse.SUPPRESS)
@@ -441,11 +465,12 @@ def main() -> None:
     args.warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
     args.steps = args.steps if args.steps is not None else (30 if on_gpu else 3)
     dtypes = (args.dtypes or ("float32,bfloat16" if on_gpu or cpu_has_amx() else "float32")).split(",")
-    micro = (args.micro_batch or ("-1" if on_gpu else "-1,0")).split(",")
+    micro = (args.micro_batch or ("-1" if on_gpu else "-1,32")).split(",")
     max_batch = args.max_batch if args.max_batch is not None else ("paper" if on_gpu else "")
     max_models = dict(entry.partition(":")[::2] for entry in max_batch.split(",") if entry)
     torch_contenders = ["torch:eager"] + ([] if args.no_compile else ["torch:compiled"])
-    contenders = [f"jax:{m}" for m in micro] + ([] if args.no_torch else torch_contenders)
+    before = [] if on_gpu or args.no_before else ["jax:32:ynn"]
+    contenders = [f"jax:{m}" for m in micro] + before + ([] if args.no_torch else torch_contenders)
     settings = []
     for model in args.models.split(","):
         for dtype in dtypes:

@@ -127,8 +127,12 @@ def get_config() -> ml_collections.ConfigDict:
     # "direct": the strided 11x11 conv; "auto": space_to_depth on GPUs only.
     config.model.conv1_impl = "auto"
     # Convolutions' kernel gradients: "gemm" = one matrix product of input
-    # patches (faster steps on XLA:CPU), "xla" = XLA's own; "auto": gemm on CPU.
+    # patches, "xla" = XLA's own (faster with XLA's CPU convolution kernels,
+    # see alexnet_jax/xla_cpu_flags.py); "auto": xla. Same numbers.
     config.model.conv_wgrad = "auto"
+    # Max-pooling: "xla" = nn.max_pool; "taps" = the maximum of the window's
+    # strided views with a scatter-free gradient (same numbers, less memory).
+    config.model.pool_impl = "xla"
     config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
 
     # --- optimiser: PAPER.md's update rule ---

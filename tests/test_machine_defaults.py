@@ -1,6 +1,6 @@
 """Defaults chosen from the machine: `micro_batch_size=-1` resolves to
-micro-batches on CPUs for paper-sized batches and to the whole batch
-elsewhere (the update it gives is tested in test_sharding)."""
+micro-batches on CPUs for batches beyond 128 paper-sized images per device
+and to the whole batch elsewhere (the update it gives is tested in test_sharding)."""
 
 import pytest
 
@@ -20,16 +20,15 @@ def _config(module, batch, mesh=(1, 1), model_parallel="towers", micro=-1):
 @pytest.mark.parametrize(
     "module, batch, mesh, model_parallel, backend, expected",
     [
-        (paper, 128, (1, 1), "towers", "cpu", 32),  # the paper step: 4 micro-batches of 32 (BENCHMARKS.md)
+        (paper, 128, (1, 1), "towers", "cpu", 0),  # the paper step: the whole batch (BENCHMARKS.md)
         (paper, 128, (1, 1), "towers", "gpu", 0),  # accelerators: the whole batch
-        (paper, 128, (1, 1), "towers", "tpu", 0),
-        (digits, 128, (1, 1), "towers", "cpu", 0),  # 64x64 digits: 128 fit the budget of 392
-        (paper, 256, (2, 1), "towers", "cpu", 64),  # 128 per device: 32 on each of 2
-        (paper, 128, (4, 2), "towers", "cpu", 0),  # 32 per data-parallel device: within the budget
-        (paper, 128, (1, 8), "dense", "cpu", 0),  # "dense" spreads the batch over all 8: 16 each
-        (paper, 74, (1, 1), "towers", "cpu", 0),  # 74 = 2 x 37: micro-batches of 2 would be slow
-        (paper, 96, (1, 1), "towers", "cpu", 32),
-        (paper, 120, (1, 1), "towers", "cpu", 30),
+        (paper, 512, (1, 1), "towers", "tpu", 0),
+        (digits, 512, (1, 1), "towers", "cpu", 0),  # 64x64 digits: 512 fit the budget of 1568
+        (paper, 256, (1, 1), "towers", "cpu", 128),  # beyond the budget: 2 micro-batches of 128
+        (paper, 512, (2, 1), "towers", "cpu", 256),  # 256 per device: 128 on each of 2
+        (paper, 256, (1, 8), "dense", "cpu", 0),  # "dense" spreads the batch over all 8: 32 each
+        (paper, 192, (1, 1), "towers", "cpu", 96),
+        (paper, 262, (1, 1), "towers", "cpu", 0),  # 262 = 2 x 131: micro-batches of 2 would be slow
     ],
 )
 def test_auto_micro_batch_size(module, batch, mesh, model_parallel, backend, expected):

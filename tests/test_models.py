@@ -136,26 +136,40 @@ def test_conv1_space_to_depth_gives_the_same_logits():
     np.testing.assert_allclose(s2d.apply(variables, x, train=False), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("tower_impl", ["split", "grouped"])
-def test_gemm_kernel_gradients_equal_xla_ones(tower_impl):
-    """`conv_wgrad="gemm"` changes how the kernel gradients are computed, not
-    what they are: every parameter's gradient matches XLA's own."""
+def _assert_same_gradients(plain: dict, switched: dict) -> None:
+    """Every parameter's gradient of the model with `switched` fields equals
+    that with `plain` ones, to float32 summation-order tolerance."""
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
     labels = jnp.array([1, 7])
-    grads = {}
-    for wgrad in ("xla", "gemm"):
-        model = models.AlexNet(**SMALL, tower_impl=tower_impl, conv_wgrad=wgrad)
+    grads = []
+    for fields in (plain, switched):
+        model = models.AlexNet(**{**SMALL, **fields})
         variables = model.init(jax.random.key(0), x, train=False)
 
         def loss(params, model=model):
             logits = model.apply({"params": params}, x, train=False)
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        grads[wgrad] = jax.grad(loss)(variables["params"])
-    for path, want in jax.tree_util.tree_leaves_with_path(grads["xla"]):
-        got = functools.reduce(lambda tree, key: tree[key.key], path, grads["gemm"])
+        grads.append(jax.grad(loss)(variables["params"]))
+    for path, want in jax.tree_util.tree_leaves_with_path(grads[0]):
+        got = functools.reduce(lambda tree, key: tree[key.key], path, grads[1])
         scale = float(np.abs(want).max())
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("tower_impl", ["split", "grouped"])
+def test_gemm_kernel_gradients_equal_xla_ones(tower_impl):
+    """`conv_wgrad="gemm"` changes how the kernel gradients are computed, not
+    what they are: every parameter's gradient matches XLA's own."""
+    _assert_same_gradients(
+        {"tower_impl": tower_impl, "conv_wgrad": "xla"}, {"tower_impl": tower_impl, "conv_wgrad": "gemm"}
+    )
+
+
+def test_pooling_by_taps_gives_xla_gradients():
+    """`pool_impl="taps"` trains the same network as
+    `nn.max_pool`: every parameter's gradient matches."""
+    _assert_same_gradients({"pool_impl": "xla"}, {"pool_impl": "taps"})
 
 
 def test_lrn_switch_changes_output():

@@ -1,0 +1,54 @@
+"""XLA:CPU options the project sets because they make its steps faster.
+
+XLA:CPU hands convolutions, reductions and matrix products to YNNPACK by
+default. On AlexNet's convolutions YNNPACK is the slower library: on a
+2-core AMD EPYC (Zen 4) conv1's forward pass took 78 ms at the digits size
+(batch 128, 64x64) against 6.5 ms with XLA's own (Eigen) kernels, and the
+paper's step ran 1.3x faster without it (BENCHMARKS.md). So, before JAX
+starts its CPU backend, `apply()` adds
+
+    --xla_cpu_experimental_ynn_fusion_type=individual_dot
+
+to XLA_FLAGS: YNNPACK for matrix products only. A user who sets that flag in
+XLA_FLAGS keeps their own value. The numbers are the same up to float32
+summation order (tests/test_xla_cpu_flags.py). The flag concerns XLA's CPU
+compiler only; accelerators are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+VALUE = "individual_dot"
+
+
+def _backends_started() -> bool:
+    """Whether JAX has created its backends (after which XLA_FLAGS is read
+    and changing it has no effect)."""
+    try:
+        from jax._src import xla_bridge
+    except ImportError:  # JAX not installed or reorganised: nothing to protect
+        return False
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(started and started())
+
+
+def apply(environ: dict | None = None) -> bool:
+    """Adds the project's XLA:CPU flag to XLA_FLAGS unless the user set it;
+    whether it is now in effect for this process."""
+    environ = os.environ if environ is None else environ
+    flags = environ.get("XLA_FLAGS", "")
+    if FLAG in flags:
+        return f"{FLAG}={VALUE}" in flags.split()
+    if _backends_started():
+        logging.warning(
+            "alexnet_jax: JAX's backends started before alexnet_jax was imported, so XLA:CPU keeps YNNPACK "
+            "convolutions (slower CPU steps); import alexnet_jax first, or set XLA_FLAGS=%s=%s",
+            FLAG,
+            VALUE,
+        )
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {FLAG}={VALUE}".strip()
+    return True
