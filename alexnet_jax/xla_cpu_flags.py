@@ -2,10 +2,10 @@
 
 XLA:CPU hands convolutions, reductions and matrix products to YNNPACK by
 default. On AlexNet's convolutions YNNPACK is the slower library: on a
-2-core AMD EPYC (Zen 4) conv1's forward pass took 78 ms at the digits size
-(batch 128, 64x64) against 6.5 ms with XLA's own (Eigen) kernels, and the
-paper's step ran 1.3x faster without it (BENCHMARKS.md). So, before JAX
-starts its CPU backend, `apply()` adds
+2-core AMD EPYC (Zen 4), with the settings fastest under each, the paper's
+train step ran 1.34x faster and the digits step 2.5x faster with XLA's own
+(Eigen) kernels (BENCHMARKS.md, one run each). So, before JAX starts its
+CPU backend, `apply()` adds
 
     --xla_cpu_experimental_ynn_fusion_type=individual_dot
 
