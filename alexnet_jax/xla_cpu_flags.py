@@ -12,16 +12,28 @@ CPU backend, `apply()` adds
 to XLA_FLAGS: YNNPACK for matrix products only. A user who sets that flag in
 XLA_FLAGS keeps their own value. The numbers are the same up to float32
 summation order (tests/test_xla_cpu_flags.py). The flag concerns XLA's CPU
-compiler only; accelerators are unaffected.
+compiler only; accelerators are unaffected. It is experimental, and XLA
+refuses to start on a flag it does not know, so it is added only for the
+jaxlib releases it was measured with (JAXLIB_RELEASES); others keep XLA's
+defaults.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 VALUE = "individual_dot"
+JAXLIB_RELEASES = ("0.10.",)  # version prefixes that know the flag and were measured with it
+
+
+def _jaxlib_knows_the_flag() -> bool:
+    try:
+        return importlib.metadata.version("jaxlib").startswith(JAXLIB_RELEASES)
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def _backends_started() -> bool:
@@ -42,6 +54,8 @@ def apply(environ: dict | None = None) -> bool:
     flags = environ.get("XLA_FLAGS", "")
     if FLAG in flags:
         return f"{FLAG}={VALUE}" in flags.split()
+    if not _jaxlib_knows_the_flag():
+        return False
     if _backends_started():
         logging.warning(
             "alexnet_jax: JAX's backends started before alexnet_jax was imported, so XLA:CPU keeps YNNPACK "

@@ -62,6 +62,15 @@ def test_the_flag_is_added_before_jax_starts_and_a_users_own_is_kept(monkeypatch
     assert xla_cpu_flags.apply(empty) and empty["XLA_FLAGS"] == f"{xla_cpu_flags.FLAG}=individual_dot"
 
 
+def test_other_jaxlib_releases_keep_xlas_defaults(monkeypatch):
+    """XLA aborts on a flag it does not know: releases not measured are left alone."""
+    monkeypatch.setattr(xla_cpu_flags, "_backends_started", lambda: False)
+    monkeypatch.setattr(xla_cpu_flags.importlib.metadata, "version", lambda name: "0.4.38")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert not xla_cpu_flags.apply(env)
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+
+
 def test_too_late_leaves_the_flags_and_warns(monkeypatch, caplog):
     monkeypatch.setattr(xla_cpu_flags, "_backends_started", lambda: True)
     env = {"XLA_FLAGS": ""}
