@@ -240,6 +240,20 @@ def gemm_wgrad_conv(
     return _gemm_wgrad_conv(x_nhwc, kernel_hwio, strides, pads)
 
 
+def _window_taps(x_nhwc: Array, window_hw: tuple, strides: tuple, out_hw: tuple) -> list[Array]:
+    """Tap (i, j) of every output position of a VALID window over x: a
+    strided view of x, at index i * window_w + j (row-major taps)."""
+    (kh, kw), (sh, sw), (out_h, out_w) = window_hw, strides, out_hw
+    n, _, _, channels = x_nhwc.shape
+    return [
+        jax.lax.slice(
+            x_nhwc, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels), (1, sh, sw, 1)
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
 def _plain_conv(x_nhwc: Array, kernel_hwio: Array, strides: tuple, pads: tuple) -> Array:
     return jax.lax.conv_general_dilated(x_nhwc, kernel_hwio, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -260,14 +274,7 @@ def _gemm_wgrad_conv_bwd(strides, pads, residuals, grad_nhwo):
     kh, kw, channels, features = kernel_hwio.shape
     (sh, sw), (out_h, out_w) = strides, grad_nhwo.shape[1:3]
     x = jax.lax.pad(x_nhwc, jnp.zeros((), x_nhwc.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-    # Tap (i, j) of every output position: a strided view of the padded input.
-    taps = [
-        jax.lax.slice(
-            x, (0, i, j, 0), (x.shape[0], i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels), (1, sh, sw, 1)
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    taps = _window_taps(x, (kh, kw), (sh, sw), (out_h, out_w))
     # As 2-D matrices (positions, kh*kw*C) and (positions, O): XLA:CPU runs
     # this product several times faster than the same einsum over 5-D arrays.
     patches = jnp.stack(taps, axis=3).reshape(-1, kh * kw * channels)
@@ -298,14 +305,10 @@ def max_pool_taps(x_nhwc: Array, window: int, stride: int) -> Array:
 
 
 def _pool_views(x_nhwc: Array, window: int, stride: int) -> list[Array]:
-    """The window's window**2 strided views of x, tap (i, j) at index i*window + j."""
-    n, h, w, c = x_nhwc.shape
-    span_h, span_w = (h - window) // stride * stride + 1, (w - window) // stride * stride + 1
-    return [
-        jax.lax.slice(x_nhwc, (0, i, j, 0), (n, i + span_h, j + span_w, c), (1, stride, stride, 1))
-        for i in range(window)
-        for j in range(window)
-    ]
+    """The window's window**2 strided views of x (`_window_taps`)."""
+    _, h, w, _ = x_nhwc.shape
+    out_hw = ((h - window) // stride + 1, (w - window) // stride + 1)
+    return _window_taps(x_nhwc, (window, window), (stride, stride), out_hw)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))

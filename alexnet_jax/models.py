@@ -167,16 +167,12 @@ class AlexNet(nn.Module):
         (BENCHMARKS.md)."""
         return self.conv_wgrad == "gemm"
 
-    def _pool_taps(self) -> bool:
-        """Whether max-pooling is `layers.max_pool_taps` (same numbers; less
-        memory, but no faster a step on XLA:CPU: BENCHMARKS.md)."""
-        return self.pool_impl == "taps"
-
     def _act(self, x: Array) -> Array:
         return nn.relu(x) if self.activation == "relu" else jnp.tanh(x)
 
     def _pool(self, x: Array) -> Array:
-        if self._pool_taps():
+        # "taps": same numbers, less memory, no faster a step on XLA:CPU (BENCHMARKS.md).
+        if self.pool_impl == "taps":
             return layers.max_pool_taps(x, self.pool_window, self.pool_stride)
         window = (self.pool_window, self.pool_window)
         return nn.max_pool(x, window, strides=(self.pool_stride, self.pool_stride), padding="VALID")

@@ -13,8 +13,8 @@ import numpy as np
 
 from alexnet_jax import xla_cpu_flags
 
-# Prints the model's parameter gradients as an .npz path, and whether XLA
-# handed a convolution to YNNPACK, in whatever process runs it.
+# Writes the model's parameter gradients to the .npz path it is given and
+# prints whether XLA handed a convolution to YNNPACK in the process running it.
 _GRADIENTS = textwrap.dedent(
     """
     import sys
