@@ -295,10 +295,10 @@ def max_pool_taps(x_nhwc: Array, window: int, stride: int) -> Array:
     row-major order, that holds the maximum, as XLA's select-and-scatter
     does; where windows overlap the contributions are summed in another
     order. XLA:CPU computes `nn.max_pool`'s backward as an arg-max
-    reduce-window with four index arrays and a scatter: alone at the paper's
-    sizes 5-11x slower than these elementwise passes, and 0.5 GB more
-    memory in the paper's CPU step, yet that step runs no faster with them
-    (XLA overlaps the reduce-window with other work; BENCHMARKS.md), so
+    reduce-window with four index arrays and a scatter: alone at pool1's and
+    pool2's sizes 6.6x and 12x slower than these elementwise passes, and
+    0.5 GB more memory in the paper's CPU step, yet the paper model's
+    gradient and step are faster with it (BENCHMARKS.md), so
     `model.pool_impl` defaults to XLA's.
     """
     return _max_pool_taps(x_nhwc, window, stride)

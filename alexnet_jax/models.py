@@ -171,7 +171,7 @@ class AlexNet(nn.Module):
         return nn.relu(x) if self.activation == "relu" else jnp.tanh(x)
 
     def _pool(self, x: Array) -> Array:
-        # "taps": same numbers, less memory, no faster a step on XLA:CPU (BENCHMARKS.md).
+        # "taps": same numbers, less memory, a slower step on XLA:CPU (BENCHMARKS.md).
         if self.pool_impl == "taps":
             return layers.max_pool_taps(x, self.pool_window, self.pool_stride)
         window = (self.pool_window, self.pool_window)

@@ -13,9 +13,13 @@ Prints one table, variants of a layer measured back to back in the same run:
     (`feature_group_count=2`), and split with the kernel gradient as one
     GEMM (`gemm_wgrad=True`), at conv2's size, gradients w.r.t. parameters
     and input;
+  - max-pooling (3x3/2): `nn.max_pool` vs `layers.max_pool_taps` (the
+    window's strided views, a scatter-free gradient), at pool1's and
+    pool2's (per tower) input size;
   - the whole paper model's gradient (direct conv1, XLA's kernel gradients)
     with and without LRN, with each tower implementation, with conv1 by
-    space-to-depth, and with the kernel gradients as GEMMs.
+    space-to-depth, with the kernel gradients as GEMMs, and with max-pooling
+    by taps.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from flax import linen as nn
 
 from alexnet_jax import layers, models
 
@@ -91,6 +96,16 @@ def main() -> None:
         step = jax.jit(jax.grad(lambda p, x, conv=conv: jnp.sum(conv.apply(p, x) ** 2), argnums=(0, 1)))
         rows.append(("conv2 5x5, 2 towers", variant, _best_ms(step, params, pool1_out, repeats=args.repeats)))
 
+    # Max-pooling's forward+backward at pool1's and (per tower) pool2's input.
+    for name, shape in (("pool1 3x3/2, 55x55x96", (55, 55, 96)), ("pool2 3x3/2, 27x27x128", (27, 27, 128))):
+        activations = jax.nn.relu(jax.random.normal(key, (args.batch, *shape)))
+        for variant, pool in (
+            ("nn.max_pool (default)", lambda x: nn.max_pool(x, (3, 3), strides=(2, 2))),
+            ("max_pool_taps", lambda x: layers.max_pool_taps(x, 3, 2)),
+        ):
+            step = jax.jit(jax.grad(lambda x, pool=pool: jnp.sum(pool(x) ** 2)))
+            rows.append((name, variant, _best_ms(step, activations, repeats=args.repeats)))
+
     labels = jnp.zeros((args.batch,), jnp.int32)
     for label, fields in [
         ("paper (split)", {}),
@@ -98,6 +113,7 @@ def main() -> None:
         ("paper, grouped", {"tower_impl": "grouped"}),
         ("paper, conv1 space-to-depth", {"conv1_impl": "space_to_depth"}),
         ("paper, kernel gradients as GEMMs", {"conv_wgrad": "gemm"}),
+        ("paper, max-pooling by taps", {"pool_impl": "taps"}),
     ]:
         model = models.AlexNet(**{"conv1_impl": "direct", "conv_wgrad": "xla", **fields}, dtype=args.dtype)
         params = model.init(key, images[:1], train=False)
