@@ -89,7 +89,7 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
     _one_of(model.dtype, "model.dtype", ("float32", "bfloat16"))
     _one_of(model.conv1_impl, "model.conv1_impl", ("auto", "direct", "space_to_depth"))
     _one_of(model.conv_wgrad, "model.conv_wgrad", ("auto", "xla", "gemm"))
-    _one_of(model.pool_impl, "model.pool_impl", ("xla", "taps"))
+    _one_of(model.pool_impl, "model.pool_impl", ("auto", "xla", "taps"))
     _one_of(model.dropout_scaling, "model.dropout_scaling", ("test", "train"))
     if not isinstance(model.num_classes, int) or model.num_classes < 2:
         _fail("model.num_classes", model.num_classes, "must be an integer >= 2")

@@ -286,20 +286,19 @@ _gemm_wgrad_conv.defvjp(_gemm_wgrad_conv_fwd, _gemm_wgrad_conv_bwd)
 
 
 def max_pool_taps(x_nhwc: Array, window: int, stride: int) -> Array:
-    """VALID `window` x `window` max-pooling with stride `stride`, as the
-    maximum of the window's strided views, with a gradient that needs no
-    scatter.
+    """VALID `window` x `window` max-pooling with stride `stride` whose
+    gradient needs no scatter.
 
-    Same numbers as `nn.max_pool` (the maximum is exact) and its gradient:
-    each output's gradient goes to the first input of its window, in
-    row-major order, that holds the maximum, as XLA's select-and-scatter
-    does; where windows overlap the contributions are summed in another
-    order. XLA:CPU computes `nn.max_pool`'s backward as an arg-max
-    reduce-window with four index arrays and a scatter: alone at pool1's and
-    pool2's sizes 6.6x and 12x slower than these elementwise passes, and
-    0.5 GB more memory in the paper's CPU step, yet the paper model's
-    gradient and step are faster with it (BENCHMARKS.md), so
-    `model.pool_impl` defaults to XLA's.
+    The forward pass is XLA's reduce-window (`nn.max_pool`'s). Its gradient
+    is `nn.max_pool`'s, computed another way: each output's gradient goes to
+    the first input of its window, in row-major order, that holds the
+    maximum, as XLA's select-and-scatter does; where windows overlap the
+    contributions are summed in another order. XLA:CPU computes
+    select-and-scatter as an arg-max reduce-window over index arrays and a
+    scatter, the paper CPU step's costliest work besides the convolutions
+    and matrix products (`bench.profile_step`); here the first maximal tap
+    is found from the window's strided views and the gradient is assembled
+    stride phase by stride phase, each input position written once.
     """
     return _max_pool_taps(x_nhwc, window, stride)
 
@@ -313,7 +312,11 @@ def _pool_views(x_nhwc: Array, window: int, stride: int) -> list[Array]:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _max_pool_taps(x_nhwc: Array, window: int, stride: int) -> Array:
-    return functools.reduce(jnp.maximum, _pool_views(x_nhwc, window, stride))
+    # A reduce-window is computed on its own, not fused into (and so
+    # recomputed by) each consumer, as the maximum of strided views would be.
+    init = jnp.array(-jnp.inf if jnp.issubdtype(x_nhwc.dtype, jnp.floating) else jnp.iinfo(x_nhwc.dtype).min)
+    dims, strides = (1, window, window, 1), (1, stride, stride, 1)
+    return jax.lax.reduce_window(x_nhwc, init.astype(x_nhwc.dtype), jax.lax.max, dims, strides, "VALID")
 
 
 def _max_pool_taps_fwd(x_nhwc, window, stride):
@@ -323,24 +326,33 @@ def _max_pool_taps_fwd(x_nhwc, window, stride):
 
 def _max_pool_taps_bwd(window, stride, residuals, grad_pooled):
     x_nhwc, pooled = residuals
-    _, h, w, _ = x_nhwc.shape
+    n, h, w, channels = x_nhwc.shape
     out_h, out_w = pooled.shape[1:3]
+    # The first tap (row-major) of each window that holds its maximum.
+    first_tap = jnp.full(pooled.shape, window * window, jnp.int32)
+    for tap, view in reversed(list(enumerate(_pool_views(x_nhwc, window, stride)))):
+        first_tap = jnp.where(view == pooled, tap, first_tap)
     zero = jnp.zeros((), grad_pooled.dtype)
-    grad_x = jnp.zeros_like(x_nhwc, dtype=grad_pooled.dtype)
-    taken = jnp.zeros(pooled.shape, bool)  # whether an earlier tap held the maximum
-    for tap, view in enumerate(_pool_views(x_nhwc, window, stride)):
-        i, j = divmod(tap, window)
-        first = (view == pooled) & ~taken
-        taken = taken | first
-        # Back to the input's positions: tap (i, j) of output (y, x) is input
-        # (i + stride*y, j + stride*x), i.e. interior padding of stride - 1.
-        spread = (
-            (0, 0, 0),
-            (i, h - i - (out_h - 1) * stride - 1, stride - 1),
-            (j, w - j - (out_w - 1) * stride - 1, stride - 1),
-            (0, 0, 0),
-        )
-        grad_x = grad_x + jax.lax.pad(jnp.where(first, grad_pooled, zero), zero, spread)
+    # Input row r = stride * y + i (output y, tap row i) has phase r % stride
+    # = i % stride and row r // stride = y + i // stride: the gradient of
+    # each phase is a sum of the output gradient shifted by i // stride, on
+    # a grid of ceil(h / stride) rows (columns alike).
+    rows, cols = -(-h // stride), -(-w // stride)
+    phase_rows = []
+    for phase_i in range(stride):
+        phase_row = []
+        for phase_j in range(stride):
+            total = jnp.zeros((n, rows, cols, channels), grad_pooled.dtype)
+            for i in range(phase_i, window, stride):
+                for j in range(phase_j, window, stride):
+                    di, dj = i // stride, j // stride
+                    taken = jnp.where(first_tap == i * window + j, grad_pooled, zero)
+                    shift = ((0, 0, 0), (di, rows - out_h - di, 0), (dj, cols - out_w - dj, 0), (0, 0, 0))
+                    total = total + jax.lax.pad(taken, zero, shift)
+            phase_row.append(total)
+        phase_rows.append(jnp.stack(phase_row, axis=3))  # (n, rows, cols, phase_j, C)
+    # (n, rows, phase_i, cols, phase_j, C) -> input positions, cropped to h x w.
+    grad_x = jnp.stack(phase_rows, axis=2).reshape(n, rows * stride, cols * stride, channels)[:, :h, :w]
     return (grad_x.astype(x_nhwc.dtype),)
 
 

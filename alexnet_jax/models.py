@@ -147,7 +147,7 @@ class AlexNet(nn.Module):
     init_match_fan_in: bool = False
     conv1_impl: Literal["auto", "direct", "space_to_depth"] = "auto"
     conv_wgrad: Literal["auto", "xla", "gemm"] = "auto"
-    pool_impl: Literal["xla", "taps"] = "xla"
+    pool_impl: Literal["auto", "xla", "taps"] = "auto"
     dtype: str = "float32"
 
     def _conv1_space_to_depth(self) -> bool:
@@ -170,9 +170,17 @@ class AlexNet(nn.Module):
     def _act(self, x: Array) -> Array:
         return nn.relu(x) if self.activation == "relu" else jnp.tanh(x)
 
+    def _pool_by_taps(self) -> bool:
+        """Whether max-pooling's gradient is `layers.max_pool_taps`' (no
+        scatter). Same numbers either way; "auto" takes it on XLA:CPU, where
+        the paper step is faster with it (BENCHMARKS.md), and leaves GPUs
+        and TPUs to XLA's select-and-scatter, where it was not measured."""
+        if self.pool_impl == "auto":
+            return jax.default_backend() == "cpu"
+        return self.pool_impl == "taps"
+
     def _pool(self, x: Array) -> Array:
-        # "taps": same numbers, less memory, a slower step on XLA:CPU (BENCHMARKS.md).
-        if self.pool_impl == "taps":
+        if self._pool_by_taps():
             return layers.max_pool_taps(x, self.pool_window, self.pool_stride)
         window = (self.pool_window, self.pool_window)
         return nn.max_pool(x, window, strides=(self.pool_stride, self.pool_stride), padding="VALID")

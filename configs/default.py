@@ -130,9 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
     # patches, "xla" = XLA's own (faster with XLA's CPU convolution kernels,
     # see alexnet_jax/xla_cpu_flags.py); "auto": xla. Same numbers.
     config.model.conv_wgrad = "auto"
-    # Max-pooling: "xla" = nn.max_pool; "taps" = the maximum of the window's
-    # strided views with a scatter-free gradient (same numbers, less memory).
-    config.model.pool_impl = "xla"
+    # Max-pooling's gradient: "xla" = nn.max_pool's select-and-scatter;
+    # "taps" = layers.max_pool_taps, found from the window's strided views
+    # with no scatter (same numbers, a faster CPU step); "auto": taps on CPU.
+    config.model.pool_impl = "auto"
     config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
 
     # --- optimiser: PAPER.md's update rule ---

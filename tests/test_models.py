@@ -172,6 +172,17 @@ def test_pooling_by_taps_gives_xla_gradients():
     _assert_same_gradients({"pool_impl": "xla"}, {"pool_impl": "taps"})
 
 
+@pytest.mark.parametrize("pool_impl, scatters", [("auto", False), ("xla", True), ("taps", False)])
+def test_pooling_auto_takes_taps_on_cpu(pool_impl, scatters):
+    """On the CPU backend the default pooling gradient is max_pool_taps': the
+    compiled gradient has no select-and-scatter (nn.max_pool's has one)."""
+    x = jnp.zeros((2, 64, 64, 3))
+    model = models.AlexNet(**SMALL, pool_impl=pool_impl)
+    params = model.init(jax.random.key(0), x, train=False)["params"]
+    grad = jax.jit(jax.grad(lambda p: model.apply({"params": p}, x, train=False).sum()))
+    assert ("select-and-scatter" in grad.lower(params).as_text(dialect="hlo")) == scatters
+
+
 def test_lrn_switch_changes_output():
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
     with_lrn = models.AlexNet(**SMALL)
