@@ -36,7 +36,7 @@ def _jaxlib_knows_the_flag() -> bool:
         return False
 
 
-def _backends_started() -> bool:
+def backends_started() -> bool:
     """Whether JAX has created its backends (after which XLA_FLAGS is read
     and changing it has no effect)."""
     try:
@@ -56,7 +56,7 @@ def apply(environ: dict | None = None) -> bool:
         return f"{FLAG}={VALUE}" in flags.split()
     if not _jaxlib_knows_the_flag():
         return False
-    if _backends_started():
+    if backends_started():
         logging.warning(
             "alexnet_jax: JAX's backends started before alexnet_jax was imported, so XLA:CPU keeps YNNPACK "
             "convolutions (slower CPU steps); import alexnet_jax first, or set XLA_FLAGS=%s=%s",

@@ -49,7 +49,7 @@ def _gradients_in_a_fresh_process(xla_flags: str, out) -> tuple[dict, bool]:
 
 
 def test_the_flag_is_added_before_jax_starts_and_a_users_own_is_kept(monkeypatch):
-    monkeypatch.setattr(xla_cpu_flags, "_backends_started", lambda: False)
+    monkeypatch.setattr(xla_cpu_flags, "backends_started", lambda: False)
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     assert xla_cpu_flags.apply(env)
     ours = f"{xla_cpu_flags.FLAG}=individual_dot"
@@ -64,7 +64,7 @@ def test_the_flag_is_added_before_jax_starts_and_a_users_own_is_kept(monkeypatch
 
 def test_other_jaxlib_releases_keep_xlas_defaults(monkeypatch):
     """XLA aborts on a flag it does not know: releases not measured are left alone."""
-    monkeypatch.setattr(xla_cpu_flags, "_backends_started", lambda: False)
+    monkeypatch.setattr(xla_cpu_flags, "backends_started", lambda: False)
     monkeypatch.setattr(xla_cpu_flags.importlib.metadata, "version", lambda name: "0.4.38")
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     assert not xla_cpu_flags.apply(env)
@@ -72,7 +72,7 @@ def test_other_jaxlib_releases_keep_xlas_defaults(monkeypatch):
 
 
 def test_too_late_leaves_the_flags_and_warns(monkeypatch, caplog):
-    monkeypatch.setattr(xla_cpu_flags, "_backends_started", lambda: True)
+    monkeypatch.setattr(xla_cpu_flags, "backends_started", lambda: True)
     env = {"XLA_FLAGS": ""}
     assert not xla_cpu_flags.apply(env)
     assert env["XLA_FLAGS"] == "" and "import alexnet_jax first" in caplog.text

@@ -1,0 +1,96 @@
+"""glibc malloc settings that let a CPU step reuse its buffers' memory.
+
+XLA:CPU takes each step's activations and gradients from malloc. glibc
+serves an allocation beyond its mmap threshold (32 MiB at most) with a fresh
+mmap, and so does every thread arena but the main one for anything larger
+than its 64 MiB heaps, and unmaps it on free. So every step faults in, page
+by page, and zeroes every large buffer again: about 514,000 page faults and
+1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
+
+`apply()` tells glibc, before JAX starts its threads, to keep freed memory
+for reuse instead: one arena for all threads (M_ARENA_MAX=1), no mmap for
+large chunks (M_MMAP_MAX=0) and no returning of the heap's top to the system
+(M_TRIM_THRESHOLD at its maximum). After the first step the next ones reuse
+the same memory without a fault. The cost: the process keeps its peak memory
+until it exits instead of handing freed buffers back, and threads share one
+arena's lock. Numbers are unaffected (tests/test_host_malloc.py).
+
+It is applied only where it was measured to help: on Linux with glibc, when
+JAX runs on the CPU (no accelerator plugin installed, or JAX_PLATFORMS
+starting with "cpu"), and only if the user has not chosen their own malloc
+settings (any MALLOC_* variable, glibc.malloc tunables in GLIBC_TUNABLES, or
+another allocator in LD_PRELOAD, as PyTorch's CPU tuning guide suggests with
+jemalloc or tcmalloc).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import pkgutil
+import platform
+import sys
+
+from alexnet_jax import xla_cpu_flags
+
+# mallopt parameters (glibc's malloc.h) and the values set.
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc", "malloc")  # in LD_PRELOAD: the user's own allocator
+
+
+def user_chose_malloc(environ: dict) -> bool:
+    """Whether the environment already sets how malloc behaves."""
+    if any(name.startswith("MALLOC_") for name in environ):
+        return True
+    if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return True
+    return any(name in environ.get("LD_PRELOAD", "") for name in _ALLOCATORS)
+
+
+def _accelerator_plugins_installed() -> bool:
+    """Whether JAX could find a GPU or TPU backend (a PJRT plugin or libtpu)."""
+    if importlib.metadata.entry_points(group="jax_plugins"):
+        return True
+    spec = importlib.util.find_spec("jax_plugins")
+    if spec is not None and any(pkgutil.iter_modules(spec.submodule_search_locations or [])):
+        return True
+    return importlib.util.find_spec("libtpu") is not None
+
+
+def jax_runs_on_cpu(environ: dict) -> bool:
+    """Whether JAX's default backend will be the CPU, decided without starting it."""
+    platforms = environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip().lower() == "cpu"
+    return not _accelerator_plugins_installed()
+
+
+def applicable(environ: dict) -> bool:
+    """Whether `apply` changes malloc's settings in this process."""
+    on_glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    return on_glibc and not user_chose_malloc(environ) and jax_runs_on_cpu(environ)
+
+
+def apply(environ: dict | None = None, libc=None) -> bool:
+    """Sets SETTINGS where `applicable`; whether they are now in effect."""
+    environ = os.environ if environ is None else environ
+    if not applicable(environ):
+        return False
+    if xla_cpu_flags.backends_started():
+        # XLA's threads already have their own arenas, whose large chunks glibc always maps afresh.
+        logging.warning(
+            "alexnet_jax: JAX's backends started before alexnet_jax was imported, so CPU steps keep "
+            "faulting in their buffers' memory every step; import alexnet_jax first"
+        )
+        return False
+    return set_malloc(libc)
+
+
+def set_malloc(libc=None) -> bool:
+    """Sets SETTINGS unconditionally (glibc only); whether glibc took them all."""
+    libc = ctypes.CDLL("libc.so.6") if libc is None else libc
+    return all(libc.mallopt(parameter, value) == 1 for parameter, value in SETTINGS)
