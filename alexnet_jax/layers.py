@@ -90,16 +90,13 @@ def local_response_norm(
     if channels % towers:
         raise ValueError(f"LRN: {channels} channels do not split into {towers} towers")
     scale = alpha / n if alpha_over_n else alpha
-    # Square in float32: bfloat16 sums of squares lose the small terms.
-    squares = jnp.square(x_nhwc.astype(jnp.float32))
-    per_tower = squares.reshape(*x_nhwc.shape[:-1], towers, channels // towers)
-    # A windowed sum over the channel axis, zero-padded at each tower's edges,
-    # is a reduce_window XLA fuses with the surrounding elementwise ops.
+    # Squares and sums in float32: bfloat16 sums of squares lose the small terms.
+    # A windowed sum over the channel axis, zero-padded at each tower's edges.
+    per_tower = x_nhwc.astype(jnp.float32).reshape(*x_nhwc.shape[:-1], towers, channels // towers)
     window = (1,) * (per_tower.ndim - 1) + (n,)
     padding = ((0, 0),) * (per_tower.ndim - 1) + ((n // 2, (n - 1) // 2),)
-    sums = jax.lax.reduce_window(per_tower, 0.0, jax.lax.add, window, (1,) * per_tower.ndim, padding)
-    factor = _inverse_power(k + scale * sums.reshape(squares.shape), beta)
-    return (x_nhwc.astype(jnp.float32) * factor).astype(x_nhwc.dtype)
+    normed = _divisive_norm(per_tower, window, padding, float(k), float(scale), float(beta))
+    return normed.reshape(x_nhwc.shape).astype(x_nhwc.dtype)
 
 
 def within_channel_norm(
@@ -112,18 +109,49 @@ def within_channel_norm(
     the window centred on (y, x) and zero-padded at the borders. The 2012 code
     applies it after LRN2 (scale 1e-3, pow 0.75); the paper does not mention it.
     """
-    squares = jnp.square(x_nhwc.astype(jnp.float32))
     half = size // 2
-    sums = jax.lax.reduce_window(
-        squares,
-        0.0,
-        jax.lax.add,
-        (1, size, size, 1),
-        (1, 1, 1, 1),
-        ((0, 0), (half, size - 1 - half), (half, size - 1 - half), (0, 0)),
+    padding = ((0, 0), (half, size - 1 - half), (half, size - 1 - half), (0, 0))
+    normed = _divisive_norm(
+        x_nhwc.astype(jnp.float32), (1, size, size, 1), padding, float(k), float(scale / size**2), float(beta)
     )
-    factor = _inverse_power(k + scale / size**2 * sums, beta)
-    return (x_nhwc.astype(jnp.float32) * factor).astype(x_nhwc.dtype)
+    return normed.astype(x_nhwc.dtype)
+
+
+def _window_sum(v: Array, window: tuple, padding: tuple) -> Array:
+    return jax.lax.reduce_window(v, 0.0, jax.lax.add, window, (1,) * v.ndim, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _divisive_norm(x: Array, window: tuple, padding: tuple, k: float, scale: float, beta: float) -> Array:
+    """x / (k + scale * S) ** beta, S the zero-padded `window` sum of x^2
+    (stride 1, same size; float32).
+
+    The gradient is written out so the backward pass keeps only x and S:
+    with d = k + scale * S and T the transposed window sum of
+    g * x * d ** (-beta - 1), dx = g * d ** -beta - 2 * scale * beta * x * T.
+    Left to autodiff, XLA:CPU also stores d ** -beta and its factors, two
+    more passes over conv1's and conv2's outputs (bench.profile_step).
+    """
+    return x * _inverse_power(k + scale * _window_sum(jnp.square(x), window, padding), beta)
+
+
+def _divisive_norm_fwd(x, window, padding, k, scale, beta):
+    sums = _window_sum(jnp.square(x), window, padding)
+    return x * _inverse_power(k + scale * sums, beta), (x, sums)
+
+
+def _divisive_norm_bwd(window, padding, k, scale, beta, residuals, grad):
+    x, sums = residuals
+    base = k + scale * sums
+    factor = _inverse_power(base, beta)
+    # Output o's window covers inputs o - lo .. o + hi: input j is in the
+    # windows of outputs j - hi .. j + lo, a window sum with padding (hi, lo).
+    transposed = tuple((hi, lo) for lo, hi in padding)
+    spread = _window_sum(grad * x * factor / base, window, transposed)
+    return (grad * factor - (2.0 * scale * beta) * x * spread,)
+
+
+_divisive_norm.defvjp(_divisive_norm_fwd, _divisive_norm_bwd)
 
 
 class Dropout(nn.Module):

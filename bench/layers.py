@@ -13,13 +13,13 @@ Prints one table, variants of a layer measured back to back in the same run:
     (`feature_group_count=2`), and split with the kernel gradient as one
     GEMM (`gemm_wgrad=True`), at conv2's size, gradients w.r.t. parameters
     and input;
-  - max-pooling (3x3/2): `nn.max_pool` vs `layers.max_pool_taps` (the
-    window's strided views, a scatter-free gradient), at pool1's and
-    pool2's (per tower) input size;
-  - the whole paper model's gradient (direct conv1, XLA's kernel gradients)
-    with and without LRN, with each tower implementation, with conv1 by
-    space-to-depth, with the kernel gradients as GEMMs, and with max-pooling
-    by taps.
+  - max-pooling (3x3/2): `nn.max_pool` vs `layers.max_pool_taps` (a
+    scatter-free gradient, the default on CPU), at pool1's and pool2's (per
+    tower) input size;
+  - the whole paper model's gradient (direct conv1, XLA's kernel gradients,
+    the default pooling) with and without LRN, with each tower
+    implementation, with conv1 by space-to-depth, with the kernel gradients
+    as GEMMs, and with max-pooling's gradient by XLA's select-and-scatter.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def main() -> None:
     for name, shape in (("pool1 3x3/2, 55x55x96", (55, 55, 96)), ("pool2 3x3/2, 27x27x128", (27, 27, 128))):
         activations = jax.nn.relu(jax.random.normal(key, (args.batch, *shape)))
         for variant, pool in (
-            ("nn.max_pool (default)", lambda x: nn.max_pool(x, (3, 3), strides=(2, 2))),
-            ("max_pool_taps", lambda x: layers.max_pool_taps(x, 3, 2)),
+            ("nn.max_pool", lambda x: nn.max_pool(x, (3, 3), strides=(2, 2))),
+            ("max_pool_taps (default on CPU)", lambda x: layers.max_pool_taps(x, 3, 2)),
         ):
             step = jax.jit(jax.grad(lambda x, pool=pool: jnp.sum(pool(x) ** 2)))
             rows.append((name, variant, _best_ms(step, activations, repeats=args.repeats)))
@@ -113,7 +113,7 @@ def main() -> None:
         ("paper, grouped", {"tower_impl": "grouped"}),
         ("paper, conv1 space-to-depth", {"conv1_impl": "space_to_depth"}),
         ("paper, kernel gradients as GEMMs", {"conv_wgrad": "gemm"}),
-        ("paper, max-pooling by taps", {"pool_impl": "taps"}),
+        ("paper, max-pooling by select-and-scatter", {"pool_impl": "xla"}),
     ]:
         model = models.AlexNet(**{"conv1_impl": "direct", "conv_wgrad": "xla", **fields}, dtype=args.dtype)
         params = model.init(key, images[:1], train=False)

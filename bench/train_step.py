@@ -16,15 +16,17 @@ alexnet_jax runs once per `--micro_batch` value (`config.micro_batch_size`:
 the same update computed in micro-batches; -1 = the default, chosen for the
 machine; 0 = the whole batch at once).
 
-On CPU a "before" row runs alexnet_jax as it ran until the project turned
-XLA's YNNPACK convolutions off (alexnet_jax/xla_cpu_flags.py): YNNPACK
-convolutions, GEMM kernel gradients, micro-batches of 32 (`--no-before`
-skips it). The default rows: `--micro_batch -1,32` on CPU.
+On CPU a "before" row runs alexnet_jax with the defaults of the previous
+table (BENCHMARKS.md): max-pooling's gradient by XLA's select-and-scatter
+and glibc's default malloc settings (`--no-before` skips it). The default
+rows: `--micro_batch -1,32` on CPU.
 
-PyTorch runs twice: eager, and as a user tuning it for speed would run it
+PyTorch runs eager, and as a user tuning it for speed would run it
 (`torch.compile` with inductor and channels_last memory; compile time is
-reported and kept out of the step time). The ratio column is against the
-faster of the two.
+reported and kept out of the step time); on CPU that one runs a second time
+with the malloc settings alexnet_jax uses (alexnet_jax/host_malloc.py:
+PyTorch's CPU tuning guide suggests a caching allocator to the same end).
+The ratio column is against the fastest PyTorch row.
 
 The limit is the machine's best measured matrix rate: on CPU the best float32
 n x n GEMM of jax (`jnp.dot`), numpy and torch in the same run, same size and
@@ -200,9 +202,17 @@ def worker_fit(model_name: str, batch: int, dtype: str) -> dict:
     return {"batch": fitted, "per_image_mb": per_image / 2**20, "limit_gb": limit / 2**30}
 
 
-def worker_torch(model_name: str, batch: int, dtype: str, warmup: int, repeats: int, compiled: bool = False) -> dict:
+def worker_torch(
+    model_name: str, batch: int, dtype: str, warmup: int, repeats: int, compiled: bool = False, malloc: bool = False
+) -> dict:
     """The PyTorch peer's step times; `compiled`: torch.compile + channels_last,
-    its compile time being the first call's time less a step's."""
+    its compile time being the first call's time less a step's; `malloc`:
+    with alexnet_jax's malloc settings (glibc's otherwise)."""
+    if malloc:
+        from alexnet_jax import host_malloc
+
+        if not host_malloc.set_malloc():
+            raise RuntimeError("glibc refused alexnet_jax's malloc settings")
     import torch
 
     from bench.torch_alexnet import AlexNetTorch, make_step
@@ -295,21 +305,22 @@ def worker_gemm() -> dict:
     return {"platform": device.platform, "device": device.device_kind, "n": n, "gflops": rates}
 
 
-# The "before" row on CPU: XLA's default YNNPACK convolutions (which
-# alexnet_jax.xla_cpu_flags turns off), with the settings that were fastest
-# under them: GEMM kernel gradients and micro-batches of 32.
-YNN_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution,reduce"
-YNN_SET = "model.conv_wgrad=gemm"
+# The "before" row on CPU: the previous table's defaults. A MALLOC_
+# variable at glibc's own default (8 arenas per CPU) keeps
+# alexnet_jax.host_malloc's settings off.
+BEFORE_SET = "model.pool_impl=xla"
 
 
-def _run_worker(worker: str, args, xla_flags: str = "", **fields) -> dict:
-    """Runs one worker in a fresh process (`xla_flags` added to XLA_FLAGS);
+def _glibc_default_malloc() -> dict:
+    return {"MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))}
+
+
+def _run_worker(worker: str, args, env: dict | None = None, **fields) -> dict:
+    """Runs one worker in a fresh process (`env` added to its environment);
     its result, or {"error": ...}."""
     command = [sys.executable, "-m", "bench.train_step", "--worker", worker]
     command += [f"--{k}={v}" for k, v in fields.items()]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    if xla_flags:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode:
         lines = result.stderr.strip().splitlines() or ["(no output)"]
@@ -320,9 +331,11 @@ def _run_worker(worker: str, args, xla_flags: str = "", **fields) -> dict:
 
 def _label(contender: str, result: dict | None = None) -> str:
     if contender.startswith("torch"):
+        if contender.endswith(":malloc"):
+            return "PyTorch, torch.compile + channels_last, alexnet_jax's malloc settings"
         return "PyTorch, torch.compile + channels_last" if contender.endswith(":compiled") else "PyTorch (eager)"
-    if contender.endswith(":ynn"):
-        return "alexnet_jax, YNNPACK convolutions, GEMM kernel gradients, micro-batches of 32 (before)"
+    if contender.endswith(":before"):
+        return "alexnet_jax, previous defaults: XLA's pooling gradient, glibc's malloc (before)"
     micro_batch = int(contender.split(":")[1])
     if micro_batch == -1:  # the default: say what it chose here
         chosen = (result or {}).get("micro_batch_size", 0)
@@ -339,17 +352,18 @@ def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) 
         for model, dtype, batch in settings:
             order = contenders if round_index % 2 == 0 else contenders[::-1]
             for contender in order:
-                worker, _, micro_batch = contender.partition(":")
+                worker, _, variant = contender.partition(":")
                 fields = dict(models=model, batch=batch, dtype=dtype, warmup=args.warmup, steps=args.steps)
-                xla_flags = ""
-                if contender == "jax:32:ynn":
-                    fields.update(set=",".join(filter(None, [YNN_SET, args.set])), micro_batch="32")
-                    xla_flags = YNN_FLAGS
+                env = {}
+                if contender == "jax:-1:before":
+                    fields.update(set=",".join(filter(None, [BEFORE_SET, args.set])), micro_batch="-1")
+                    env = _glibc_default_malloc()
                 elif worker == "jax":
-                    fields.update(set=args.set, micro_batch=micro_batch or "0")
+                    fields.update(set=args.set, micro_batch=variant or "0")
                 else:
-                    fields["compiled"] = micro_batch == "compiled"
-                result = _run_worker(worker, args, xla_flags, **fields)
+                    fields["compiled"] = variant.startswith("compiled")
+                    fields["malloc"] = variant.endswith(":malloc")
+                result = _run_worker(worker, args, env, **fields)
                 if "error" in result:  # e.g. out of memory at the largest batch: a row says so
                     print(f"{contender} {model} {dtype} {batch}: {result['stderr']}", file=sys.stderr)
                 else:  # progress, so a run cut short still shows what it measured
@@ -434,12 +448,11 @@ def main() -> None:
     parser.add_argument("--set", default="", help='alexnet_jax config overrides, e.g. "model.use_lrn=False"')
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (eager PyTorch only)")
-    parser.add_argument(
-        "--no-before", action="store_true", help="skip the CPU row with XLA's default YNNPACK convolutions"
-    )
+    parser.add_argument("--no-before", action="store_true", help="skip the CPU row with the previous defaults")
     parser.add_argument("--worker", choices=["jax", "torch", "fit", "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", default="False", help=argparse.SUPPRESS)
+    parser.add_argument("--malloc", default="False", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "gemm":
         print(json.dumps(worker_gemm()))
@@ -452,7 +465,7 @@ def main() -> None:
         if args.worker == "jax":
             result = worker_jax(*fields, int(args.micro_batch), args.set)
         else:
-            result = worker_torch(*fields, compiled=args.compiled == "True")
+            result = worker_torch(*fields, compiled=args.compiled == "True", malloc=args.malloc == "True")
         print(json.dumps(result))
         return
 
@@ -469,7 +482,9 @@ def main() -> None:
     max_batch = args.max_batch if args.max_batch is not None else ("paper" if on_gpu else "")
     max_models = dict(entry.partition(":")[::2] for entry in max_batch.split(",") if entry)
     torch_contenders = ["torch:eager"] + ([] if args.no_compile else ["torch:compiled"])
-    before = [] if on_gpu or args.no_before else ["jax:32:ynn"]
+    if not (on_gpu or args.no_compile):
+        torch_contenders.append("torch:compiled:malloc")
+    before = [] if on_gpu or args.no_before else ["jax:-1:before"]
     contenders = [f"jax:{m}" for m in micro] + before + ([] if args.no_torch else torch_contenders)
     settings = []
     for model in args.models.split(","):

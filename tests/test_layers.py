@@ -62,6 +62,54 @@ def test_within_channel_norm_matches_reference():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _plain_lrn(a, towers, k, n, alpha, beta):
+    """The formula in jnp, channel by channel, for autodiff to differentiate."""
+    per_tower = a.shape[-1] // towers
+    out = []
+    for c in range(a.shape[-1]):
+        start = (c // per_tower) * per_tower
+        lo, hi = max(start, c - n // 2), min(start + per_tower - 1, c + (n - 1) // 2)
+        out.append(a[..., c] / (k + alpha / n * jnp.sum(a[..., lo : hi + 1] ** 2, axis=-1)) ** beta)
+    return jnp.stack(out, axis=-1)
+
+
+def _plain_within_channel_norm(a, size, scale, beta, k):
+    half = size // 2
+    padded = jnp.pad(a**2, ((0, 0), (half, size - 1 - half), (half, size - 1 - half), (0, 0)))
+    h, w = a.shape[1:3]
+    sums = sum(padded[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size))
+    return a / (k + scale / size**2 * sums) ** beta
+
+
+@pytest.mark.parametrize("towers, n, beta", [(1, 5, 0.75), (2, 5, 0.75), (2, 4, 0.6)])
+def test_lrn_gradient_matches_autodiff_of_the_formula(towers, n, beta):
+    """The hand-written backward pass (layers._divisive_norm) against JAX's
+    autodiff of the plain formula, including an even window (asymmetric
+    padding) and the pow path."""
+    rng = np.random.RandomState(4)
+    x = jnp.asarray(rng.normal(0, 40, size=(2, 3, 4, 12)).astype(np.float32))
+    g = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+    ours = jax.vjp(lambda v: layers.local_response_norm(v, towers=towers, n=n, alpha=1e-3, beta=beta), x)[1](g)[0]
+    plain = jax.vjp(lambda v: _plain_lrn(v, towers, 2.0, n, 1e-3, beta), x)[1](g)[0]
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(plain), rtol=1e-4, atol=1e-6)
+
+
+def test_within_channel_norm_gradient_matches_autodiff_of_the_formula():
+    rng = np.random.RandomState(5)
+    x = jnp.asarray(rng.normal(0, 20, size=(2, 6, 7, 3)).astype(np.float32))
+    g = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+    ours = jax.vjp(lambda v: layers.within_channel_norm(v, size=5, scale=0.1), x)[1](g)[0]
+    plain = jax.vjp(lambda v: _plain_within_channel_norm(v, 5, 0.1, 0.75, 1.0), x)[1](g)[0]
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(plain), rtol=1e-4, atol=1e-6)
+
+
+def test_norms_keep_bfloat16():
+    x = jnp.asarray(np.random.RandomState(6).normal(0, 30, size=(1, 5, 5, 8)), jnp.bfloat16)
+    for norm in (lambda v: layers.local_response_norm(v, towers=2), layers.within_channel_norm):
+        out, vjp = jax.vjp(norm, x)
+        assert out.dtype == jnp.bfloat16 and vjp(jnp.ones_like(out))[0].dtype == jnp.bfloat16
+
+
 @pytest.mark.parametrize("impl", ["split", "grouped"])
 def test_tower_conv_equals_two_half_convs(impl):
     """Both implementations equal two explicit half-width convolutions that
