@@ -2,7 +2,7 @@
 
 from alexnet_jax import host_malloc, xla_cpu_flags
 
-# Before any JAX backend starts: the XLA:CPU options and the malloc settings
-# that make CPU steps faster.
-xla_cpu_flags.apply()
+# Before JAX (or anything else) starts a thread: the malloc settings, then
+# the XLA:CPU options, that make CPU steps faster.
 host_malloc.apply()
+xla_cpu_flags.apply()

@@ -15,7 +15,9 @@ the same memory without a fault. The cost: the process keeps its peak memory
 until it exits instead of handing freed buffers back, and threads share one
 arena's lock. Numbers are unaffected (tests/test_host_malloc.py).
 
-It is applied only where it was measured to help: on Linux with glibc, when
+The settings take full effect only if they come before any other thread
+has called malloc: import alexnet_jax before jax (its entry points and
+bench/ do), or it warns. It is applied only where it was measured to help: on Linux with glibc, when
 JAX runs on the CPU (no accelerator plugin installed, or JAX_PLATFORMS
 starting with "cpu"), and only if the user has not chosen their own malloc
 settings (any MALLOC_* variable, glibc.malloc tunables in GLIBC_TUNABLES, or
@@ -87,7 +89,22 @@ def apply(environ: dict | None = None, libc=None) -> bool:
             "faulting in their buffers' memory every step; import alexnet_jax first"
         )
         return False
+    if _threads() > 1:
+        # A thread that has called malloc has an arena of its own, which later
+        # threads may share even with M_ARENA_MAX=1 (`import jax` starts one).
+        logging.warning(
+            "alexnet_jax: imported after another library (such as jax) started threads, so CPU steps may "
+            "keep faulting in their buffers' memory every step; import alexnet_jax first"
+        )
     return set_malloc(libc)
+
+
+def _threads() -> int:
+    """This process's threads, native ones included (Linux)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
 
 
 def set_malloc(libc=None) -> bool:

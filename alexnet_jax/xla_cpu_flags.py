@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import sys
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 VALUE = "individual_dot"
@@ -39,9 +40,11 @@ def _jaxlib_knows_the_flag() -> bool:
 def backends_started() -> bool:
     """Whether JAX has created its backends (after which XLA_FLAGS is read
     and changing it has no effect)."""
+    if "jax" not in sys.modules:  # not imported, so not started (and importing it here would start threads)
+        return False
     try:
         from jax._src import xla_bridge
-    except ImportError:  # JAX not installed or reorganised: nothing to protect
+    except ImportError:  # JAX reorganised: nothing to protect
         return False
     started = getattr(xla_bridge, "backends_are_initialized", None)
     return bool(started and started())

@@ -202,17 +202,9 @@ def worker_fit(model_name: str, batch: int, dtype: str) -> dict:
     return {"batch": fitted, "per_image_mb": per_image / 2**20, "limit_gb": limit / 2**30}
 
 
-def worker_torch(
-    model_name: str, batch: int, dtype: str, warmup: int, repeats: int, compiled: bool = False, malloc: bool = False
-) -> dict:
+def worker_torch(model_name: str, batch: int, dtype: str, warmup: int, repeats: int, compiled: bool = False) -> dict:
     """The PyTorch peer's step times; `compiled`: torch.compile + channels_last,
-    its compile time being the first call's time less a step's; `malloc`:
-    with alexnet_jax's malloc settings (glibc's otherwise)."""
-    if malloc:
-        from alexnet_jax import host_malloc
-
-        if not host_malloc.set_malloc():
-            raise RuntimeError("glibc refused alexnet_jax's malloc settings")
+    its compile time being the first call's time less a step's."""
     import torch
 
     from bench.torch_alexnet import AlexNetTorch, make_step
@@ -362,7 +354,8 @@ def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) 
                     fields.update(set=args.set, micro_batch=variant or "0")
                 else:
                     fields["compiled"] = variant.startswith("compiled")
-                    fields["malloc"] = variant.endswith(":malloc")
+                    if not variant.endswith(":malloc"):  # bench/__init__.py's import of alexnet_jax sets them
+                        env = _glibc_default_malloc()
                 result = _run_worker(worker, args, env, **fields)
                 if "error" in result:  # e.g. out of memory at the largest batch: a row says so
                     print(f"{contender} {model} {dtype} {batch}: {result['stderr']}", file=sys.stderr)
@@ -452,7 +445,6 @@ def main() -> None:
     parser.add_argument("--worker", choices=["jax", "torch", "fit", "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", default="False", help=argparse.SUPPRESS)
-    parser.add_argument("--malloc", default="False", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "gemm":
         print(json.dumps(worker_gemm()))
@@ -465,7 +457,7 @@ def main() -> None:
         if args.worker == "jax":
             result = worker_jax(*fields, int(args.micro_batch), args.set)
         else:
-            result = worker_torch(*fields, compiled=args.compiled == "True", malloc=args.malloc == "True")
+            result = worker_torch(*fields, compiled=args.compiled == "True")
         print(json.dumps(result))
         return
 

@@ -59,6 +59,7 @@ def on_cpu_glibc(monkeypatch):
     monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
     monkeypatch.setattr(host_malloc, "_accelerator_plugins_installed", lambda: False)
     monkeypatch.setattr(host_malloc.xla_cpu_flags, "backends_started", lambda: False)
+    monkeypatch.setattr(host_malloc, "_threads", lambda: 1)
 
 
 def test_settings_applied_on_a_cpu_glibc_machine(on_cpu_glibc):
@@ -99,6 +100,13 @@ def test_too_late_leaves_malloc_and_warns(on_cpu_glibc, monkeypatch, caplog):
     libc = _FakeLibc()
     assert not host_malloc.apply({}, libc)
     assert libc.calls == [] and "import alexnet_jax first" in caplog.text
+
+
+def test_applied_after_other_threads_started_it_warns(on_cpu_glibc, monkeypatch, caplog):
+    monkeypatch.setattr(host_malloc, "_threads", lambda: 2)
+    libc = _FakeLibc()
+    assert host_malloc.apply({}, libc)  # set anyway: threads started later still share the main arena
+    assert "import alexnet_jax first" in caplog.text
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc and getrusage's page faults")
