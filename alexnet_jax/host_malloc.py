@@ -10,7 +10,7 @@ by page, and zeroes every large buffer again: about 514,000 page faults and
 `apply()` tells glibc, before JAX starts its threads, to keep freed memory
 for reuse instead: one arena for all threads (M_ARENA_MAX=1), no mmap for
 large chunks (M_MMAP_MAX=0) and no returning of the heap's top to the system
-(M_TRIM_THRESHOLD at its maximum). After the first step the next ones reuse
+(M_TRIM_THRESHOLD=-1). After the first step the next ones reuse
 the same memory without a fault. The cost: the process keeps its peak memory
 until it exits instead of handing freed buffers back, and threads share one
 arena's lock. Numbers are unaffected (tests/test_host_malloc.py).
@@ -40,7 +40,7 @@ from alexnet_jax import xla_cpu_flags
 
 # mallopt parameters (glibc's malloc.h) and the values set.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim (mallopt(3))
 _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc", "malloc")  # in LD_PRELOAD: the user's own allocator
 
 

@@ -3,8 +3,9 @@
     python -m bench.layers            # batch 32, paper sizes
 
 Prints one table, variants of a layer measured back to back in the same run:
-  - LRN's inverse power: `pow(d, -0.75)` (exp/log) vs `rsqrt(d) * sqrt(rsqrt(d))`
-    (what alexnet_jax.layers uses for beta = 0.75), at conv1's output size;
+  - LRN at conv1's output size: the textbook form left to autodiff with
+    `pow(d, -0.75)` (exp/log) and with `rsqrt(d) * sqrt(rsqrt(d))`, and
+    alexnet_jax.layers' (the rsqrt form with a hand-written backward pass);
   - conv1 (11x11/4, 3 -> 96 channels, the 2012 code's far-edge padding):
     the direct strided `lax.conv` vs `TowerConv(space_to_depth=True)` (a 3x3/1
     conv of 4x4-pixel blocks, 48 channels), gradient w.r.t. the parameters
@@ -46,11 +47,15 @@ def _best_ms(fn: Callable, *args, repeats: int) -> float:
     return 1000 * best
 
 
-def _lrn_pow(x: jax.Array) -> jax.Array:
-    """The textbook form, for comparison: a / (k + s * sum a^2) ** beta."""
+def _lrn_autodiff(x: jax.Array, inverse_power: Callable) -> jax.Array:
+    """The textbook form, for comparison: a * (k + s * sum a^2) ** -beta."""
     squares = jnp.square(x).reshape(*x.shape[:-1], 2, x.shape[-1] // 2)
     sums = jax.lax.reduce_window(squares, 0.0, jax.lax.add, (1, 1, 1, 1, 5), (1,) * 5, ((0, 0),) * 4 + ((2, 2),))
-    return x / jnp.power(2.0 + 2e-5 * sums.reshape(x.shape), 0.75)
+    return x * inverse_power(2.0 + 2e-5 * sums.reshape(x.shape))
+
+
+def _rsqrt_power(d: jax.Array) -> jax.Array:
+    return jax.lax.rsqrt(d) * jnp.sqrt(jax.lax.rsqrt(d))
 
 
 def _grad_of(fn: Callable) -> Callable:
@@ -67,9 +72,12 @@ def main() -> None:
     rows = []
 
     conv1_out = jax.random.normal(key, (args.batch, 55, 55, 96)) * 30
-    rows.append(("LRN 55x55x96", "pow(d, -0.75)", _best_ms(_grad_of(_lrn_pow), conv1_out, repeats=args.repeats)))
-    rsqrt_lrn = _grad_of(lambda x: layers.local_response_norm(x, towers=2))
-    rows.append(("LRN 55x55x96", "rsqrt (used)", _best_ms(rsqrt_lrn, conv1_out, repeats=args.repeats)))
+    for variant, lrn in (
+        ("pow(d, -0.75), autodiff", lambda x: _lrn_autodiff(x, lambda d: jnp.power(d, -0.75))),
+        ("rsqrt, autodiff", lambda x: _lrn_autodiff(x, _rsqrt_power)),
+        ("rsqrt, hand-written backward (used)", lambda x: layers.local_response_norm(x, towers=2)),
+    ):
+        rows.append(("LRN 55x55x96", variant, _best_ms(_grad_of(lrn), conv1_out, repeats=args.repeats)))
 
     images = jax.random.normal(key, (args.batch, 224, 224, 3)) * 50
     for variant, s2d in (("direct (lax.conv)", False), ("space-to-depth", True)):

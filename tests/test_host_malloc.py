@@ -65,7 +65,7 @@ def on_cpu_glibc(monkeypatch):
 def test_settings_applied_on_a_cpu_glibc_machine(on_cpu_glibc):
     libc = _FakeLibc()
     assert host_malloc.apply({}, libc)
-    assert libc.calls == [(-8, 1), (-4, 0), (-1, 2**31 - 1)]  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
+    assert libc.calls == [(-8, 1), (-4, 0), (-1, -1)]  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
 
 
 @pytest.mark.parametrize(
