@@ -4,9 +4,10 @@ are used so a user never needs to know them.
 `config.micro_batch_size = -1` (the default) picks micro-batches on CPUs
 only for batches beyond CPU_MICRO_BATCH_PIXELS per device. With XLA's own
 convolution kernels (alexnet_jax.xla_cpu_flags) the paper step at batch 128
-ran fastest whole on a 2-core AMD EPYC (4.39 s, against 5.05 s in
-micro-batches of 32, in one run; BENCHMARKS.md), while micro-batches keep
-the activation memory of larger CPU batches bounded. Accelerators take the whole
+ran fastest whole on a 2-core AMD EPYC (3.44 s, against 4.08 s in
+micro-batches of 32, in one run with the malloc settings of
+alexnet_jax.host_malloc; BENCHMARKS.md), while micro-batches keep the
+activation memory of larger CPU batches bounded. Accelerators take the whole
 batch. The update is the same either way (only dropout's random stream
 differs; tests/test_sharding.py).
 """
