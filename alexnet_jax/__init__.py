@@ -2,7 +2,7 @@
 
 from alexnet_jax import host_malloc, xla_cpu_flags
 
-# Before JAX (or anything else) starts a thread: the malloc settings, then
-# the XLA:CPU options, that make CPU steps faster.
+# Before JAX (or anything else) starts a thread: the opt-in malloc settings
+# (ALEXNET_JAX_MALLOC=reuse), then the XLA:CPU options.
 host_malloc.apply()
 xla_cpu_flags.apply()

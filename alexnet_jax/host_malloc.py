@@ -1,4 +1,5 @@
-"""glibc malloc settings that let a CPU step reuse its buffers' memory.
+"""glibc malloc settings that let a CPU step reuse its buffers' memory,
+opt-in: `ALEXNET_JAX_MALLOC=reuse` in the environment.
 
 XLA:CPU takes each step's activations and gradients from malloc. glibc
 serves an allocation beyond its mmap threshold (32 MiB at most) with a fresh
@@ -7,13 +8,19 @@ than its 64 MiB heaps, and unmaps it on free. So every step faults in, page
 by page, and zeroes every large buffer again: about 514,000 page faults and
 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
 
-`apply()` tells glibc, before JAX starts its threads, to keep freed memory
+With `ALEXNET_JAX_MALLOC=reuse`, `apply()` tells glibc, before JAX starts
+its threads, to keep freed memory
 for reuse instead: one arena for all threads (M_ARENA_MAX=1), no mmap for
 large chunks (M_MMAP_MAX=0) and no returning of the heap's top to the system
 (M_TRIM_THRESHOLD=-1). After the first step the next ones reuse
 the same memory without a fault. The cost: the process keeps its peak memory
 until it exits instead of handing freed buffers back, and threads share one
 arena's lock. Numbers are unaffected (tests/test_host_malloc.py).
+
+Why opt-in (BENCHMARKS.md, 2-core AMD EPYC): the paper step at batch 128
+ran 1.16x faster with it, but at twice the peak memory (6.1 GB against
+3.2 GB), and the digits quick start, whose tf.data threads and small steps
+contend for the one arena, took 42 s against 33 s.
 
 The settings take full effect only if they come before any other thread
 has called malloc: import alexnet_jax before jax (its entry points and
@@ -71,8 +78,13 @@ def jax_runs_on_cpu(environ: dict) -> bool:
     return not _accelerator_plugins_installed()
 
 
+OPT_IN = ("ALEXNET_JAX_MALLOC", "reuse")
+
+
 def applicable(environ: dict) -> bool:
     """Whether `apply` changes malloc's settings in this process."""
+    if environ.get(OPT_IN[0]) != OPT_IN[1]:
+        return False
     on_glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
     return on_glibc and not user_chose_malloc(environ) and jax_runs_on_cpu(environ)
 

@@ -18,15 +18,16 @@ machine; 0 = the whole batch at once).
 
 On CPU a "before" row runs alexnet_jax with the defaults of the previous
 table (BENCHMARKS.md): max-pooling's gradient by XLA's select-and-scatter
-and glibc's default malloc settings (`--no-before` skips it). The default
-rows: `--micro_batch -1,32` on CPU.
+(`--no-before` skips it), and a row runs the defaults with the opt-in
+malloc settings (`ALEXNET_JAX_MALLOC=reuse`, alexnet_jax/host_malloc.py).
+The default rows: `--micro_batch -1,32` on CPU.
 
 PyTorch runs eager, and as a user tuning it for speed would run it
 (`torch.compile` with inductor and channels_last memory; compile time is
 reported and kept out of the step time); on CPU that one runs a second time
-with the malloc settings alexnet_jax uses (alexnet_jax/host_malloc.py:
-PyTorch's CPU tuning guide suggests a caching allocator to the same end).
-The ratio column is against the fastest PyTorch row.
+with the same malloc settings (PyTorch's CPU tuning guide suggests a
+caching allocator to the same end). The ratio column is against the
+fastest PyTorch row.
 
 The limit is the machine's best measured matrix rate: on CPU the best float32
 n x n GEMM of jax (`jnp.dot`), numpy and torch in the same run, same size and
@@ -297,14 +298,11 @@ def worker_gemm() -> dict:
     return {"platform": device.platform, "device": device.device_kind, "n": n, "gflops": rates}
 
 
-# The "before" row on CPU: the previous table's defaults. A MALLOC_
-# variable at glibc's own default (8 arenas per CPU) keeps
-# alexnet_jax.host_malloc's settings off.
+# The "before" row on CPU: the previous table's defaults.
 BEFORE_SET = "model.pool_impl=xla"
-
-
-def _glibc_default_malloc() -> dict:
-    return {"MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))}
+# The environment of the rows with alexnet_jax's opt-in malloc settings
+# (bench/__init__.py imports alexnet_jax, which sets them).
+MALLOC_REUSE = {"ALEXNET_JAX_MALLOC": "reuse"}
 
 
 def _run_worker(worker: str, args, env: dict | None = None, **fields) -> dict:
@@ -327,7 +325,9 @@ def _label(contender: str, result: dict | None = None) -> str:
             return "PyTorch, torch.compile + channels_last, alexnet_jax's malloc settings"
         return "PyTorch, torch.compile + channels_last" if contender.endswith(":compiled") else "PyTorch (eager)"
     if contender.endswith(":before"):
-        return "alexnet_jax, previous defaults: XLA's pooling gradient, glibc's malloc (before)"
+        return "alexnet_jax, previous defaults: XLA's pooling gradient (before)"
+    if contender.endswith(":malloc"):
+        return "alexnet_jax, defaults + ALEXNET_JAX_MALLOC=reuse"
     micro_batch = int(contender.split(":")[1])
     if micro_batch == -1:  # the default: say what it chose here
         chosen = (result or {}).get("micro_batch_size", 0)
@@ -347,15 +347,13 @@ def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) 
                 worker, _, variant = contender.partition(":")
                 fields = dict(models=model, batch=batch, dtype=dtype, warmup=args.warmup, steps=args.steps)
                 env = {}
+                env = MALLOC_REUSE if variant.endswith(":malloc") else {}
                 if contender == "jax:-1:before":
                     fields.update(set=",".join(filter(None, [BEFORE_SET, args.set])), micro_batch="-1")
-                    env = _glibc_default_malloc()
                 elif worker == "jax":
-                    fields.update(set=args.set, micro_batch=variant or "0")
+                    fields.update(set=args.set, micro_batch=variant.split(":")[0] or "0")
                 else:
                     fields["compiled"] = variant.startswith("compiled")
-                    if not variant.endswith(":malloc"):  # bench/__init__.py's import of alexnet_jax sets them
-                        env = _glibc_default_malloc()
                 result = _run_worker(worker, args, env, **fields)
                 if "error" in result:  # e.g. out of memory at the largest batch: a row says so
                     print(f"{contender} {model} {dtype} {batch}: {result['stderr']}", file=sys.stderr)
@@ -476,7 +474,7 @@ def main() -> None:
     torch_contenders = ["torch:eager"] + ([] if args.no_compile else ["torch:compiled"])
     if not (on_gpu or args.no_compile):
         torch_contenders.append("torch:compiled:malloc")
-    before = [] if on_gpu or args.no_before else ["jax:-1:before"]
+    before = [] if on_gpu or args.no_before else ["jax:-1:malloc", "jax:-1:before"]
     contenders = [f"jax:{m}" for m in micro] + before + ([] if args.no_torch else torch_contenders)
     settings = []
     for model in args.models.split(","):

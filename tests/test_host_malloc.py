@@ -1,7 +1,7 @@
-"""The malloc settings the project sets on CPU (alexnet_jax/host_malloc.py):
-when they apply, that a user's own choice is kept, and, in fresh processes,
-that repeated CPU steps stop faulting in their buffers' memory while
-computing the same numbers."""
+"""The opt-in malloc settings (alexnet_jax/host_malloc.py): when they
+apply, that a user's own choice is kept, and, in fresh processes, that
+repeated CPU steps stop faulting in their buffers' memory while computing
+the same numbers."""
 
 import json
 import os
@@ -36,7 +36,7 @@ _STEPS = textwrap.dedent(
 
 
 def _steps_in_a_fresh_process(**env) -> dict:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "ALEXNET_JAX_MALLOC"}
     environ.update(env, PYTHONPATH=os.getcwd(), JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-c", _STEPS], env=environ, capture_output=True, text=True, timeout=300, check=True
@@ -62,9 +62,13 @@ def on_cpu_glibc(monkeypatch):
     monkeypatch.setattr(host_malloc, "_threads", lambda: 1)
 
 
-def test_settings_applied_on_a_cpu_glibc_machine(on_cpu_glibc):
+OPTED_IN = {"ALEXNET_JAX_MALLOC": "reuse"}
+
+
+def test_settings_applied_on_a_cpu_glibc_machine_only_when_asked(on_cpu_glibc):
     libc = _FakeLibc()
-    assert host_malloc.apply({}, libc)
+    assert not host_malloc.apply({}, libc) and libc.calls == []
+    assert host_malloc.apply(OPTED_IN, libc)
     assert libc.calls == [(-8, 1), (-4, 0), (-1, -1)]  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
 
 
@@ -80,43 +84,42 @@ def test_settings_applied_on_a_cpu_glibc_machine(on_cpu_glibc):
 )
 def test_a_users_own_choice_or_an_accelerator_is_left_alone(on_cpu_glibc, environ):
     libc = _FakeLibc()
-    assert not host_malloc.apply(environ, libc)
+    assert not host_malloc.apply({**OPTED_IN, **environ}, libc)
     assert libc.calls == []
 
 
 def test_accelerator_plugins_or_another_libc_are_left_alone(on_cpu_glibc, monkeypatch):
     libc = _FakeLibc()
-    assert host_malloc.apply({"JAX_PLATFORMS": "cpu"}, libc)  # CPU forced: applies even with plugins
     monkeypatch.setattr(host_malloc, "_accelerator_plugins_installed", lambda: True)
-    assert not host_malloc.apply({}, libc)
+    assert host_malloc.apply({**OPTED_IN, "JAX_PLATFORMS": "cpu"}, libc)  # CPU forced: applies even with plugins
+    assert not host_malloc.apply(OPTED_IN, libc)
     monkeypatch.setattr(host_malloc, "_accelerator_plugins_installed", lambda: False)
     monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("", ""))  # e.g. musl
-    assert not host_malloc.apply({}, libc)
+    assert not host_malloc.apply(OPTED_IN, libc)
     assert len(libc.calls) == len(host_malloc.SETTINGS)  # only the forced-CPU call set anything
 
 
 def test_too_late_leaves_malloc_and_warns(on_cpu_glibc, monkeypatch, caplog):
     monkeypatch.setattr(host_malloc.xla_cpu_flags, "backends_started", lambda: True)
     libc = _FakeLibc()
-    assert not host_malloc.apply({}, libc)
+    assert not host_malloc.apply(OPTED_IN, libc)
     assert libc.calls == [] and "import alexnet_jax first" in caplog.text
 
 
 def test_applied_after_other_threads_started_it_warns(on_cpu_glibc, monkeypatch, caplog):
     monkeypatch.setattr(host_malloc, "_threads", lambda: 2)
     libc = _FakeLibc()
-    assert host_malloc.apply({}, libc)  # set anyway: threads started later still share the main arena
+    assert host_malloc.apply(OPTED_IN, libc)  # set anyway: threads started later still share the main arena
     assert "import alexnet_jax first" in caplog.text
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc and getrusage's page faults")
 def test_steps_reuse_their_memory_and_compute_the_same():
     """With the settings the third call faults in (almost) none of its
-    output's pages; with glibc's defaults (a MALLOC_ variable set to glibc's
-    own default keeps alexnet_jax's settings off) it faults them all in again.
-    The numbers are the same."""
-    ours = _steps_in_a_fresh_process()
-    glibc_default = _steps_in_a_fresh_process(MALLOC_ARENA_MAX=str(8 * os.cpu_count()))
+    output's pages; with glibc's defaults it faults them all in again. The
+    numbers are the same."""
+    ours = _steps_in_a_fresh_process(ALEXNET_JAX_MALLOC="reuse")
+    glibc_default = _steps_in_a_fresh_process()
     assert ours["faults"] < 0.1 * ours["pages"], ours
     assert glibc_default["faults"] > 0.9 * glibc_default["pages"], glibc_default
     assert ours["checksum"] == glibc_default["checksum"]
