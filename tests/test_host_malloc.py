@@ -14,8 +14,10 @@ import pytest
 from alexnet_jax import host_malloc
 
 # Runs a jitted step with a 64 MiB output (beyond glibc's largest mmap
-# threshold) three times and prints the last call's page faults, the pages
-# of one output, and the result's checksum.
+# threshold) eight times and prints the fewest page faults of the last four
+# calls (the heap may still grow in the first ones: XLA can free a buffer
+# after the next call has taken its own), the pages of one output, and the
+# result's checksum.
 _STEPS = textwrap.dedent(
     """
     import json, resource
@@ -24,13 +26,14 @@ _STEPS = textwrap.dedent(
 
     x = jax.random.normal(jax.random.key(0), (4096, 4096))
     step = jax.jit(lambda x: jnp.tanh(x @ x[:256].T).repeat(16, axis=1) * 2.0)
-    for _ in range(3):
+    faults = []
+    for _ in range(8):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         out = jax.block_until_ready(step(x))
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         checksum = float(out.sum())
         del out
-    print(json.dumps({"faults": faults, "pages": 4096 * 4096 * 4 // 4096, "checksum": checksum}))
+    print(json.dumps({"faults": min(faults[4:]), "pages": 4096 * 4096 * 4 // 4096, "checksum": checksum}))
     """
 )
 
@@ -115,9 +118,9 @@ def test_applied_after_other_threads_started_it_warns(on_cpu_glibc, monkeypatch,
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc and getrusage's page faults")
 def test_steps_reuse_their_memory_and_compute_the_same():
-    """With the settings the third call faults in (almost) none of its
-    output's pages; with glibc's defaults it faults them all in again. The
-    numbers are the same."""
+    """With the settings a call, once the heap has grown, faults in (almost)
+    none of its output's pages; with glibc's defaults every call faults them
+    all in again. The numbers are the same."""
     ours = _steps_in_a_fresh_process(ALEXNET_JAX_MALLOC="reuse")
     glibc_default = _steps_in_a_fresh_process()
     assert ours["faults"] < 0.1 * ours["pages"], ours
