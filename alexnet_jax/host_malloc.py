@@ -9,11 +9,10 @@ by page, and zeroes every large buffer again: about 514,000 page faults and
 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
 
 With `ALEXNET_JAX_MALLOC=reuse`, `apply()` tells glibc, before JAX starts
-its threads, to keep freed memory
-for reuse instead: one arena for all threads (M_ARENA_MAX=1), no mmap for
-large chunks (M_MMAP_MAX=0) and no returning of the heap's top to the system
-(M_TRIM_THRESHOLD=-1). After the first step the next ones reuse
-the same memory without a fault. The cost: the process keeps its peak memory
+its threads, to keep freed memory for reuse instead: one arena for all
+threads (M_ARENA_MAX=1), no mmap for large chunks (M_MMAP_MAX=0) and no
+returning of the heap's top to the system (M_TRIM_THRESHOLD=-1). Once the
+heap has grown to the step's working set, steps reuse it without a fault. The cost: the process keeps its peak memory
 until it exits instead of handing freed buffers back, and threads share one
 arena's lock. Numbers are unaffected (tests/test_host_malloc.py).
 
@@ -24,8 +23,8 @@ contend for the one arena, took 42 s against 33 s.
 
 The settings take full effect only if they come before any other thread
 has called malloc: import alexnet_jax before jax (its entry points and
-bench/ do), or it warns. It is applied only where it was measured to help: on Linux with glibc, when
-JAX runs on the CPU (no accelerator plugin installed, or JAX_PLATFORMS
+bench/ do), or it warns. It is applied only where it was measured to help:
+on Linux with glibc, when JAX runs on the CPU (no accelerator plugin installed, or JAX_PLATFORMS
 starting with "cpu"), and only if the user has not chosen their own malloc
 settings (any MALLOC_* variable, glibc.malloc tunables in GLIBC_TUNABLES, or
 another allocator in LD_PRELOAD, as PyTorch's CPU tuning guide suggests with
@@ -49,6 +48,7 @@ from alexnet_jax import xla_cpu_flags
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim (mallopt(3))
 _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc", "malloc")  # in LD_PRELOAD: the user's own allocator
+OPT_IN = ("ALEXNET_JAX_MALLOC", "reuse")  # the environment variable and value that ask for SETTINGS
 
 
 def user_chose_malloc(environ: dict) -> bool:
@@ -76,9 +76,6 @@ def jax_runs_on_cpu(environ: dict) -> bool:
     if platforms:
         return platforms.split(",")[0].strip().lower() == "cpu"
     return not _accelerator_plugins_installed()
-
-
-OPT_IN = ("ALEXNET_JAX_MALLOC", "reuse")
 
 
 def applicable(environ: dict) -> bool:

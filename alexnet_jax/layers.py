@@ -132,7 +132,7 @@ def _divisive_norm(x: Array, window: tuple, padding: tuple, k: float, scale: flo
     Left to autodiff, XLA:CPU also stores d ** -beta and its factors, two
     more passes over conv1's and conv2's outputs (bench.profile_step).
     """
-    return x * _inverse_power(k + scale * _window_sum(jnp.square(x), window, padding), beta)
+    return _divisive_norm_fwd(x, window, padding, k, scale, beta)[0]
 
 
 def _divisive_norm_fwd(x, window, padding, k, scale, beta):
@@ -340,11 +340,9 @@ def _pool_views(x_nhwc: Array, window: int, stride: int) -> list[Array]:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _max_pool_taps(x_nhwc: Array, window: int, stride: int) -> Array:
-    # A reduce-window is computed on its own, not fused into (and so
-    # recomputed by) each consumer, as the maximum of strided views would be.
-    init = jnp.array(-jnp.inf if jnp.issubdtype(x_nhwc.dtype, jnp.floating) else jnp.iinfo(x_nhwc.dtype).min)
-    dims, strides = (1, window, window, 1), (1, stride, stride, 1)
-    return jax.lax.reduce_window(x_nhwc, init.astype(x_nhwc.dtype), jax.lax.max, dims, strides, "VALID")
+    # nn.max_pool's reduce-window is computed on its own, not fused into (and
+    # so recomputed by) each consumer, as the maximum of strided views would be.
+    return nn.max_pool(x_nhwc, (window, window), strides=(stride, stride), padding="VALID")
 
 
 def _max_pool_taps_fwd(x_nhwc, window, stride):

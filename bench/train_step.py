@@ -439,7 +439,11 @@ def main() -> None:
     parser.add_argument("--set", default="", help='alexnet_jax config overrides, e.g. "model.use_lrn=False"')
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (eager PyTorch only)")
-    parser.add_argument("--no-before", action="store_true", help="skip the CPU row with the previous defaults")
+    parser.add_argument(
+        "--no-before",
+        action="store_true",
+        help="skip the CPU rows with the previous defaults and with the opt-in malloc settings",
+    )
     parser.add_argument("--worker", choices=["jax", "torch", "fit", "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", default="False", help=argparse.SUPPRESS)
