@@ -1,34 +1,40 @@
-"""glibc malloc settings that let a CPU step reuse its buffers' memory,
-opt-in: `ALEXNET_JAX_MALLOC=reuse` in the environment.
+"""glibc malloc settings that save a CPU step from faulting in its buffers'
+memory page by page: transparent huge pages by default, buffer reuse opt-in.
 
 XLA:CPU takes each step's activations and gradients from malloc. glibc
 serves an allocation beyond its mmap threshold (32 MiB at most) with a fresh
 mmap, and so does every thread arena but the main one for anything larger
-than its 64 MiB heaps, and unmaps it on free. So every step faults in, page
-by page, and zeroes every large buffer again: about 514,000 page faults and
-1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
+than its 64 MiB heaps, and unmaps it on free. So every step faults in and
+zeroes every large buffer again, 4 KiB at a time: about 514,000 page faults
+and 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
 
-With `ALEXNET_JAX_MALLOC=reuse`, `apply()` tells glibc, before JAX starts
-its threads, to keep freed memory for reuse instead: one arena for all
-threads (M_ARENA_MAX=1), no mmap for large chunks (M_MMAP_MAX=0) and no
-returning of the heap's top to the system (M_TRIM_THRESHOLD=-1). Once the
-heap has grown to the step's working set, steps reuse it without a fault. The cost: the process keeps its peak memory
-until it exits instead of handing freed buffers back, and threads share one
-arena's lock. Numbers are unaffected (tests/test_host_malloc.py).
+`ALEXNET_JAX_MALLOC` in the environment chooses what to do about it:
 
-Why opt-in (BENCHMARKS.md, 2-core AMD EPYC): the paper step at batch 128
-ran 1.16x faster with it, but at twice the peak memory (6.1 GB against
-3.2 GB), and the digits quick start, whose tf.data threads and small steps
-contend for the one arena, took 42 s against 33 s.
+- "auto" (the default, or unset): huge pages. Where the kernel gives
+  transparent huge pages only to memory that asks for them
+  (/sys/kernel/mm/transparent_hugepage/enabled is "madvise"), the commands
+  (`python -m alexnet_jax.main` and the other entry points) call
+  `restart_with_huge_pages()` first, which re-executes the same command with
+  glibc's tunable `glibc.malloc.hugetlb=1` (glibc 2.35 or later; tunables
+  are read only when a process starts). glibc then asks for huge pages for
+  its large chunks, which fault in 2 MiB at a time. The same memory, no
+  other change: the paper step ran 1.10x and the digits step 1.17x faster
+  (BENCHMARKS.md). Where the kernel gives huge pages always, or never, there
+  is nothing to ask for and nothing happens.
+- "reuse": one arena for all threads (M_ARENA_MAX=1), no mmap for large
+  chunks (M_MMAP_MAX=0) and no returning of the heap's top to the system
+  (M_TRIM_THRESHOLD=-1), set by `apply()` on `import alexnet_jax`, before
+  JAX starts its threads. Once the heap has grown to the step's working
+  set, steps reuse it without a fault. The cost: the process keeps its peak
+  memory (up to twice the default's), and threads share one arena's lock.
+- "glibc": glibc's malloc as it comes.
 
-The settings take full effect only if they come before any other thread
-has called malloc: import alexnet_jax before jax (its entry points and
-bench/ do), or it warns. It is applied only where it was measured to help:
-on Linux with glibc, when JAX runs on the CPU (no accelerator plugin installed, or JAX_PLATFORMS
+All of it applies only where it was measured to help: on Linux with glibc,
+when JAX runs on the CPU (no accelerator plugin installed, or JAX_PLATFORMS
 starting with "cpu"), and only if the user has not chosen their own malloc
 settings (any MALLOC_* variable, glibc.malloc tunables in GLIBC_TUNABLES, or
 another allocator in LD_PRELOAD, as PyTorch's CPU tuning guide suggests with
-jemalloc or tcmalloc).
+jemalloc or tcmalloc). Numbers are unaffected (tests/test_host_malloc.py).
 """
 
 from __future__ import annotations
@@ -48,7 +54,11 @@ from alexnet_jax import xla_cpu_flags
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim (mallopt(3))
 _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc", "malloc")  # in LD_PRELOAD: the user's own allocator
-OPT_IN = ("ALEXNET_JAX_MALLOC", "reuse")  # the environment variable and value that ask for SETTINGS
+VARIABLE = "ALEXNET_JAX_MALLOC"
+MODES = ("auto", "reuse", "glibc")  # the variable's values; unset means "auto"
+HUGE_PAGES = "glibc.malloc.hugetlb=1"  # the glibc tunable "auto" adds to GLIBC_TUNABLES
+HUGE_PAGES_GLIBC = (2, 35)  # the first glibc release that knows it
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"  # the kernel's huge-page policy
 
 
 def user_chose_malloc(environ: dict) -> bool:
@@ -78,12 +88,72 @@ def jax_runs_on_cpu(environ: dict) -> bool:
     return not _accelerator_plugins_installed()
 
 
+def mode(environ: dict) -> str:
+    """`ALEXNET_JAX_MALLOC`'s value; ValueError naming it if it is not one of MODES."""
+    value = environ.get(VARIABLE, "") or "auto"
+    if value not in MODES:
+        raise ValueError(f"{VARIABLE}={value!r}: expected one of {', '.join(MODES)} (or unset, meaning auto)")
+    return value
+
+
+def glibc_version() -> tuple[int, ...] | None:
+    """This process's glibc release, or None off Linux/glibc (musl, macOS)."""
+    name, version = platform.libc_ver()
+    if sys.platform != "linux" or name != "glibc":
+        return None
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def _ours_to_set(environ: dict) -> bool:
+    """Whether malloc is this project's to set: JAX on the CPU, and no choice of the user's."""
+    return not user_chose_malloc(environ) and jax_runs_on_cpu(environ)
+
+
 def applicable(environ: dict) -> bool:
-    """Whether `apply` changes malloc's settings in this process."""
-    if environ.get(OPT_IN[0]) != OPT_IN[1]:
-        return False
-    on_glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
-    return on_glibc and not user_chose_malloc(environ) and jax_runs_on_cpu(environ)
+    """Whether `apply` changes malloc's settings in this process ("reuse")."""
+    return mode(environ) == "reuse" and glibc_version() is not None and _ours_to_set(environ)
+
+
+def huge_pages_wanted(environ: dict, policy: str) -> bool:
+    """Whether `restart_with_huge_pages` restarts: "auto", a glibc that knows
+    the tunable, and a kernel policy (THP_ENABLED's text, such as
+    "always [madvise] never") that gives huge pages only where asked."""
+    glibc = glibc_version()
+    asked_only = "[madvise]" in policy
+    return (
+        mode(environ) == "auto"
+        and glibc is not None
+        and glibc >= HUGE_PAGES_GLIBC
+        and asked_only
+        and _ours_to_set(environ)
+    )
+
+
+def thp_policy(path: str) -> str:
+    """The kernel's transparent huge page policy as THP_ENABLED words it ("" where there is none)."""
+    try:
+        with open(path) as policy:
+            return policy.read()
+    except OSError:  # no transparent huge pages in this kernel
+        return ""
+
+
+def restart_with_huge_pages(thp_enabled: str = THP_ENABLED) -> None:
+    """Re-executes this command (same interpreter, options and arguments)
+    with glibc asked for transparent huge pages, where `huge_pages_wanted`;
+    otherwise returns. Call it first thing in an entry point, before any
+    work: the process is replaced. The restarted process finds the tunable
+    in GLIBC_TUNABLES, a choice it keeps, so it does not restart again."""
+    if not huge_pages_wanted(os.environ, thp_policy(thp_enabled)):
+        return
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    environ = {**os.environ, "GLIBC_TUNABLES": f"{tunables}:{HUGE_PAGES}" if tunables else HUGE_PAGES}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, environ)
+    except OSError as error:  # e.g. the interpreter moved: run on without huge pages
+        logging.warning("alexnet_jax: could not restart with huge pages (%s); running without them", error)
 
 
 def apply(environ: dict | None = None, libc=None) -> bool:

@@ -23,6 +23,7 @@ import time
 
 import jax
 
+from alexnet_jax import host_malloc
 from bench.train_step import jax_step, synthetic_batch
 
 
@@ -118,4 +119,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    host_malloc.restart_with_huge_pages()  # profile the defaults: as alexnet_jax.main does, where it would
     main()

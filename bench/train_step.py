@@ -17,17 +17,20 @@ the same update computed in micro-batches; -1 = the default, chosen for the
 machine; 0 = the whole batch at once).
 
 On CPU a "before" row runs alexnet_jax with the defaults of the previous
-table (BENCHMARKS.md): max-pooling's gradient by XLA's select-and-scatter
-(`--no-before` skips it), and a row runs the defaults with the opt-in
+table (BENCHMARKS.md): glibc's malloc as it comes (`ALEXNET_JAX_MALLOC=glibc`;
+`--no-before` skips it), and a row runs the defaults with the opt-in
 malloc settings (`ALEXNET_JAX_MALLOC=reuse`, alexnet_jax/host_malloc.py).
-The default rows: `--micro_batch -1,32` on CPU.
+The jax worker restarts itself with huge pages where the defaults would
+(`host_malloc.restart_with_huge_pages`, as `python -m alexnet_jax.main`
+does). The default rows: `--micro_batch -1,32` on CPU.
 
 PyTorch runs eager, and as a user tuning it for speed would run it
 (`torch.compile` with inductor and channels_last memory; compile time is
-reported and kept out of the step time); on CPU that one runs a second time
-with the same malloc settings (PyTorch's CPU tuning guide suggests a
-caching allocator to the same end). The ratio column is against the
-fastest PyTorch row.
+reported and kept out of the step time); on CPU that one runs twice more,
+with each of alexnet_jax's malloc settings: huge pages (glibc's tunable in
+GLIBC_TUNABLES) and reuse (PyTorch's CPU tuning guide suggests a caching
+allocator to the same end). The ratio column is against the fastest
+PyTorch row.
 
 The limit is the machine's best measured matrix rate: on CPU the best float32
 n x n GEMM of jax (`jnp.dot`), numpy and torch in the same run, same size and
@@ -55,6 +58,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from alexnet_jax import host_malloc
 
 # PAPER.md: about 4.1 GFLOP per 224x224 image for a training step.
 PAPER_GFLOP_PER_IMAGE = 4.1
@@ -298,11 +303,15 @@ def worker_gemm() -> dict:
     return {"platform": device.platform, "device": device.device_kind, "n": n, "gflops": rates}
 
 
-# The "before" row on CPU: the previous table's defaults.
-BEFORE_SET = "model.pool_impl=xla"
-# The environment of the rows with alexnet_jax's opt-in malloc settings
-# (bench/__init__.py imports alexnet_jax, which sets them).
-MALLOC_REUSE = {"ALEXNET_JAX_MALLOC": "reuse"}
+# The environment of each CPU row's malloc settings (host_malloc.py):
+# "reuse" is set on importing alexnet_jax (bench/__init__.py does); "before",
+# the previous table's defaults, is glibc's malloc as it comes; "hugepages"
+# gives PyTorch the tunable alexnet_jax's defaults restart with.
+MALLOC_ENV = {
+    "reuse": {host_malloc.VARIABLE: "reuse"},
+    "before": {host_malloc.VARIABLE: "glibc"},
+    "hugepages": {"GLIBC_TUNABLES": host_malloc.HUGE_PAGES},
+}
 
 
 def _run_worker(worker: str, args, env: dict | None = None, **fields) -> dict:
@@ -321,12 +330,14 @@ def _run_worker(worker: str, args, env: dict | None = None, **fields) -> dict:
 
 def _label(contender: str, result: dict | None = None) -> str:
     if contender.startswith("torch"):
-        if contender.endswith(":malloc"):
-            return "PyTorch, torch.compile + channels_last, alexnet_jax's malloc settings"
+        if contender.endswith(":reuse"):
+            return "PyTorch, torch.compile + channels_last, alexnet_jax's reuse malloc settings"
+        if contender.endswith(":hugepages"):
+            return "PyTorch, torch.compile + channels_last, glibc.malloc.hugetlb=1 (as alexnet_jax's defaults)"
         return "PyTorch, torch.compile + channels_last" if contender.endswith(":compiled") else "PyTorch (eager)"
     if contender.endswith(":before"):
-        return "alexnet_jax, previous defaults: XLA's pooling gradient (before)"
-    if contender.endswith(":malloc"):
+        return "alexnet_jax, previous defaults: glibc's malloc as it comes (before)"
+    if contender.endswith(":reuse"):
         return "alexnet_jax, defaults + ALEXNET_JAX_MALLOC=reuse"
     micro_batch = int(contender.split(":")[1])
     if micro_batch == -1:  # the default: say what it chose here
@@ -346,11 +357,8 @@ def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) 
             for contender in order:
                 worker, _, variant = contender.partition(":")
                 fields = dict(models=model, batch=batch, dtype=dtype, warmup=args.warmup, steps=args.steps)
-                env = {}
-                env = MALLOC_REUSE if variant.endswith(":malloc") else {}
-                if contender == "jax:-1:before":
-                    fields.update(set=",".join(filter(None, [BEFORE_SET, args.set])), micro_batch="-1")
-                elif worker == "jax":
+                env = MALLOC_ENV.get(variant.rpartition(":")[2], {})
+                if worker == "jax":
                     fields.update(set=args.set, micro_batch=variant.split(":")[0] or "0")
                 else:
                     fields["compiled"] = variant.startswith("compiled")
@@ -372,7 +380,8 @@ def _print_table(args, contenders, settings, runs, gemm) -> None:
     limit_dtype = "bfloat16" if platform == "gpu" else "float32"
     peaks = {d: max(max(g["gflops"][d].values()) for g in gemm) for d in gemm[0]["gflops"]}
     host = cpu_description() if platform == "cpu" else f"{device}; host {cpu_description()}"
-    print(f"\nmachine: {host}; load average {os.getloadavg()[0]:.2f}")
+    huge_pages = host_malloc.thp_policy(host_malloc.THP_ENABLED).strip() or "not in this kernel"
+    print(f"\nmachine: {host}; transparent huge pages: {huge_pages}; load average {os.getloadavg()[0]:.2f}")
     n = gemm[0]["n"]
     for dtype, rate in peaks.items():
         per_library = ", ".join(
@@ -454,6 +463,8 @@ def main() -> None:
     if args.worker == "fit":
         print(json.dumps(worker_fit(args.models, args.batch, args.dtype)))
         return
+    if args.worker == "jax":
+        host_malloc.restart_with_huge_pages()  # as alexnet_jax.main does, where it would
     if args.worker:
         fields = (args.models, args.batch, args.dtype, args.warmup, args.steps)
         if args.worker == "jax":
@@ -477,8 +488,8 @@ def main() -> None:
     max_models = dict(entry.partition(":")[::2] for entry in max_batch.split(",") if entry)
     torch_contenders = ["torch:eager"] + ([] if args.no_compile else ["torch:compiled"])
     if not (on_gpu or args.no_compile):
-        torch_contenders.append("torch:compiled:malloc")
-    before = [] if on_gpu or args.no_before else ["jax:-1:malloc", "jax:-1:before"]
+        torch_contenders += ["torch:compiled:hugepages", "torch:compiled:reuse"]
+    before = [] if on_gpu or args.no_before else ["jax:-1:reuse", "jax:-1:before"]
     contenders = [f"jax:{m}" for m in micro] + before + ([] if args.no_torch else torch_contenders)
     settings = []
     for model in args.models.split(","):

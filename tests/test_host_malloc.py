@@ -39,10 +39,13 @@ _STEPS = textwrap.dedent(
 
 
 def _steps_in_a_fresh_process(**env) -> dict:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "ALEXNET_JAX_MALLOC"}
-    environ.update(env, PYTHONPATH=os.getcwd(), JAX_PLATFORMS="cpu")
     result = subprocess.run(
-        [sys.executable, "-c", _STEPS], env=environ, capture_output=True, text=True, timeout=300, check=True
+        [sys.executable, "-c", _STEPS],
+        env=_clean_environ(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -126,3 +129,95 @@ def test_steps_reuse_their_memory_and_compute_the_same():
     assert ours["faults"] < 0.1 * ours["pages"], ours
     assert glibc_default["faults"] > 0.9 * glibc_default["pages"], glibc_default
     assert ours["checksum"] == glibc_default["checksum"]
+
+
+def test_an_unknown_setting_is_a_one_line_error_naming_the_variable():
+    assert host_malloc.mode({}) == host_malloc.mode({"ALEXNET_JAX_MALLOC": ""}) == "auto"
+    with pytest.raises(ValueError, match=r"ALEXNET_JAX_MALLOC='jemalloc': expected one of auto, reuse, glibc"):
+        host_malloc.mode({"ALEXNET_JAX_MALLOC": "jemalloc"})
+
+
+ASKED_ONLY = "always [madvise] never\n"  # THP_ENABLED's words where huge pages go only to memory that asks
+HUGE = host_malloc.HUGE_PAGES
+RSEQ = "glibc.pthread.rseq=1"  # a user's tunable that is not malloc's
+
+
+def test_huge_pages_wanted_only_where_the_kernel_waits_to_be_asked(on_cpu_glibc, monkeypatch):
+    wanted = host_malloc.huge_pages_wanted
+    assert wanted({}, ASKED_ONLY) and wanted({"ALEXNET_JAX_MALLOC": "auto"}, ASKED_ONLY)
+    # Huge pages always (nothing to ask for), never, or a kernel without them.
+    assert not any(wanted({}, policy) for policy in ("[always] madvise never", "always madvise [never]", ""))
+    assert not wanted({"ALEXNET_JAX_MALLOC": "reuse"}, ASKED_ONLY)
+    assert not wanted({"ALEXNET_JAX_MALLOC": "glibc"}, ASKED_ONLY)
+    assert not wanted({"GLIBC_TUNABLES": HUGE}, ASKED_ONLY)  # the restarted process
+    assert not wanted({"MALLOC_ARENA_MAX": "2"}, ASKED_ONLY) and not wanted({"JAX_PLATFORMS": "cuda"}, ASKED_ONLY)
+    assert wanted({"GLIBC_TUNABLES": RSEQ}, ASKED_ONLY)  # not a malloc tunable
+    monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.34"))  # before the tunable
+    assert not wanted({}, ASKED_ONLY)
+    monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("", ""))  # e.g. musl
+    assert not wanted({}, ASKED_ONLY)
+
+
+def _clean_environ(**env) -> dict:
+    """This environment without malloc choices, with `env` added; JAX on the CPU."""
+    drop = ("MALLOC_", "ALEXNET_JAX_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return {**environ, **env, "PYTHONPATH": os.getcwd(), "JAX_PLATFORMS": "cpu"}
+
+
+_RESTART = textwrap.dedent(
+    """
+    import os, sys
+    from alexnet_jax import host_malloc
+
+    print("started with", os.environ.get("GLIBC_TUNABLES"), flush=True)
+    host_malloc.restart_with_huge_pages(sys.argv[1])
+    print("ran with", os.environ.get("GLIBC_TUNABLES"), flush=True)
+    """
+)
+
+
+def _glibc_knows_huge_pages() -> bool:
+    glibc = host_malloc.glibc_version()
+    return glibc is not None and glibc >= host_malloc.HUGE_PAGES_GLIBC
+
+
+@pytest.mark.skipif(not _glibc_knows_huge_pages(), reason="glibc 2.35 or later on Linux")
+@pytest.mark.parametrize(
+    "tunables, policy, lines",
+    [
+        (None, ASKED_ONLY, ["started with None", f"started with {HUGE}", f"ran with {HUGE}"]),
+        (RSEQ, ASKED_ONLY, [f"started with {RSEQ}", f"started with {RSEQ}:{HUGE}", f"ran with {RSEQ}:{HUGE}"]),
+        (None, "[always] madvise never", ["started with None", "ran with None"]),
+    ],
+)
+def test_restart_reruns_the_command_once_with_the_tunable_added(tmp_path, tunables, policy, lines):
+    """The command runs again from its start, same arguments, with glibc's
+    tunable appended to the user's own; then it runs on, without restarting
+    again. Where the kernel gives huge pages anyway, nothing restarts."""
+    (tmp_path / "enabled").write_text(policy)
+    environ = _clean_environ(**({"GLIBC_TUNABLES": tunables} if tunables else {}))
+    result = subprocess.run(
+        [sys.executable, "-c", _RESTART, str(tmp_path / "enabled")],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.splitlines() == lines
+
+
+@pytest.mark.skipif(
+    not _glibc_knows_huge_pages() or "[madvise]" not in host_malloc.thp_policy(host_malloc.THP_ENABLED),
+    reason="a glibc with the tunable and a kernel that gives huge pages where asked",
+)
+def test_huge_pages_fault_in_a_fraction_of_the_pages_and_compute_the_same():
+    """With the tunable glibc's large chunks fault in 2 MiB at a time, so a
+    call faults a small fraction of its output's 4 KiB pages; the numbers
+    are the same."""
+    huge = _steps_in_a_fresh_process(GLIBC_TUNABLES=host_malloc.HUGE_PAGES)
+    glibc_default = _steps_in_a_fresh_process(ALEXNET_JAX_MALLOC="glibc")
+    assert huge["faults"] < 0.25 * huge["pages"], huge
+    assert glibc_default["faults"] > 0.9 * glibc_default["pages"], glibc_default
+    assert huge["checksum"] == glibc_default["checksum"]
