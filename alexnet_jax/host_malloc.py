@@ -18,9 +18,10 @@ and 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
   glibc's tunable `glibc.malloc.hugetlb=1` (glibc 2.35 or later; tunables
   are read only when a process starts). glibc then asks for huge pages for
   its large chunks, which fault in 2 MiB at a time. The same memory, no
-  other change: the paper step ran 1.10x and the digits step 1.17x faster
-  (BENCHMARKS.md). Where the kernel gives huge pages always, or never, there
-  is nothing to ask for and nothing happens.
+  other change: on a 2-core AMD EPYC the paper step at batch 128 ran 1.13x
+  faster, at the same peak memory (BENCHMARKS.md). Where the kernel gives
+  huge pages always, or never, there is nothing to ask for and nothing
+  happens.
 - "reuse": one arena for all threads (M_ARENA_MAX=1), no mmap for large
   chunks (M_MMAP_MAX=0) and no returning of the heap's top to the system
   (M_TRIM_THRESHOLD=-1), set by `apply()` on `import alexnet_jax`, before

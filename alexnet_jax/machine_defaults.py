@@ -5,7 +5,7 @@ are used so a user never needs to know them.
 only for batches beyond CPU_MICRO_BATCH_PIXELS per device. With XLA's own
 convolution kernels (alexnet_jax.xla_cpu_flags) the paper step at batch 128
 ran fastest whole on a 2-core AMD EPYC (3.44 s, against 4.08 s in
-micro-batches of 32, in one run with the malloc settings of
+micro-batches of 32, in one run with the reuse malloc settings of
 alexnet_jax.host_malloc; BENCHMARKS.md), while micro-batches keep the
 activation memory of larger CPU batches bounded. Accelerators take the whole
 batch. The update is the same either way (only dropout's random stream
