@@ -12,9 +12,10 @@ and 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
 
 - "auto" (the default, or unset): huge pages. Where the kernel gives
   transparent huge pages only to memory that asks for them
-  (/sys/kernel/mm/transparent_hugepage/enabled is "madvise"), the commands
-  (`python -m alexnet_jax.main` and the other entry points) call
-  `restart_with_huge_pages()` first, which re-executes the same command with
+  (/sys/kernel/mm/transparent_hugepage/enabled is "madvise"), the training
+  command (`python -m alexnet_jax.main`; bench's train-step worker and
+  profiler too) calls `restart_with_huge_pages()` at its start, which
+  re-executes the same command with
   glibc's tunable `glibc.malloc.hugetlb=1` (glibc 2.35 or later; tunables
   are read only when a process starts). glibc then asks for huge pages for
   its large chunks, which fault in 2 MiB at a time. The same memory, no
