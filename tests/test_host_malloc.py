@@ -209,8 +209,8 @@ def test_restart_reruns_the_command_once_with_the_tunable_added(tmp_path, tunabl
 
 
 @pytest.mark.skipif(
-    not _glibc_knows_huge_pages() or "[madvise]" not in host_malloc.thp_policy(host_malloc.THP_ENABLED),
-    reason="a glibc with the tunable and a kernel that gives huge pages where asked",
+    not host_malloc.huge_pages_wanted(_clean_environ(), host_malloc.thp_policy(host_malloc.THP_ENABLED)),
+    reason="where the defaults restart with huge pages: a glibc with the tunable, a kernel that gives them where asked",
 )
 def test_huge_pages_fault_in_a_fraction_of_the_pages_and_compute_the_same():
     """With the tunable glibc's large chunks fault in 2 MiB at a time, so a
