@@ -43,7 +43,7 @@ import tensorflow as tf
 import tqdm
 from etils import epath
 
-from alexnet_jax import paths
+from alexnet_jax import paths, tf_data_iteration
 
 FORMATS = ("jpeg", "png", "raw", "none")  # "none": no cache, decode the source every epoch
 JPEG_QUALITY = 95
@@ -52,6 +52,7 @@ INFO_FILE = "info.json"
 SUMS_FILE = "stats_sums.npz"
 _SUMS_BATCH = 64  # images per accumulation task of write's worker threads
 _SUMS_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 2))
+_WRITE_PREFETCH = 64  # encoded examples made ahead of write's loop (fixed: tf_data_iteration)
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
@@ -178,9 +179,9 @@ def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, desc
     encode = _encode(fmt)
     encoded = decoded.map(
         lambda ex: (encode(ex["image"]), ex["label"], ex["image"]),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=tf_data_iteration.parallel_calls(),
         deterministic=True,
-    ).prefetch(tf.data.AUTOTUNE)
+    )
     count, writer, total_bytes = 0, None, 0
     sums, pending, in_flight = ImageSums(), [], collections.deque()
     try:
@@ -195,7 +196,7 @@ def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, desc
                 in_flight.append(workers.submit(_sums_of, np.stack(pending)))
                 pending.clear()
 
-            for image_bytes, label, image in encoded.as_numpy_iterator():
+            for image_bytes, label, image in tf_data_iteration.numpy_iterator(encoded, _WRITE_PREFETCH):
                 if count % SHARD_SIZE == 0:
                     if writer is not None:
                         writer.close()
@@ -258,7 +259,7 @@ def records(files: list[str], shuffle_seed: tf.Tensor | None) -> tf.data.Dataset
             tf.data.TFRecordDataset,
             cycle_length=min(4, len(files)),
             block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE,
+            num_parallel_calls=min(4, len(files)),  # one thread per file read at once
             deterministic=True,
         )
     return ds.map(lambda record: tf.io.parse_single_example(record, _FEATURES))

@@ -34,6 +34,7 @@ from alexnet_jax import (
     data_cache,
     multihost_data,
     sharding,
+    tf_data_iteration,
 )
 from alexnet_jax.datasets import (  # noqa: F401  (the entry points of this module's users)
     IMAGENET_TARS,
@@ -44,6 +45,10 @@ from alexnet_jax.datasets import (  # noqa: F401  (the entry points of this modu
 )
 
 Batch = dict[str, np.ndarray]
+
+# Batches the host makes ahead of the consumer (alexnet_jax.tf_data_iteration:
+# a fixed buffer, not autotuned): one in reserve while the next is assembled.
+_PREFETCH_BATCHES = 2
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
@@ -206,8 +211,7 @@ def _source(
     info = data_cache.read_info(path)
     if info is None:
         logging.info("Preprocessing %s once into %s (%s)", split, path, cache_format)
-        decoded = source.records(None).map(source.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        data_cache.write(path, decoded, source.num_examples, cache_format, description)
+        data_cache.write(path, _decoded(source), source.num_examples, cache_format, description)
         info = data_cache.read_info(path)
     data_cache.check(path, info, {**description, "format": cache_format}, source.num_examples)
     files = data_cache.shard_files(path, info)
@@ -246,9 +250,14 @@ def prepare(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
     multihost_data.prepare_everywhere("the preprocessed caches", prepare_parts, error_type=DatasetUnavailableError)
 
 
+def _decode(records: tf.data.Dataset, source: _Source) -> tf.data.Dataset:
+    """`records` of `source` decoded, several at once, in their order."""
+    return records.map(source.decode, num_parallel_calls=tf_data_iteration.parallel_calls(), deterministic=True)
+
+
 def _decoded(source: _Source) -> tf.data.Dataset:
     """Every example of `source` once, in its fixed order, decoded."""
-    return source.records(None).map(source.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _decode(source.records(None), source)
 
 
 def full_split_batches(
@@ -259,7 +268,7 @@ def full_split_batches(
     makes) the whole split's cache; pass "none" where training reads parts of
     the split, rather than caching it twice."""
     ds = _decoded(_source(builder, split, size, cache_format, sharding.DataPart(0, 1))).map(lambda ex: ex["image"])
-    return iter(tfds.as_numpy(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)))
+    return tf_data_iteration.numpy_iterator(ds.batch(batch_size), _PREFETCH_BATCHES)
 
 
 def _epoch_seeds(seed: int, epoch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -296,9 +305,8 @@ def train_batches(
         return ds.skip(tf.where(epoch == position.epoch, consumed, tf.constant(0, tf.int64)))
 
     ds = tf.data.Dataset.range(position.epoch, 1 << 62).flat_map(epoch_examples)
-    ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True)
-    return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
+    ds = _decode(ds, source).batch(local_batch, drop_remainder=True)
+    return tf_data_iteration.numpy_iterator(ds, _PREFETCH_BATCHES)
 
 
 def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> Iterator[Batch]:
@@ -324,4 +332,4 @@ def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBu
         }
     ).repeat()
     ds = ds.concatenate(padding).take(num_batches * local_batch).batch(local_batch)
-    return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
+    return tf_data_iteration.numpy_iterator(ds, _PREFETCH_BATCHES)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import data_cache, input_pipeline, multihost_data, sharding
+from alexnet_jax import data_cache, input_pipeline, multihost_data, sharding, tf_data_iteration
 from alexnet_jax.sharding import DataPart
 
 
@@ -30,6 +30,31 @@ def test_eval_counts_every_example_once(tiny_config, builder):
     assert masks.sum() == 360 and masks[:360].all() and not masks[360:].any()
     real = np.concatenate([b["image"] for b in batches])[:360]
     assert len(set(_fingerprints(real))) > 350  # distinct digits, not repeats
+
+
+def test_every_iterator_runs_without_tf_data_autotuning(tiny_config, builder, monkeypatch, tmp_path):
+    """Autotuning's model thread can make an iterator's destruction sleep out
+    its timer (alexnet_jax.tf_data_iteration): the training stream, every
+    evaluation, the statistics' pass and a cache being written all run with
+    it off, and still read what they should."""
+    autotuned, as_numpy = [], tf_data_iteration.tfds.as_numpy
+    monkeypatch.setattr(
+        tf_data_iteration.tfds, "as_numpy", lambda ds: autotuned.append(ds.options().autotune.enabled) or as_numpy(ds)
+    )
+    assert next(input_pipeline.train_batches(tiny_config, builder))["image"].shape[0] == tiny_config.batch_size
+    assert sum(b["mask"].sum() for b in input_pipeline.eval_batches(tiny_config, builder)) == 360
+    assert sum(len(b) for b in input_pipeline.full_split_batches(builder, "test", 16, batch_size=100)) == 360
+    source = input_pipeline._tfds_source(builder, "test", 16)
+    data_cache.write(str(tmp_path / "cache"), input_pipeline._decoded(source), 360, "raw", {})
+    assert len(autotuned) >= 4 and not any(autotuned)  # (and the caches the first reads wrote)
+
+
+def test_numpy_iterator_yields_what_tf_data_yields():
+    ds = tf.data.Dataset.range(10).map(lambda i: {"x": i * i, "y": tf.fill([2], i)})
+    ours = list(tf_data_iteration.numpy_iterator(ds, prefetch=3))
+    theirs = list(ds.as_numpy_iterator())
+    assert len(ours) == 10 and all(a["x"] == b["x"] and (a["y"] == b["y"]).all() for a, b in zip(ours, theirs))
+    assert tf_data_iteration.parallel_calls() == len(os.sched_getaffinity(0))
 
 
 def test_two_data_parts_are_disjoint_complete_halves(tiny_config, builder, monkeypatch):
