@@ -255,11 +255,12 @@ def records(files: list[str], shuffle_seed: tf.Tensor | None) -> tf.data.Dataset
         ds = tf.data.TFRecordDataset(file_ds)
     else:
         file_ds = file_ds.shuffle(len(files), seed=shuffle_seed)
+        at_once = min(4, len(files))  # files read at once, each by its own thread
         ds = file_ds.interleave(
             tf.data.TFRecordDataset,
-            cycle_length=min(4, len(files)),
+            cycle_length=at_once,
             block_length=1,
-            num_parallel_calls=min(4, len(files)),  # one thread per file read at once
+            num_parallel_calls=at_once,
             deterministic=True,
         )
     return ds.map(lambda record: tf.io.parse_single_example(record, _FEATURES))
