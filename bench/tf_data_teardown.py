@@ -1,5 +1,7 @@
-"""How long destroying a tf.data iterator takes, with tf.data's autotuning on
-(its default) and off (alexnet_jax.tf_data_iteration), in one table from one run.
+"""How long destroying a tf.data iterator takes, with autotuning on and off.
+
+One table from one run: tf.data's default (autotuning on) against the
+project's iterators (alexnet_jax.tf_data_iteration: autotuning off).
 
     python -m bench.tf_data_teardown                  # 20 iterators per row, 2 s each
     python -m bench.tf_data_teardown --life 8 --rounds 10
