@@ -106,6 +106,12 @@ def glibc_version() -> tuple[int, ...] | None:
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
+def glibc_knows_huge_pages() -> bool:
+    """Whether this process's glibc knows the HUGE_PAGES tunable."""
+    glibc = glibc_version()
+    return glibc is not None and glibc >= HUGE_PAGES_GLIBC
+
+
 def _ours_to_set(environ: dict) -> bool:
     """Whether malloc is this project's to set: JAX on the CPU, and no choice of the user's."""
     return not user_chose_malloc(environ) and jax_runs_on_cpu(environ)
@@ -120,15 +126,8 @@ def huge_pages_wanted(environ: dict, policy: str) -> bool:
     """Whether `restart_with_huge_pages` restarts: "auto", a glibc that knows
     the tunable, and a kernel policy (THP_ENABLED's text, such as
     "always [madvise] never") that gives huge pages only where asked."""
-    glibc = glibc_version()
     asked_only = "[madvise]" in policy
-    return (
-        mode(environ) == "auto"
-        and glibc is not None
-        and glibc >= HUGE_PAGES_GLIBC
-        and asked_only
-        and _ours_to_set(environ)
-    )
+    return mode(environ) == "auto" and glibc_knows_huge_pages() and asked_only and _ours_to_set(environ)
 
 
 def thp_policy(path: str) -> str:

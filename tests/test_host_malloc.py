@@ -177,12 +177,7 @@ _RESTART = textwrap.dedent(
 )
 
 
-def _glibc_knows_huge_pages() -> bool:
-    glibc = host_malloc.glibc_version()
-    return glibc is not None and glibc >= host_malloc.HUGE_PAGES_GLIBC
-
-
-@pytest.mark.skipif(not _glibc_knows_huge_pages(), reason="glibc 2.35 or later on Linux")
+@pytest.mark.skipif(not host_malloc.glibc_knows_huge_pages(), reason="glibc 2.35 or later on Linux")
 @pytest.mark.parametrize(
     "tunables, policy, lines",
     [
