@@ -27,7 +27,8 @@ and 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
   chunks (M_MMAP_MAX=0) and no returning of the heap's top to the system
   (M_TRIM_THRESHOLD=-1), set by `apply()` on `import alexnet_jax`, before
   JAX starts its threads. Once the heap has grown to the step's working
-  set, steps reuse it without a fault. The cost: the process keeps its peak
+  set, steps reuse it, most without a fault (now and then small allocations
+  split a freed buffer and the heap grows again). The cost: the process keeps its peak
   memory (up to twice the default's), and threads share one arena's lock.
 - "glibc": glibc's malloc as it comes.
 

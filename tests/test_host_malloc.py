@@ -14,26 +14,30 @@ import pytest
 from alexnet_jax import host_malloc
 
 # Runs a jitted step with a 64 MiB output (beyond glibc's largest mmap
-# threshold) eight times and prints the fewest page faults of the last four
-# calls (the heap may still grow in the first ones: XLA can free a buffer
-# after the next call has taken its own), the pages of one output, and the
-# result's checksum.
+# threshold) CALLS times and prints how many calls after the first faulted in
+# at least half of one output's pages, and the last result's checksum. With
+# "reuse" the heap still grows now and then (a freed output split by small
+# allocations no longer fits the next one; 0-6 of 23 calls in 12 runs on a
+# 2-core AMD EPYC), so the test counts calls instead of expecting none.
+CALLS = 24
 _STEPS = textwrap.dedent(
-    """
+    f"""
     import json, resource
     import alexnet_jax
     import jax, jax.numpy as jnp
 
+    pages = 4096 * 4096 * 4 // 4096
     x = jax.random.normal(jax.random.key(0), (4096, 4096))
     step = jax.jit(lambda x: jnp.tanh(x @ x[:256].T).repeat(16, axis=1) * 2.0)
-    faults = []
-    for _ in range(8):
+    faulting = 0
+    for call in range({CALLS}):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         out = jax.block_until_ready(step(x))
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        checksum = float(out.sum())
-        del out
-    print(json.dumps({"faults": min(faults[4:]), "pages": 4096 * 4096 * 4 // 4096, "checksum": checksum}))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        faulting += call > 0 and faults > pages // 2
+        if call < {CALLS} - 1:
+            del out
+    print(json.dumps({{"faulting": faulting, "checksum": float(out.sum())}}))
     """
 )
 
@@ -121,13 +125,13 @@ def test_applied_after_other_threads_started_it_warns(on_cpu_glibc, monkeypatch,
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc and getrusage's page faults")
 def test_steps_reuse_their_memory_and_compute_the_same():
-    """With the settings a call, once the heap has grown, faults in (almost)
-    none of its output's pages; with glibc's defaults every call faults them
-    all in again. The numbers are the same."""
+    """With the settings most calls, once the heap has grown, fault in almost
+    none of their output's pages; with glibc's defaults every call faults
+    them all in again. The numbers are the same."""
     ours = _steps_in_a_fresh_process(ALEXNET_JAX_MALLOC="reuse")
     glibc_default = _steps_in_a_fresh_process()
-    assert ours["faults"] < 0.1 * ours["pages"], ours
-    assert glibc_default["faults"] > 0.9 * glibc_default["pages"], glibc_default
+    assert ours["faulting"] < (CALLS - 1) / 2, ours
+    assert glibc_default["faulting"] == CALLS - 1, glibc_default
     assert ours["checksum"] == glibc_default["checksum"]
 
 
