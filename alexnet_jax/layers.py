@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
+from alexnet_jax import conv_kernels
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -192,199 +194,6 @@ def conv_output_size(size: int, kernel: int, stride: int) -> int:
     return 1 + -(-(size - kernel) // stride)
 
 
-def space_to_depth_conv(
-    x_nhwc: Array,
-    kernel_hwio: Array,
-    strides: int | Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    gemm_wgrad: bool = False,
-) -> Array:
-    """`lax.conv_general_dilated(x, kernel, strides, padding)` (NHWC, HWIO)
-    computed as a stride-1 convolution over blocks of stride x stride pixels.
-
-    The kernel is zero-padded at its far edge to a multiple of the stride and
-    both it and the (padded) input are rearranged so each block of sh x sw
-    pixels becomes sh*sw*C channels: an 11x11/4 conv of 3 channels becomes a
-    3x3/1 conv of 48. Same products, only summed in another order. The
-    rearrangement happens on the fly, so `kernel_hwio` keeps its shape and
-    gets the gradient. Worth it when C is small: cuDNN runs a 3-channel conv
-    on a slow kernel that does not use tensor cores (AlexNet's conv1).
-    """
-    n, height, width, channels = x_nhwc.shape
-    kh, kw, kernel_channels, features = kernel_hwio.shape
-    if kernel_channels != channels:
-        raise ValueError(f"space_to_depth_conv: kernel reads {kernel_channels} channels, input has {channels}")
-    sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
-    (top, bottom), (left, right) = _explicit_padding(padding, (height, width), (kh, kw), (sh, sw))
-    out_h = (height + top + bottom - kh) // sh + 1
-    out_w = (width + left + right - kw) // sw + 1
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"space_to_depth_conv: a {kh}x{kw} kernel has no window in the padded {x_nhwc.shape} input")
-    # Zero taps past the kernel's far edge: they add nothing, whatever pixel they read.
-    blocks_h, blocks_w = -(-kh // sh), -(-kw // sw)
-    kernel = jnp.pad(kernel_hwio, ((0, blocks_h * sh - kh), (0, blocks_w * sw - kw), (0, 0), (0, 0)))
-    # A stride-1 VALID conv of blocks_h block rows gives out_h outputs from
-    # out_h + blocks_h - 1 input block rows: pad the far edge up to that, or
-    # crop rows no window reads (lax.pad crops where the padding is negative).
-    rows, cols = (out_h + blocks_h - 1) * sh, (out_w + blocks_w - 1) * sw
-    x = jax.lax.pad(
-        x_nhwc,
-        jnp.zeros((), x_nhwc.dtype),
-        ((0, 0, 0), (top, rows - height - top, 0), (left, cols - width - left, 0), (0, 0, 0)),
-    )
-    # Pixel (i*sh + r, j*sw + s, c) -> block (i, j), channel (r, s, c); the
-    # kernel tap (a*sh + r, b*sw + s, c) -> block tap (a, b), channel (r, s, c).
-    x = x.reshape(n, rows // sh, sh, cols // sw, sw, channels).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(n, rows // sh, cols // sw, sh * sw * channels)
-    kernel = kernel.reshape(blocks_h, sh, blocks_w, sw, channels, features).transpose(0, 2, 1, 3, 4, 5)
-    kernel = kernel.reshape(blocks_h, blocks_w, sh * sw * channels, features)
-    if gemm_wgrad:  # the stride-1 conv's kernel gradient from contiguous 48-channel taps
-        return gemm_wgrad_conv(x, kernel, (1, 1), "VALID")
-    return _plain_conv(x, kernel, (1, 1), "VALID")
-
-
-def _explicit_padding(padding: str | Sequence[tuple[int, int]], in_hw, kernel_hw, strides) -> tuple:
-    if isinstance(padding, str):
-        return tuple(jax.lax.padtype_to_pads(in_hw, kernel_hw, strides, padding))
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
-def gemm_wgrad_conv(
-    x_nhwc: Array, kernel_hwio: Array, strides: Sequence[int], padding: str | Sequence[tuple[int, int]]
-) -> Array:
-    """`lax.conv_general_dilated` (NHWC, HWIO, no groups) whose kernel gradient
-    is one matrix product of the input's patches with the output gradient.
-
-    XLA:CPU computes a convolution's kernel gradient as another convolution
-    (the batch contracted, the output as a dilated window) and runs it 2-4x
-    slower than the forward pass of the same FLOPs (BENCHMARKS.md, the
-    profile). Here the kh*kw strided views of the padded input are stacked
-    into (positions, kh*kw*C) patches and the gradient is
-    patches^T @ output-gradient, a plain GEMM. The forward pass and the input
-    gradient are XLA's own; only the order of summation differs.
-    """
-    strides = tuple(int(s) for s in strides)
-    pads = _explicit_padding(padding, x_nhwc.shape[1:3], kernel_hwio.shape[:2], strides)
-    return _gemm_wgrad_conv(x_nhwc, kernel_hwio, strides, pads)
-
-
-def _window_taps(x_nhwc: Array, window_hw: tuple, strides: tuple, out_hw: tuple) -> list[Array]:
-    """Tap (i, j) of every output position of a VALID window over x: a
-    strided view of x, at index i * window_w + j (row-major taps)."""
-    (kh, kw), (sh, sw), (out_h, out_w) = window_hw, strides, out_hw
-    n, _, _, channels = x_nhwc.shape
-    return [
-        jax.lax.slice(
-            x_nhwc, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels), (1, sh, sw, 1)
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
-
-
-def _plain_conv(x_nhwc: Array, kernel_hwio: Array, strides: tuple, pads: tuple) -> Array:
-    return jax.lax.conv_general_dilated(x_nhwc, kernel_hwio, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _gemm_wgrad_conv(x_nhwc: Array, kernel_hwio: Array, strides: tuple, pads: tuple) -> Array:
-    return _plain_conv(x_nhwc, kernel_hwio, strides, pads)
-
-
-def _gemm_wgrad_conv_fwd(x_nhwc, kernel_hwio, strides, pads):
-    return _plain_conv(x_nhwc, kernel_hwio, strides, pads), (x_nhwc, kernel_hwio)
-
-
-def _gemm_wgrad_conv_bwd(strides, pads, residuals, grad_nhwo):
-    x_nhwc, kernel_hwio = residuals
-    _, input_vjp = jax.vjp(lambda x: _plain_conv(x, kernel_hwio, strides, pads), x_nhwc)
-    (grad_x,) = input_vjp(grad_nhwo)
-    kh, kw, channels, features = kernel_hwio.shape
-    (sh, sw), (out_h, out_w) = strides, grad_nhwo.shape[1:3]
-    x = jax.lax.pad(x_nhwc, jnp.zeros((), x_nhwc.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-    taps = _window_taps(x, (kh, kw), (sh, sw), (out_h, out_w))
-    # As 2-D matrices (positions, kh*kw*C) and (positions, O): XLA:CPU runs
-    # this product several times faster than the same einsum over 5-D arrays.
-    patches = jnp.stack(taps, axis=3).reshape(-1, kh * kw * channels)
-    grad_kernel = patches.T @ grad_nhwo.reshape(-1, features).astype(x.dtype)
-    return grad_x, grad_kernel.reshape(kh, kw, channels, features).astype(kernel_hwio.dtype)
-
-
-_gemm_wgrad_conv.defvjp(_gemm_wgrad_conv_fwd, _gemm_wgrad_conv_bwd)
-
-
-def max_pool_taps(x_nhwc: Array, window: int, stride: int) -> Array:
-    """VALID `window` x `window` max-pooling with stride `stride` whose
-    gradient needs no scatter.
-
-    The forward pass is XLA's reduce-window (`nn.max_pool`'s). Its gradient
-    is `nn.max_pool`'s, computed another way: each output's gradient goes to
-    the first input of its window, in row-major order, that holds the
-    maximum, as XLA's select-and-scatter does; where windows overlap the
-    contributions are summed in another order. XLA:CPU computes
-    select-and-scatter as an arg-max reduce-window over index arrays and a
-    scatter, the paper CPU step's costliest work besides the convolutions
-    and matrix products (`bench.profile_step`); here the first maximal tap
-    is found from the window's strided views and the gradient is assembled
-    stride phase by stride phase, each input position written once.
-    """
-    return _max_pool_taps(x_nhwc, window, stride)
-
-
-def _pool_views(x_nhwc: Array, window: int, stride: int) -> list[Array]:
-    """The window's window**2 strided views of x (`_window_taps`)."""
-    _, h, w, _ = x_nhwc.shape
-    out_hw = ((h - window) // stride + 1, (w - window) // stride + 1)
-    return _window_taps(x_nhwc, (window, window), (stride, stride), out_hw)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool_taps(x_nhwc: Array, window: int, stride: int) -> Array:
-    # nn.max_pool's reduce-window is computed on its own, not fused into (and
-    # so recomputed by) each consumer, as the maximum of strided views would be.
-    return nn.max_pool(x_nhwc, (window, window), strides=(stride, stride), padding="VALID")
-
-
-def _max_pool_taps_fwd(x_nhwc, window, stride):
-    pooled = _max_pool_taps(x_nhwc, window, stride)
-    return pooled, (x_nhwc, pooled)
-
-
-def _max_pool_taps_bwd(window, stride, residuals, grad_pooled):
-    x_nhwc, pooled = residuals
-    n, h, w, channels = x_nhwc.shape
-    out_h, out_w = pooled.shape[1:3]
-    # The first tap (row-major) of each window that holds its maximum.
-    first_tap = jnp.full(pooled.shape, window * window, jnp.int32)
-    for tap, view in reversed(list(enumerate(_pool_views(x_nhwc, window, stride)))):
-        first_tap = jnp.where(view == pooled, tap, first_tap)
-    zero = jnp.zeros((), grad_pooled.dtype)
-    # Input row r = stride * y + i (output y, tap row i) has phase r % stride
-    # = i % stride and row r // stride = y + i // stride: the gradient of
-    # each phase is a sum of the output gradient shifted by i // stride, on
-    # a grid of ceil(h / stride) rows (columns alike).
-    rows, cols = -(-h // stride), -(-w // stride)
-    phase_rows = []
-    for phase_i in range(stride):
-        phase_row = []
-        for phase_j in range(stride):
-            total = jnp.zeros((n, rows, cols, channels), grad_pooled.dtype)
-            for i in range(phase_i, window, stride):
-                for j in range(phase_j, window, stride):
-                    di, dj = i // stride, j // stride
-                    taken = jnp.where(first_tap == i * window + j, grad_pooled, zero)
-                    shift = ((0, 0, 0), (di, rows - out_h - di, 0), (dj, cols - out_w - dj, 0), (0, 0, 0))
-                    total = total + jax.lax.pad(taken, zero, shift)
-            phase_row.append(total)
-        phase_rows.append(jnp.stack(phase_row, axis=3))  # (n, rows, cols, phase_j, C)
-    # (n, rows, phase_i, cols, phase_j, C) -> input positions, cropped to h x w.
-    grad_x = jnp.stack(phase_rows, axis=2).reshape(n, rows * stride, cols * stride, channels)[:, :h, :w]
-    return (grad_x.astype(x_nhwc.dtype),)
-
-
-_max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
-
-
 class TowerConv(nn.Module):
     """A convolution whose input and output channels are split into towers.
 
@@ -399,10 +208,10 @@ class TowerConv(nn.Module):
     gather both towers onto every device (it does not split grouped
     convolutions by group, nor slices of a sharded axis).
     `space_to_depth` computes each (per-tower) convolution with
-    `space_to_depth_conv`: same numbers, a faster GPU kernel for few input
+    `conv_kernels.space_to_depth_conv`: same numbers, a faster GPU kernel for few input
     channels; with towers > 1 it needs `impl="split"`. `gemm_wgrad` takes
     the kernel gradient of each ungrouped convolution as one matrix product
-    (`gemm_wgrad_conv`): same numbers, faster on XLA:CPU.
+    (`conv_kernels.gemm_wgrad_conv`): same numbers, faster on XLA:CPU.
     """
 
     features: int
@@ -433,9 +242,9 @@ class TowerConv(nn.Module):
             if self.space_to_depth:
                 if groups != 1:
                     raise ValueError("TowerConv: space_to_depth does not take grouped convolutions; use impl='split'")
-                return space_to_depth_conv(inputs, weights, self.strides, self.padding, self.gemm_wgrad)
+                return conv_kernels.space_to_depth_conv(inputs, weights, self.strides, self.padding, self.gemm_wgrad)
             if self.gemm_wgrad and groups == 1:
-                return gemm_wgrad_conv(inputs, weights, self.strides, self.padding)
+                return conv_kernels.gemm_wgrad_conv(inputs, weights, self.strides, self.padding)
             return jax.lax.conv_general_dilated(
                 inputs,
                 weights,

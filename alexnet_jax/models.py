@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from alexnet_jax import layers
+from alexnet_jax import layers, pooling
 
 Array = jax.Array
 
@@ -151,7 +151,7 @@ class AlexNet(nn.Module):
     dtype: str = "float32"
 
     def _conv1_space_to_depth(self) -> bool:
-        """Whether conv1 runs as `layers.space_to_depth_conv`. Same numbers
+        """Whether conv1 runs as `conv_kernels.space_to_depth_conv`. Same numbers
         either way; "auto" takes it where it is faster (BENCHMARKS.md): on
         GPUs, whose cuDNN runs conv1's 3 input channels without tensor
         cores, and not on XLA:CPU, where it is slower."""
@@ -161,7 +161,7 @@ class AlexNet(nn.Module):
 
     def _gemm_wgrad(self) -> bool:
         """Whether the convolutions' kernel gradients are matrix products
-        (`layers.gemm_wgrad_conv`). Same numbers either way; "auto" leaves
+        (`conv_kernels.gemm_wgrad_conv`). Same numbers either way; "auto" leaves
         them to XLA everywhere: with XLA's own CPU convolution kernels
         (alexnet_jax.xla_cpu_flags) its kernel gradients are the faster ones
         (BENCHMARKS.md)."""
@@ -171,7 +171,7 @@ class AlexNet(nn.Module):
         return nn.relu(x) if self.activation == "relu" else jnp.tanh(x)
 
     def _pool_by_taps(self) -> bool:
-        """Whether max-pooling's gradient is `layers.max_pool_taps`' (no
+        """Whether max-pooling's gradient is `pooling.max_pool_taps`' (no
         scatter). Same numbers either way; "auto" takes it on XLA:CPU, where
         the paper step is faster with it (BENCHMARKS.md), and leaves GPUs
         and TPUs to XLA's select-and-scatter, where it was not measured."""
@@ -181,7 +181,7 @@ class AlexNet(nn.Module):
 
     def _pool(self, x: Array) -> Array:
         if self._pool_by_taps():
-            return layers.max_pool_taps(x, self.pool_window, self.pool_stride)
+            return pooling.max_pool_taps(x, self.pool_window, self.pool_stride)
         window = (self.pool_window, self.pool_window)
         return nn.max_pool(x, window, strides=(self.pool_stride, self.pool_stride), padding="VALID")
 

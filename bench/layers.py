@@ -14,7 +14,7 @@ Prints one table, variants of a layer measured back to back in the same run:
     (`feature_group_count=2`), and split with the kernel gradient as one
     GEMM (`gemm_wgrad=True`), at conv2's size, gradients w.r.t. parameters
     and input;
-  - max-pooling (3x3/2): `nn.max_pool` vs `layers.max_pool_taps` (a
+  - max-pooling (3x3/2): `nn.max_pool` vs `pooling.max_pool_taps` (a
     scatter-free gradient, the default on CPU), at pool1's and pool2's (per
     tower) input size;
   - the whole paper model's gradient (direct conv1, XLA's kernel gradients,
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from alexnet_jax import layers, models
+from alexnet_jax import layers, models, pooling
 
 
 def _best_ms(fn: Callable, *args, repeats: int) -> float:
@@ -109,7 +109,7 @@ def main() -> None:
         activations = jax.nn.relu(jax.random.normal(key, (args.batch, *shape)))
         for variant, pool in (
             ("nn.max_pool", lambda x: nn.max_pool(x, (3, 3), strides=(2, 2))),
-            ("max_pool_taps (default on CPU)", lambda x: layers.max_pool_taps(x, 3, 2)),
+            ("max_pool_taps (default on CPU)", lambda x: pooling.max_pool_taps(x, 3, 2)),
         ):
             step = jax.jit(jax.grad(lambda x, pool=pool: jnp.sum(pool(x) ** 2)))
             rows.append((name, variant, _best_ms(step, activations, repeats=args.repeats)))

@@ -131,7 +131,7 @@ def get_config() -> ml_collections.ConfigDict:
     # see alexnet_jax/xla_cpu_flags.py); "auto": xla. Same numbers.
     config.model.conv_wgrad = "auto"
     # Max-pooling's gradient: "xla" = nn.max_pool's select-and-scatter;
-    # "taps" = layers.max_pool_taps, found from the window's strided views
+    # "taps" = pooling.max_pool_taps, found from the window's strided views
     # with no scatter (same numbers, a faster CPU step); "auto": taps on CPU.
     config.model.pool_impl = "auto"
     config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"

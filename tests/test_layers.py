@@ -1,7 +1,5 @@
-"""LRN, the within-channel norm, tower and space-to-depth convolutions
-against independent NumPy / plain-lax references."""
-
-import functools
+"""LRN, the within-channel norm and tower convolutions against independent
+NumPy / plain-lax references."""
 
 import jax
 import jax.numpy as jnp
@@ -130,52 +128,6 @@ def test_tower_conv_equals_two_half_convs(impl):
     np.testing.assert_allclose(np.asarray(conv.apply(variables, x)), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-def _direct_conv(x, kernel, strides, padding):
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-@pytest.mark.parametrize(
-    "x_shape, kernel_shape, strides, padding",
-    [
-        ((2, 224, 224, 3), (11, 11, 3, 8), (4, 4), ((0, 3), (0, 3))),  # conv1, 2012 code's far-edge padding
-        ((2, 17, 19, 5), (7, 7, 5, 4), (2, 2), ((3, 3), (3, 3))),  # odd sizes, symmetric padding
-        ((1, 13, 13, 2), (3, 3, 2, 3), (4, 4), ((0, 0), (0, 0))),  # the last rows no window reads
-        ((1, 12, 10, 3), (5, 4, 3, 2), (3, 2), ((2, 1), (0, 2))),  # unequal strides and edges
-        ((1, 9, 9, 4), (3, 3, 4, 5), (1, 1), "SAME"),  # stride 1: 1x1 blocks
-        ((1, 15, 15, 3), (5, 5, 3, 2), (2, 2), "SAME"),
-    ],
-)
-@pytest.mark.parametrize("variant", ["space_to_depth", "gemm_wgrad", "space_to_depth+gemm_wgrad"])
-def test_conv_variants_equal_direct_conv(variant, x_shape, kernel_shape, strides, padding):
-    """Same outputs and gradients (w.r.t. input and kernel) as the strided
-    lax.conv, to float32 rounding: only the order of the sums differs."""
-    fast_conv = {
-        "space_to_depth": layers.space_to_depth_conv,
-        "gemm_wgrad": layers.gemm_wgrad_conv,
-        "space_to_depth+gemm_wgrad": functools.partial(layers.space_to_depth_conv, gemm_wgrad=True),
-    }[variant]
-    rng = np.random.RandomState(4)
-    x = jnp.asarray(rng.normal(size=x_shape).astype(np.float32))
-    kernel = jnp.asarray(rng.normal(size=kernel_shape).astype(np.float32))
-    want = _direct_conv(x, kernel, strides, padding)
-    got = jax.jit(fast_conv, static_argnums=(2, 3))(x, kernel, strides, padding)
-    assert got.shape == want.shape
-    scale = float(np.abs(want).max())
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6 * scale)
-
-    cotangent = jnp.asarray(rng.normal(size=want.shape).astype(np.float32))
-
-    def grads(conv):
-        return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k, strides, padding) * cotangent), argnums=(0, 1)))(
-            x, kernel
-        )
-
-    for got_grad, want_grad in zip(grads(fast_conv), grads(_direct_conv)):
-        assert got_grad.shape == want_grad.shape
-        scale = float(np.abs(want_grad).max())
-        np.testing.assert_allclose(np.asarray(got_grad), np.asarray(want_grad), rtol=1e-5, atol=1e-6 * scale)
-
-
 @pytest.mark.parametrize("towers", [1, 2])
 def test_tower_conv_space_to_depth_keeps_params_and_outputs(towers):
     """Same parameter shapes and outputs as the direct conv, per tower too."""
@@ -200,43 +152,3 @@ def test_tower_conv_space_to_depth_rejects_grouped():
 def test_conv1_output_size_as_in_2012_code():
     assert layers.conv_output_size(224, 11, 4) == 55  # the last window hangs past the edge
     assert layers.conv_output_size(227, 11, 4) == 55  # Caffe's crop
-
-
-def _max_pool_reference(x: np.ndarray, window: int, stride: int, grad_out: np.ndarray):
-    """NumPy max-pooling and its gradient: each output's gradient to the
-    first maximum of its window in row-major order (XLA's select-and-scatter)."""
-    n, h, w, c = x.shape
-    out_h, out_w = (h - window) // stride + 1, (w - window) // stride + 1
-    pooled = np.empty((n, out_h, out_w, c), x.dtype)
-    grad_x = np.zeros(x.shape, np.float64)
-    for b, y, xo, ch in np.ndindex(n, out_h, out_w, c):
-        patch = x[b, y * stride : y * stride + window, xo * stride : xo * stride + window, ch]
-        i, j = np.unravel_index(np.argmax(patch), patch.shape)  # argmax: the first maximum
-        pooled[b, y, xo, ch] = patch[i, j]
-        grad_x[b, y * stride + i, xo * stride + j, ch] += grad_out[b, y, xo, ch]
-    return pooled, grad_x
-
-
-@pytest.mark.parametrize("window,stride,shape", [(3, 2, (2, 13, 15, 4)), (2, 2, (1, 9, 8, 3)), (3, 1, (1, 6, 7, 2))])
-def test_max_pool_taps_matches_reference_and_xla_with_ties(window, stride, shape):
-    """The forward pass is exact and the gradient goes where XLA's does, also
-    where a window holds its maximum twice (rounded values, ReLU's zeros)."""
-    from flax import linen as nn
-
-    rng = np.random.default_rng(0)
-    x = np.maximum(np.round(rng.normal(size=shape), 1), 0).astype(np.float32)  # many ties
-    pooled_shape = nn.max_pool(jnp.asarray(x), (window, window), strides=(stride, stride)).shape
-    grad_out = rng.normal(size=pooled_shape).astype(np.float32)
-    want_pooled, want_grad = _max_pool_reference(x, window, stride, grad_out)
-
-    pooled, vjp = jax.vjp(lambda v: layers.max_pool_taps(v, window, stride), jnp.asarray(x))
-    np.testing.assert_array_equal(pooled, want_pooled)
-    np.testing.assert_allclose(vjp(jnp.asarray(grad_out))[0], want_grad, rtol=1e-6, atol=1e-6)
-    _, xla_vjp = jax.vjp(lambda v: nn.max_pool(v, (window, window), strides=(stride, stride)), jnp.asarray(x))
-    np.testing.assert_allclose(vjp(jnp.asarray(grad_out))[0], xla_vjp(jnp.asarray(grad_out))[0], rtol=1e-6, atol=1e-6)
-
-
-def test_max_pool_taps_keeps_bfloat16():
-    x = jax.random.normal(jax.random.key(0), (2, 13, 13, 8), jnp.bfloat16)
-    pooled, vjp = jax.vjp(lambda v: layers.max_pool_taps(v, 3, 2), x)
-    assert pooled.dtype == jnp.bfloat16 and vjp(jnp.ones_like(pooled))[0].dtype == jnp.bfloat16
