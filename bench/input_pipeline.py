@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from alexnet_jax import synthetic_data  # noqa: E402  (ImageNet's training-set size)
-from bench.train_step import time_calls  # noqa: E402
+from bench.step_workers import time_calls  # noqa: E402
 
 
 def _images_per_sec(make_batches, passes: int) -> float:
@@ -101,7 +101,7 @@ def train_step_seconds(batch: int, timed: int) -> float:
     within-channel norm included, unlike bench/train_step's comparable one)."""
     import jax
 
-    from bench.train_step import jax_step, synthetic_batch
+    from bench.step_workers import jax_step, synthetic_batch
 
     step, state, key, config = jax_step("paper", batch, "float32", 0, comparable=False)
     data = synthetic_batch(config, batch)

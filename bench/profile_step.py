@@ -24,7 +24,7 @@ import time
 import jax
 
 from alexnet_jax import host_malloc
-from bench.train_step import jax_step, synthetic_batch
+from bench.step_workers import jax_step, synthetic_batch
 
 
 def _device_events(trace: dict) -> list[dict]:

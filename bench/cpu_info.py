@@ -1,0 +1,41 @@
+"""The CPU a benchmark ran on, read from /proc/cpuinfo: its model, logical
+CPUs and the vector extensions that decide its GEMM rate. Every CPU table
+names it, so tables of different CPUs are never compared by mistake."""
+
+from __future__ import annotations
+
+import os
+
+
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The first CPU's model name and flags in /proc/cpuinfo (unknown elsewhere)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+# The vector extensions that decide a CPU's GEMM rate, as /proc/cpuinfo flags.
+EXTENSIONS = {"AVX2": "avx2", "AVX-512F": "avx512f", "AVX-512 BF16": "avx512_bf16", "AMX": "amx_tile"}
+
+
+def cpu_description() -> str:
+    """The CPU by model, logical CPUs, and which of EXTENSIONS it has."""
+    model, flags = cpu_model_and_flags()
+    has = [name for name, flag in EXTENSIONS.items() if flag in flags]
+    lacks = [name for name, flag in EXTENSIONS.items() if flag not in flags]
+    return f"{model}, {os.cpu_count()} CPUs, with {', '.join(has) or 'none of ' + '/'.join(EXTENSIONS)}" + (
+        f"; without {', '.join(lacks)}" if lacks else ""
+    )
+
+
+def cpu_has_amx() -> bool:
+    return EXTENSIONS["AMX"] in cpu_model_and_flags()[1]
