@@ -28,8 +28,9 @@ and 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
   (M_TRIM_THRESHOLD=-1), set by `apply()` on `import alexnet_jax`, before
   JAX starts its threads. Once the heap has grown to the step's working
   set, steps reuse it, most without a fault (now and then small allocations
-  split a freed buffer and the heap grows again). The cost: the process keeps its peak
-  memory (up to twice the default's), and threads share one arena's lock.
+  split a freed buffer and the heap grows again, until it settles). The
+  cost: the process keeps its peak memory (up to twice the default's), and
+  threads share one arena's lock.
 - "glibc": glibc's malloc as it comes.
 
 All of it applies only where it was measured to help: on Linux with glibc,
