@@ -11,7 +11,7 @@ Each round makes an iterator over the same pipeline (a parallel map of
 100 batches/s, and times `del` on it. With autotuning on, the iterator's
 model thread can miss its cancellation and sleep out its timer while the
 destructor waits (alexnet_jax/tf_data_iteration.py says why); the rows count
-how often a destruction took over 0.1 s, and the longest.
+how often a destruction took over 0.1 s (_STALL_S), and the longest.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> None:
     ]
     print(f"\nmachine: {cpu_description()}; tensorflow {tf.__version__}")
     print(f"{args.rounds} iterators per row, each read for {args.life:g} s, then destroyed\n")
-    print("| iterator | destructions over 0.1 s | median (s) | longest (s) |")
+    print(f"| iterator | destructions over {_STALL_S:g} s | median (s) | longest (s) |")
     print("|---|---|---|---|")
     for name, times in rows:
         stalls = sum(t > _STALL_S for t in times)
