@@ -51,7 +51,8 @@ SHARD_SIZE = 1024  # examples per file: the unit of per-epoch file shuffling
 INFO_FILE = "info.json"
 SUMS_FILE = "stats_sums.npz"
 _SUMS_BATCH = 64  # images per accumulation task of write's worker threads
-_SUMS_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 2))
+# Half the CPUs this process may use (the rest decode and encode), at most 4.
+_SUMS_WORKERS = max(1, min(4, tf_data_iteration.parallel_calls() // 2))
 _WRITE_PREFETCH = 64  # encoded examples made ahead of write's loop (fixed: tf_data_iteration)
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),

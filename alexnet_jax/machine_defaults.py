@@ -2,7 +2,10 @@
 are used so a user never needs to know them.
 
 `config.micro_batch_size = -1` (the default) picks micro-batches on CPUs
-only for batches beyond CPU_MICRO_BATCH_PIXELS per device. With XLA's own
+only for batches beyond CPU_MICRO_BATCH_PIXELS per device. Where a CPU
+batch leaves a choice of sizes, alexnet_jax.micro_batch_tuning measures it
+once per machine instead, within the same budget; this rule serves the rest
+(small inputs, several processes, accelerators). With XLA's own
 convolution kernels (alexnet_jax.xla_cpu_flags) the paper step at batch 128
 ran fastest whole on a 2-core AMD EPYC (3.44 s, against 4.08 s in
 micro-batches of 32, in one run with the reuse malloc settings of

@@ -8,7 +8,10 @@ so the same code serves a local disk and a bucket.
 from __future__ import annotations
 
 import io
+import json
 import os
+import socket
+from typing import Any
 
 import numpy as np
 from etils import epath
@@ -39,3 +42,17 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of an .npz file, local or remote, read in one piece."""
     with np.load(io.BytesIO(epath.Path(path).read_bytes())) as saved:
         return {name: saved[name] for name in saved.files}
+
+
+def write_json(path: str | os.PathLike, record: Any) -> None:
+    """`record` as indented JSON, atomically: written beside `path` under a
+    name of this host and process, then renamed over it, so a reader sees
+    the old file or the new one, never a part (on a bucket the rename is a
+    copy, but the file is still whole)."""
+    target = epath.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    with tmp.open("w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    tmp.replace(target)

@@ -179,15 +179,7 @@ def load(workdir: str | os.PathLike) -> dict | None:
 
 
 def _write(workdir: str | os.PathLike, record: dict) -> None:
-    """Atomically: a reader sees the old file or the new one, never a part
-    (on a bucket the rename is a copy, but the file is still whole)."""
-    target = path(workdir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{CONFIG_FILE}.tmp-{os.uname().nodename}-{os.getpid()}")
-    with tmp.open("w") as f:
-        json.dump(record, f, indent=2, sort_keys=False)
-        f.write("\n")
-    tmp.replace(target)
+    paths.write_json(path(workdir), record)  # atomically: never a part of the file
 
 
 def check_writable(workdir: str | os.PathLike) -> None:

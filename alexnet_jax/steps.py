@@ -249,6 +249,31 @@ def eval_step(
     return metrics.EvalMetrics.single_from_model_output(**outputs, mask=batch["mask"].astype(bool))
 
 
+def make_train_fn(
+    config: ml_collections.ConfigDict,
+    model: models.AlexNet,
+    mesh: jax.sharding.Mesh,
+    state: TrainState,
+    stats: augment.DataStats,
+    noise_end: int | None = None,
+):
+    """The jitted train step under `config.model_parallel` (colour noise off
+    from step `noise_end`, see `noise_end_step`): (state, global batch, key)
+    -> (state, replicated metrics). It donates the state it is given, which
+    keeps its sharding from step to step."""
+    del model  # the state's apply_fn is the model
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(
+        sharding.partitioned(
+            functools.partial(train_step, config=config, stats=stats, noise_end_step=noise_end),
+            mesh,
+            config.model_parallel,
+        ),
+        donate_argnums=0,
+        out_shardings=(state_sharding, sharding.replicated(mesh)),
+    )
+
+
 def make_step_fns(
     config: ml_collections.ConfigDict,
     model: models.AlexNet,
@@ -257,21 +282,8 @@ def make_step_fns(
     stats: augment.DataStats,
     noise_end: int | None = None,
 ):
-    """The jitted train and eval steps under `config.model_parallel` (colour
-    noise off from step `noise_end`, see `noise_end_step`); the
-    state keeps its sharding from step to step, metrics are replicated."""
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    replicated = sharding.replicated(mesh)
-    train_fn = jax.jit(
-        sharding.partitioned(
-            functools.partial(train_step, config=config, stats=stats, noise_end_step=noise_end),
-            mesh,
-            config.model_parallel,
-        ),
-        donate_argnums=0,
-        out_shardings=(state_sharding, replicated),
-    )
-    return train_fn, make_eval_fn(config, model, mesh, stats)
+    """The jitted train and eval steps (`make_train_fn`, `make_eval_fn`)."""
+    return make_train_fn(config, model, mesh, state, stats, noise_end), make_eval_fn(config, model, mesh, stats)
 
 
 def make_eval_fn(

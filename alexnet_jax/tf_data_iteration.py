@@ -21,19 +21,18 @@ number of elements, so their memory is known.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import cpu_info
+
 
 def parallel_calls() -> int:
     """Threads for a parallel tf.data stage: the CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return cpu_info.usable_cpus()
 
 
 def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -22,8 +22,8 @@ from alexnet_jax import (
     data_stats,
     init_from,
     input_pipeline,
-    machine_defaults,
     metrics,
+    micro_batch_tuning,
     optim,
     paths,
     run_config,
@@ -124,9 +124,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     run_config.check_restart(config, workdir, resumed_step / steps_per_epoch, jax.process_index() == 0, started_from)
 
     logging.info("Mesh %s over %d devices, model parallelism %r", dict(mesh.shape), mesh.size, config.model_parallel)
-    if config.micro_batch_size == machine_defaults.AUTO:
-        micro = machine_defaults.micro_batch_size(config)
-        logging.info("micro_batch_size=-1 on %s: %s", jax.default_backend(), micro or "the whole batch at once")
     state = steps.create_train_state(config, model, steps_per_epoch, mesh)
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     state, start_step, saved_position = checkpointing.restore_latest_with_data(manager, state)
@@ -156,9 +153,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     replicated = sharding.replicated(mesh)
     noise_end = steps.noise_end_step(config, steps_per_epoch)
-    train_fn, eval_fn = steps.make_step_fns(config, model, mesh, state, stats, noise_end)
-    inspect_fn = steps.make_inspect_fn(config, mesh, stats, noise_end)
     base_key = jax.random.key(config.seed + 1)
+    _, train_fn = micro_batch_tuning.make_train_fn(config, model, mesh, state, stats, noise_end, base_key)
+    eval_fn = steps.make_eval_fn(config, model, mesh, stats)
+    inspect_fn = steps.make_inspect_fn(config, mesh, stats, noise_end)
 
     def run_eval(step: int) -> dict[str, float]:
         batches = synthetic_data.eval_batches(config) if synthetic else input_pipeline.eval_batches(config, builder)

@@ -69,14 +69,23 @@ def jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, override
 
     import jax
 
-    from alexnet_jax import augment, sharding, steps
+    from alexnet_jax import augment, micro_batch_tuning, sharding, steps
 
     config = _config(model_name, batch, micro_batch, dtype, overrides, comparable)
     mesh = sharding.make_mesh(config.mesh)
     state = steps.create_train_state(config, steps.create_model(config), 10_000, mesh)
     stats = augment.published_stats(config.mean_rgb)  # synthetic data: any fixed statistics
-    step_fn = jax.jit(functools.partial(steps.train_step, config=config, stats=stats), donate_argnums=0)
-    return step_fn, state, jax.random.key(0), config
+    key = jax.random.key(0)
+
+    def build_step(micro: int):
+        step_config = config.copy_and_resolve_references()
+        step_config.micro_batch_size = micro
+        return jax.jit(functools.partial(steps.train_step, config=step_config, stats=stats), donate_argnums=0)
+
+    # -1 resolves as `python -m alexnet_jax.main` resolves it (measured once per machine and model).
+    micro, step_fn = micro_batch_tuning.resolve(config, build_step, state, lambda: synthetic_batch(config, batch), key)
+    config.micro_batch_size = micro
+    return step_fn, state, key, config
 
 
 def synthetic_batch(config, batch: int) -> dict:

@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from alexnet_jax import tf_data_iteration  # noqa: E402
-from bench.cpu_info import cpu_description  # noqa: E402
+from alexnet_jax.cpu_info import cpu_description  # noqa: E402
 
 _STALL_S = 0.1  # a destruction slower than this waited for a thread
 

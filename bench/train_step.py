@@ -58,7 +58,7 @@ import subprocess
 import sys
 
 from alexnet_jax import host_malloc
-from bench.cpu_info import cpu_description, cpu_has_amx
+from alexnet_jax.cpu_info import cpu_description, cpu_has_amx
 from bench.step_workers import worker_fit, worker_gemm, worker_jax, worker_torch
 
 # PAPER.md: about 4.1 GFLOP per 224x224 image for a training step.

@@ -55,10 +55,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 128  # global, over all devices and processes
     # > 0: the step computes the batch's mean gradient in micro-batches of this
     # many images (global), summed in a loop. Same update, less activation
-    # memory. 0 = the whole batch at once. -1 = chosen for the machine
-    # (alexnet_jax/machine_defaults.py): on CPUs micro-batches of up to 32
-    # paper-sized images per device, which XLA:CPU runs faster
-    # (BENCHMARKS.md); on accelerators the whole batch.
+    # memory. 0 = the whole batch at once. -1 = chosen for the machine: on
+    # accelerators the whole batch; on a CPU, where the batch leaves a choice
+    # (paper-sized images), the fastest of the whole batch and its halves down
+    # to 32 images per device, timed at the first run of the model on the
+    # machine and kept beside compilation_cache_dir
+    # (alexnet_jax/micro_batch_tuning.py); else alexnet_jax/machine_defaults.py.
     config.micro_batch_size = -1
     config.eval_batch_size = 128
     config.num_epochs = 90.0

@@ -1,6 +1,7 @@
-"""The CPU a benchmark ran on, read from /proc/cpuinfo: its model, logical
-CPUs and the vector extensions that decide its GEMM rate. Every CPU table
-names it, so tables of different CPUs are never compared by mistake."""
+"""The CPU this process runs on, read from /proc/cpuinfo: its model, logical
+CPUs and the vector extensions that decide its GEMM rate. Every benchmark
+table names it, so tables of different CPUs are never compared by mistake,
+and measured choices (alexnet_jax.micro_batch_tuning) are kept per CPU."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def cpu_model_and_flags() -> tuple[str, set[str]]:
     except OSError:
         pass
     return model, flags
+
+
+def usable_cpus() -> int:
+    """The logical CPUs this process may run on (its affinity, where known)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # The vector extensions that decide a CPU's GEMM rate, as /proc/cpuinfo flags.
