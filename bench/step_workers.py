@@ -115,6 +115,8 @@ def worker_jax(
     from alexnet_jax import machine_defaults
 
     step_fn, state, key, config = jax_step(model_name, batch, dtype, micro_batch, overrides)
+    if not repeats:  # only resolve micro_batch_size=-1 (measured once per machine, then read)
+        return {"micro_batch_size": machine_defaults.micro_batch_size(config)}
     data = synthetic_batch(config, batch)
     start = time.perf_counter()
     compiled = step_fn.lower(state, data, key).compile()

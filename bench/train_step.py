@@ -22,7 +22,9 @@ table (BENCHMARKS.md): glibc's malloc as it comes (`ALEXNET_JAX_MALLOC=glibc`;
 malloc settings (`ALEXNET_JAX_MALLOC=reuse`, alexnet_jax/host_malloc.py).
 The jax worker restarts itself with huge pages where the defaults would
 (`host_malloc.restart_with_huge_pages`, as `python -m alexnet_jax.main`
-does). The default rows: `--micro_batch -1,32` on CPU.
+does). The default rows: `--micro_batch -1,32` on CPU. Before the rounds,
+each -1 row resolves its size as `python -m alexnet_jax.main` would: read
+from alexnet_jax.micro_batch_tuning's record, or timed once and recorded.
 
 PyTorch runs eager, and as a user tuning it for speed would run it
 (`torch.compile` with inductor and channels_last memory; compile time is
@@ -105,6 +107,22 @@ def _label(contender: str, result: dict | None = None) -> str:
         chosen = (result or {}).get("micro_batch_size", 0)
         return "alexnet_jax, defaults" + (f" (micro-batches of {chosen})" if chosen else " (whole batch)")
     return "alexnet_jax" + (f", micro-batches of {micro_batch}" if micro_batch else ", whole batch")
+
+
+def _resolve_defaults(args, contenders: list[str], settings: list[tuple[str, str, int]]) -> None:
+    """Lets each default row (micro_batch_size=-1) time its micro-batch sizes
+    now, where this machine has no measured choice yet
+    (alexnet_jax.micro_batch_tuning), so no round's process does it before
+    its timed steps."""
+    for contender in (c for c in contenders if c.startswith("jax:-1")):
+        env = MALLOC_ENV.get(contender.rpartition(":")[2], {})
+        for model, dtype, batch in settings:
+            fields = dict(models=model, batch=batch, dtype=dtype, warmup=0, steps=0, set=args.set, micro_batch="-1")
+            result = _run_worker("jax", args, env, **fields)
+            if "error" in result:
+                raise RuntimeError(f"resolving micro_batch_size=-1 for {contender} failed:\n{result['stderr']}")
+            chosen = result["micro_batch_size"] or "whole batch"
+            print(f"{contender} {model} {dtype} batch {batch}: micro_batch_size=-1 is {chosen} here", flush=True)
 
 
 def _measure(args, contenders: list[str], settings: list[tuple[str, str, int]]) -> tuple[dict, list[dict]]:
@@ -268,6 +286,7 @@ def main() -> None:
                     flush=True,
                 )
                 settings.append((model, dtype, fit["batch"]))
+    _resolve_defaults(args, contenders, settings)
     runs, gemm = _measure(args, contenders, settings)
     _print_table(args, contenders, settings, runs, [probe] + gemm)
 

@@ -79,6 +79,12 @@ def test_the_fastest_size_is_recorded_and_read_back(monkeypatch, tmp_path):
     assert len(json.loads((tmp_path / micro_batch_tuning.CHOICES_FILE).read_text())) == 2
 
 
+def test_ties_go_to_the_larger_size():
+    assert micro_batch_tuning.choose({0: 3.48, 64: 3.44, 32: 3.95}) == 0  # 64 only 1.2% faster
+    assert micro_batch_tuning.choose({0: 3.60, 64: 3.44, 32: 3.45}) == 64
+    assert micro_batch_tuning.choose({0: 4.40, 64: 4.00, 32: 3.50}) == 32
+
+
 def test_without_a_compilation_cache_every_run_measures(monkeypatch, tmp_path):
     calls = _fake_timings(monkeypatch, {0: 3.0, 64: 3.1, 32: 3.9})
     monkeypatch.chdir(tmp_path)
@@ -147,3 +153,19 @@ def test_a_run_measures_once_then_reads_the_choice(tiny_config, tmp_path, monkey
     second = train.train_and_evaluate(tiny_config, tmp_path / "second")
     assert "as measured before on this machine" in caplog.text
     assert np.isfinite(first["eval_loss"]) and second["eval_loss"] == pytest.approx(first["eval_loss"], rel=1e-5)
+
+
+def test_the_malloc_settings_make_another_measurement(monkeypatch):
+    """The same model under alexnet_jax.host_malloc's other settings is
+    measured on its own (its step runs at another speed)."""
+    config = _paper()
+    for name in ("ALEXNET_JAX_MALLOC", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    plain = micro_batch_tuning._key_id(micro_batch_tuning.measurement_key(config))
+    monkeypatch.setenv("ALEXNET_JAX_MALLOC", "reuse")
+    reuse = micro_batch_tuning._key_id(micro_batch_tuning.measurement_key(config))
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    huge = micro_batch_tuning._key_id(micro_batch_tuning.measurement_key(config))
+    assert len({plain, reuse, huge}) == 3
+    config.model.use_lrn = False
+    assert micro_batch_tuning._key_id(micro_batch_tuning.measurement_key(config)) != huge
