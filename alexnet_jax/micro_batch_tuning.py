@@ -3,7 +3,7 @@ machine and model, then read from a file next to the compilation cache.
 
 Which micro-batch runs a large CPU step fastest depends on the CPU, not only
 on the batch: on a 2-core AMD EPYC (Zen 4) the paper step at batch 128 runs
-whole and in halves alike and 12-18% slower in quarters (BENCHMARKS.md),
+whole and in halves alike and 13-23% slower in quarters (BENCHMARKS.md),
 while a 2-core Intel Xeon with AMX ran it 1.13x faster in micro-batches of
 32, with the kernels of that time (issue 17). So where the per-device batch
 leaves a choice (`candidates`: paper-sized batches; small inputs such as the
