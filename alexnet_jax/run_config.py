@@ -372,3 +372,18 @@ def record_exit(workdir: str | os.PathLike, status: str, step: int, error: str |
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     _write(workdir, record)
+
+
+def record_micro_batch_size(workdir: str | os.PathLike, from_step: int, micro_batch_size: int) -> None:
+    """Notes in config.json the micro-batch size the steps from `from_step`
+    on compute with (0: the whole batch), when it differs from the last one
+    noted: `micro_batch_size=-1` is resolved per machine, and dropout's
+    random stream depends on it."""
+    record = load(workdir)
+    if record is None:  # a workdir from before config.json
+        return
+    sizes = record.setdefault("micro_batch_sizes", [])
+    if sizes and sizes[-1]["micro_batch_size"] == micro_batch_size:
+        return
+    sizes.append({"from_step": from_step, "micro_batch_size": micro_batch_size})
+    _write(workdir, record)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import machine_defaults, micro_batch_tuning, train
+from alexnet_jax import machine_defaults, micro_batch_tuning, run_config, train
 from configs import digits, paper
 
 
@@ -144,6 +144,8 @@ def test_a_run_measures_once_then_reads_the_choice(tiny_config, tmp_path, monkey
     (entry,) = json.loads((tmp_path / "cache" / micro_batch_tuning.CHOICES_FILE).read_text()).values()
     assert entry["micro_batch_size"] in (0, 8) and set(entry["step_seconds"]) == {"0", "8"}
     assert "timing the train step at micro-batch sizes (0, 8)" in caplog.text
+    recorded = run_config.load(tmp_path / "first")["micro_batch_sizes"]
+    assert recorded == [{"from_step": 0, "micro_batch_size": entry["micro_batch_size"]}]
 
     def no_timing(*args):
         raise AssertionError("the recorded choice should have been read")

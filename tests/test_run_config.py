@@ -49,10 +49,13 @@ def test_first_start_writes_config_json_once_and_atomically(tiny_config, tmp_pat
     assert "git_commit" in record and "version" in record
     assert os.listdir(workdir).count("config.json") == 1 and not any(".tmp-" in f for f in os.listdir(workdir))
 
+    assert record["micro_batch_sizes"] == [{"from_step": 0, "micro_batch_size": 0}]
+
     # An equal config resumes (here: a finished run, evaluated again) and changes nothing.
     created = record["created"]
     train.train_and_evaluate(config, workdir)
     assert _record(workdir)["created"] == created and _record(workdir)["restarts"] == []
+    assert _record(workdir)["micro_batch_sizes"] == record["micro_batch_sizes"]
 
     # A write that dies half-way leaves the previous file whole.
     before = open(run_config.path(workdir)).read()
@@ -65,6 +68,20 @@ def test_first_start_writes_config_json_once_and_atomically(tiny_config, tmp_pat
     with pytest.raises(OSError, match="disk full"):
         run_config.record_exit(workdir, "failed", 3, "test")
     assert open(run_config.path(workdir)).read() == before
+
+
+def test_the_micro_batch_size_is_noted_when_it_changes(tiny_config, tmp_path):
+    """micro_batch_size=-1 is resolved per machine: a restart elsewhere may
+    compute with another size, and config.json says from which step."""
+    workdir = tmp_path / "run"
+    run_config.check_restart(tiny_config, workdir, 0.0)
+    for step, size in ((0, 0), (30, 0), (60, 64), (90, 64), (120, 0)):
+        run_config.record_micro_batch_size(workdir, step, size)
+    assert _record(workdir)["micro_batch_sizes"] == [
+        {"from_step": 0, "micro_batch_size": 0},
+        {"from_step": 60, "micro_batch_size": 64},
+        {"from_step": 120, "micro_batch_size": 0},
+    ]
 
 
 def test_restart_refuses_defining_changes_and_logs_the_others(tiny_config, tmp_path, caplog):
