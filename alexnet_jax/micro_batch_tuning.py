@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from alexnet_jax import augment, cpu_info, machine_defaults, models, paths, sharding, steps, synthetic_data
+from alexnet_jax import augment, cpu_info, machine_defaults, paths, sharding, steps, synthetic_data
 
 # The smallest micro-batch tried, in input pixels per device: 32 of the
 # paper's 224x224 crops, the smallest size either CPU measured so far
@@ -234,7 +234,6 @@ def resolve(
 
 def make_train_fn(
     config: ml_collections.ConfigDict,
-    model: models.AlexNet,
     mesh: jax.sharding.Mesh,
     state: steps.TrainState,
     stats: augment.DataStats,
@@ -247,7 +246,7 @@ def make_train_fn(
     def build_step(micro: int) -> StepFn:
         step_config = config.copy_and_resolve_references()
         step_config.micro_batch_size = micro
-        return steps.make_train_fn(step_config, model, mesh, state, stats, noise_end)
+        return steps.make_train_fn(step_config, mesh, state, stats, noise_end)
 
     def make_batch() -> Any:
         return sharding.global_batch(next(synthetic_data.train_batches(config)), mesh)

@@ -251,17 +251,15 @@ def eval_step(
 
 def make_train_fn(
     config: ml_collections.ConfigDict,
-    model: models.AlexNet,
     mesh: jax.sharding.Mesh,
     state: TrainState,
     stats: augment.DataStats,
     noise_end: int | None = None,
 ):
-    """The jitted train step under `config.model_parallel` (colour noise off
-    from step `noise_end`, see `noise_end_step`): (state, global batch, key)
-    -> (state, replicated metrics). It donates the state it is given, which
-    keeps its sharding from step to step."""
-    del model  # the state's apply_fn is the model
+    """The jitted train step of `state`'s model under `config.model_parallel`
+    (colour noise off from step `noise_end`, see `noise_end_step`): (state,
+    global batch, key) -> (state, replicated metrics). It donates the state
+    it is given, which keeps its sharding from step to step."""
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
         sharding.partitioned(
@@ -283,7 +281,7 @@ def make_step_fns(
     noise_end: int | None = None,
 ):
     """The jitted train and eval steps (`make_train_fn`, `make_eval_fn`)."""
-    return make_train_fn(config, model, mesh, state, stats, noise_end), make_eval_fn(config, model, mesh, stats)
+    return make_train_fn(config, mesh, state, stats, noise_end), make_eval_fn(config, model, mesh, stats)
 
 
 def make_eval_fn(

@@ -154,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     replicated = sharding.replicated(mesh)
     noise_end = steps.noise_end_step(config, steps_per_epoch)
     base_key = jax.random.key(config.seed + 1)
-    micro, train_fn = micro_batch_tuning.make_train_fn(config, model, mesh, state, stats, noise_end, base_key)
+    micro, train_fn = micro_batch_tuning.make_train_fn(config, mesh, state, stats, noise_end, base_key)
     if jax.process_index() == 0:
         run_config.record_micro_batch_size(workdir, start_step, micro)
     eval_fn = steps.make_eval_fn(config, model, mesh, stats)
