@@ -215,6 +215,9 @@ def resolve(
     path = choices_file(config)
     key_fields = measurement_key(config)
     micro = read_choice(path, key_fields)
+    if micro is not None and micro not in candidates(config):  # e.g. a record edited by hand
+        logging.warning("%s holds micro_batch_size=%d, not one of %s: measuring again", path, micro, candidates(config))
+        micro = None
     if micro is not None:
         logging.info("micro_batch_size=-1: %s, as measured before on this machine (%s)", micro or "whole", path)
         return micro, build_step(micro)

@@ -104,6 +104,13 @@ def test_an_unreadable_record_is_measured_over(monkeypatch, tmp_path, caplog):
     assert _resolve(config)[0] == 64  # rewritten whole
     assert len(calls) == 1
 
+    record = json.loads((tmp_path / micro_batch_tuning.CHOICES_FILE).read_text())
+    (entry,) = record.values()
+    entry["micro_batch_size"] = 48  # not a size this batch can take
+    (tmp_path / micro_batch_tuning.CHOICES_FILE).write_text(json.dumps(record))
+    assert _resolve(config)[0] == 64
+    assert len(calls) == 2 and "holds micro_batch_size=48, not one of (0, 64, 32)" in caplog.text
+
 
 def test_time_candidates_leaves_the_state_alone():
     """Each size's step runs on copies (the steps donate their input); every
