@@ -43,7 +43,7 @@ import tensorflow as tf
 import tqdm
 from etils import epath
 
-from alexnet_jax import paths, tf_data_iteration
+from alexnet_jax import cpu_info, paths, tf_data_iteration
 
 FORMATS = ("jpeg", "png", "raw", "none")  # "none": no cache, decode the source every epoch
 JPEG_QUALITY = 95
@@ -52,7 +52,7 @@ INFO_FILE = "info.json"
 SUMS_FILE = "stats_sums.npz"
 _SUMS_BATCH = 64  # images per accumulation task of write's worker threads
 # Half the CPUs this process may use (the rest decode and encode), at most 4.
-_SUMS_WORKERS = max(1, min(4, tf_data_iteration.parallel_calls() // 2))
+_SUMS_WORKERS = max(1, min(4, cpu_info.usable_cpus() // 2))
 _WRITE_PREFETCH = 64  # encoded examples made ahead of write's loop (fixed: tf_data_iteration)
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),

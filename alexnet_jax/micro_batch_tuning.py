@@ -212,16 +212,15 @@ def resolve(
         if config.micro_batch_size == machine_defaults.AUTO:
             logging.info("micro_batch_size=-1 on %s: %s", jax.default_backend(), micro or "the whole batch at once")
         return micro, build_step(micro)
-    path = choices_file(config)
+    path, sizes = choices_file(config), candidates(config)
     key_fields = measurement_key(config)
     micro = read_choice(path, key_fields)
-    if micro is not None and micro not in candidates(config):  # e.g. a record edited by hand
-        logging.warning("%s holds micro_batch_size=%d, not one of %s: measuring again", path, micro, candidates(config))
+    if micro is not None and micro not in sizes:  # e.g. a record edited by hand
+        logging.warning("%s holds micro_batch_size=%d, not one of %s: measuring again", path, micro, sizes)
         micro = None
     if micro is not None:
         logging.info("micro_batch_size=-1: %s, as measured before on this machine (%s)", micro or "whole", path)
         return micro, build_step(micro)
-    sizes = candidates(config)
     logging.info("micro_batch_size=-1: timing the train step at micro-batch sizes %s (0 = whole batch)", sizes)
     step_seconds, fns = time_candidates(build_step, sizes, state, make_batch(), key)
     micro = choose(step_seconds)
@@ -233,6 +232,13 @@ def resolve(
     )
     write_choice(path, key_fields, micro, step_seconds)
     return micro, fns[micro]
+
+
+def with_micro_batch_size(config: ml_collections.ConfigDict, micro: int) -> ml_collections.ConfigDict:
+    """A copy of `config` whose steps compute in micro-batches of `micro` (0: whole)."""
+    resolved = config.copy_and_resolve_references()
+    resolved.micro_batch_size = micro
+    return resolved
 
 
 def make_train_fn(
@@ -247,9 +253,7 @@ def make_train_fn(
     run; a measurement times random batches of the run's shape."""
 
     def build_step(micro: int) -> StepFn:
-        step_config = config.copy_and_resolve_references()
-        step_config.micro_batch_size = micro
-        return steps.make_train_fn(step_config, mesh, state, stats, noise_end)
+        return steps.make_train_fn(with_micro_batch_size(config, micro), mesh, state, stats, noise_end)
 
     def make_batch() -> Any:
         return sharding.global_batch(next(synthetic_data.train_batches(config)), mesh)

@@ -78,8 +78,7 @@ def jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, override
     key = jax.random.key(0)
 
     def build_step(micro: int):
-        step_config = config.copy_and_resolve_references()
-        step_config.micro_batch_size = micro
+        step_config = micro_batch_tuning.with_micro_batch_size(config, micro)
         return jax.jit(functools.partial(steps.train_step, config=step_config, stats=stats), donate_argnums=0)
 
     # -1 resolves as `python -m alexnet_jax.main` resolves it (measured once per machine and model).
@@ -112,11 +111,9 @@ def worker_jax(
 ) -> dict:
     import jax
 
-    from alexnet_jax import machine_defaults
-
     step_fn, state, key, config = jax_step(model_name, batch, dtype, micro_batch, overrides)
     if not repeats:  # only resolve micro_batch_size=-1 (measured once per machine, then read)
-        return {"micro_batch_size": machine_defaults.micro_batch_size(config)}
+        return {"micro_batch_size": config.micro_batch_size}
     data = synthetic_batch(config, batch)
     start = time.perf_counter()
     compiled = step_fn.lower(state, data, key).compile()
@@ -137,7 +134,7 @@ def worker_jax(
         "compile_s": compile_s,
         "peak_mb": device.memory_stats()["peak_bytes_in_use"] / 2**20 if on_gpu else _peak_rss_mb(),
         "xla_gflop_per_image": cost.get("flops", 0.0) / batch / 1e9,
-        "micro_batch_size": machine_defaults.micro_batch_size(config),
+        "micro_batch_size": config.micro_batch_size,  # resolved by jax_step
     }
 
 
