@@ -196,7 +196,8 @@ def _print_table(args, contenders, settings, runs, gemm) -> None:
         for contender in contenders:
             if not ok[contender]:
                 error = runs[contender, model, dtype, batch][0]["error"]
-                print(f"| {model} | {dtype} | {batch} | {_label(contender, {})} | failed: {error} |||||||{'' if on_gpu else '|'}")
+                empty = "|" * (header.count("|") - 5)  # the row's remaining cells, empty
+                print(f"| {model} | {dtype} | {batch} | {_label(contender, {})} | failed: {error} {empty}")
                 continue
             times = [1000 * t for r in ok[contender] for t in r["times"]]
             rate = batch / medians[contender]
