@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 
+CPUINFO = "/proc/cpuinfo"
 
-def cpu_model_and_flags() -> tuple[str, set[str]]:
-    """The first CPU's model name and flags in /proc/cpuinfo (unknown elsewhere)."""
+
+def cpu_model_and_flags(cpuinfo: str = CPUINFO) -> tuple[str, set[str]]:
+    """The first CPU's model name and flags in `cpuinfo` (unknown where it
+    cannot be read: not Linux)."""
     model, flags = "unknown CPU", set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name" and model == "unknown CPU":
@@ -35,9 +38,9 @@ def usable_cpus() -> int:
 EXTENSIONS = {"AVX2": "avx2", "AVX-512F": "avx512f", "AVX-512 BF16": "avx512_bf16", "AMX": "amx_tile"}
 
 
-def cpu_description() -> str:
+def cpu_description(cpuinfo: str = CPUINFO) -> str:
     """The CPU by model, logical CPUs, and which of EXTENSIONS it has."""
-    model, flags = cpu_model_and_flags()
+    model, flags = cpu_model_and_flags(cpuinfo)
     has = [name for name, flag in EXTENSIONS.items() if flag in flags]
     lacks = [name for name, flag in EXTENSIONS.items() if flag not in flags]
     return f"{model}, {os.cpu_count()} CPUs, with {', '.join(has) or 'none of ' + '/'.join(EXTENSIONS)}" + (
@@ -45,5 +48,7 @@ def cpu_description() -> str:
     )
 
 
-def cpu_has_amx() -> bool:
-    return EXTENSIONS["AMX"] in cpu_model_and_flags()[1]
+def cpu_has_amx(cpuinfo: str = CPUINFO) -> bool:
+    """Whether the CPU has AMX tiles (bfloat16 matrix units: the benchmark's
+    bfloat16 rows run where it has)."""
+    return EXTENSIONS["AMX"] in cpu_model_and_flags(cpuinfo)[1]
