@@ -67,14 +67,14 @@ from bench.step_workers import worker_fit, worker_gemm, worker_jax, worker_torch
 # PAPER.md: about 4.1 GFLOP per 224x224 image for a training step.
 PAPER_GFLOP_PER_IMAGE = 4.1
 
-# The environment of each CPU row's malloc settings (host_malloc.py):
-# "reuse" is set on importing alexnet_jax (bench/__init__.py does); "before",
-# the previous table's defaults, is glibc's malloc as it comes; "hugepages"
-# gives PyTorch the tunable alexnet_jax's defaults restart with.
 # PyTorch as its user runs it, without alexnet_jax's malloc settings: the
 # rows issue 17's ratio target is set against.
 PYTORCH_AS_RUN = ("torch:eager", "torch:compiled")
 
+# The environment of each CPU row's malloc settings (host_malloc.py):
+# "reuse" is set on importing alexnet_jax (bench/__init__.py does); "before",
+# the previous table's defaults, is glibc's malloc as it comes; "hugepages"
+# gives PyTorch the tunable alexnet_jax's defaults restart with.
 MALLOC_ENV = {
     "reuse": {host_malloc.VARIABLE: "reuse"},
     "before": {host_malloc.VARIABLE: "glibc"},
