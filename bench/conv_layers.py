@@ -21,28 +21,16 @@ step (whole batch, synthetic inputs), best of its timed steps.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from alexnet_jax import host_malloc, layers, models
 from alexnet_jax.cpu_info import cpu_description
-from bench.step_workers import worker_gemm, worker_jax
+from bench.step_workers import best_ms, worker_gemm, worker_jax
 
 PAPER_INPUT = 224
 POOL_WINDOW, POOL_STRIDE = 3, 2
-
-
-def _best_ms(fn: Callable, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best
 
 
 def conv_shapes(batch: int) -> list[tuple[models.ConvLayer, tuple[int, ...], int, object]]:
@@ -92,8 +80,8 @@ def main() -> None:
                 argnums=(0, 1) if with_input else 0,
             )
         )
-        forward_ms = _best_ms(forward, params, x, repeats=args.repeats)
-        both_ms = _best_ms(grad, params, x, repeats=args.repeats)
+        forward_ms = best_ms(forward, params, x, repeats=args.repeats)
+        both_ms = best_ms(grad, params, x, repeats=args.repeats)
         macs = args.batch * out * out * layer.filters * layer.kernel**2 * shape[-1] // towers
         gflop = 2 * macs * (3 if with_input else 2) / 1e9
         describe = f"{shape[1]}x{shape[2]}x{shape[3]} -> {layer.filters}, {layer.kernel}x{layer.kernel}/{layer.stride}"

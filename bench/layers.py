@@ -26,7 +26,6 @@ Prints one table, variants of a layer measured back to back in the same run:
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import jax
@@ -35,16 +34,7 @@ import optax
 from flax import linen as nn
 
 from alexnet_jax import layers, models, pooling
-
-
-def _best_ms(fn: Callable, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best
+from bench.step_workers import best_ms
 
 
 def _lrn_autodiff(x: jax.Array, inverse_power: Callable) -> jax.Array:
@@ -77,7 +67,7 @@ def main() -> None:
         ("rsqrt, autodiff", lambda x: _lrn_autodiff(x, _rsqrt_power)),
         ("rsqrt, hand-written backward (used)", lambda x: layers.local_response_norm(x, towers=2)),
     ):
-        rows.append(("LRN 55x55x96", variant, _best_ms(_grad_of(lrn), conv1_out, repeats=args.repeats)))
+        rows.append(("LRN 55x55x96", variant, best_ms(_grad_of(lrn), conv1_out, repeats=args.repeats)))
 
     images = jax.random.normal(key, (args.batch, 224, 224, 3)) * 50
     for variant, s2d in (("direct (lax.conv)", False), ("space-to-depth", True)):
@@ -91,7 +81,7 @@ def main() -> None:
         )
         params = conv.init(key, images[:1])
         step = jax.jit(jax.grad(lambda p, x, conv=conv: jnp.sum(conv.apply(p, x) ** 2)))
-        rows.append(("conv1 11x11/4, 3->96", variant, _best_ms(step, params, images, repeats=args.repeats)))
+        rows.append(("conv1 11x11/4, 3->96", variant, best_ms(step, params, images, repeats=args.repeats)))
 
     pool1_out = jax.random.normal(key, (args.batch, 27, 27, 96))
     for variant, impl, gemm_wgrad in (
@@ -102,7 +92,7 @@ def main() -> None:
         conv = layers.TowerConv(features=256, kernel_size=(5, 5), towers=2, impl=impl, gemm_wgrad=gemm_wgrad)
         params = conv.init(key, pool1_out[:1])
         step = jax.jit(jax.grad(lambda p, x, conv=conv: jnp.sum(conv.apply(p, x) ** 2), argnums=(0, 1)))
-        rows.append(("conv2 5x5, 2 towers", variant, _best_ms(step, params, pool1_out, repeats=args.repeats)))
+        rows.append(("conv2 5x5, 2 towers", variant, best_ms(step, params, pool1_out, repeats=args.repeats)))
 
     # Max-pooling's forward+backward at pool1's and (per tower) pool2's input.
     for name, shape in (("pool1 3x3/2, 55x55x96", (55, 55, 96)), ("pool2 3x3/2, 27x27x128", (27, 27, 128))):
@@ -112,7 +102,7 @@ def main() -> None:
             ("max_pool_taps (default on CPU)", lambda x: pooling.max_pool_taps(x, 3, 2)),
         ):
             step = jax.jit(jax.grad(lambda x, pool=pool: jnp.sum(pool(x) ** 2)))
-            rows.append((name, variant, _best_ms(step, activations, repeats=args.repeats)))
+            rows.append((name, variant, best_ms(step, activations, repeats=args.repeats)))
 
     labels = jnp.zeros((args.batch,), jnp.int32)
     for label, fields in [
@@ -130,7 +120,7 @@ def main() -> None:
             logits = model.apply(p, images, train=True, rngs={"dropout": key})
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        rows.append(("whole model", label, _best_ms(jax.jit(jax.grad(loss)), params, repeats=args.repeats)))
+        rows.append(("whole model", label, best_ms(jax.jit(jax.grad(loss)), params, repeats=args.repeats)))
 
     device = jax.devices()[0].device_kind
     print(f"\nforward+backward, batch {args.batch}, {args.dtype} conv1/whole model, best of {args.repeats}, {device}\n")

@@ -2,7 +2,7 @@
 contender's train steps (alexnet_jax's jitted step or the PyTorch peer), the
 largest batch that fits, and the machine's matrix-multiply rates. Each
 worker returns a JSON-able dict; train_step.py runs them and prints tables.
-Also used by the other benches (`jax_step`, `synthetic_batch`, `time_calls`).
+Also used by the other benches (`jax_step`, `synthetic_batch`, `time_calls`, `best_ms`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,14 @@ def time_calls(fn, warmup: int, repeats: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def best_ms(fn, *args, repeats: int) -> float:
+    """Milliseconds of the fastest of `repeats` calls of the jax function
+    `fn(*args)` (waited for), after one untimed call."""
+    import jax
+
+    return 1000 * min(time_calls(lambda: jax.block_until_ready(fn(*args)), 1, repeats))
 
 
 def jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, overrides: str = "", comparable: bool = True):
