@@ -19,7 +19,7 @@ rescaling at training, x0.5 at test); "train" is flax's inverted dropout.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,17 @@ def conv_stack(
     return tuple(stack)
 
 
+def conv_padding(side: int, kernel: int, stride: int) -> tuple[Any, int]:
+    """(padding, output side) of a stack convolution over a `side` x `side`
+    input: a strided one (conv1) lets its last window hang past the far edge
+    into zeros, as the 2012 code did; the others keep the size ("SAME")."""
+    if stride == 1:
+        return "SAME", side
+    out = layers.conv_output_size(side, kernel, stride)
+    pad = (out - 1) * stride + kernel - side
+    return ((0, pad), (0, pad)), out
+
+
 def layer_names(extra_conv6: bool = False) -> tuple[str, ...]:
     """The layers with parameters, input to output: what init_reset, frozen
     and the per-layer learning-rate changes name."""
@@ -95,7 +106,7 @@ def final_feature_side(
     stack = conv_stack() if stack is None else stack
     side = input_size
     for layer in stack:
-        side = layers.conv_output_size(side, layer.kernel, layer.stride) if layer.stride > 1 else side
+        side = conv_padding(side, layer.kernel, layer.stride)[1]
         if layer.pool:
             side = (side - pool_window) // pool_stride + 1
     return side
@@ -247,13 +258,7 @@ class AlexNet(nn.Module):
             paper_fan_in = k * k * paper_in_features // (2 if layer.grouped else 1)  # the paper's two towers
             fan_in = k * k * x.shape[-1] // groups
             paper_in_features = layer.paper_filters
-            if layer.stride > 1:
-                # The 2012 code lets conv1's last window hang past the edge into zeros.
-                out = layers.conv_output_size(x.shape[1], k, layer.stride)
-                pad = (out - 1) * layer.stride + k - x.shape[1]
-                padding = ((0, pad), (0, pad))
-            else:
-                padding = "SAME"
+            padding, _ = conv_padding(x.shape[1], k, layer.stride)
             with jax.named_scope(layer.name):
                 x = layers.TowerConv(
                     features=_scaled(layer.filters, self.width, self.towers),

@@ -37,12 +37,7 @@ def conv_shapes(batch: int) -> list[tuple[models.ConvLayer, tuple[int, ...], int
     """(layer, input shape, output side, padding) of each paper convolution."""
     side, channels, shapes = PAPER_INPUT, 3, []
     for layer in models.conv_stack():
-        if layer.stride > 1:  # the 2012 code's far-edge padding, as models.AlexNet
-            out = layers.conv_output_size(side, layer.kernel, layer.stride)
-            pad = (out - 1) * layer.stride + layer.kernel - side
-            padding = ((0, pad), (0, pad))
-        else:
-            out, padding = side, "SAME"
+        padding, out = models.conv_padding(side, layer.kernel, layer.stride)
         shapes.append((layer, (batch, side, side, channels), out, padding))
         side, channels = out, layer.filters
         if layer.pool:
