@@ -13,8 +13,9 @@ and 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
 - "auto" (the default, or unset): huge pages. Where the kernel gives
   transparent huge pages only to memory that asks for them
   (/sys/kernel/mm/transparent_hugepage/enabled is "madvise"), the training
-  command (`python -m alexnet_jax.main`; bench's train-step worker and
-  profiler too) calls `restart_with_huge_pages()` at its start, which
+  command (`python -m alexnet_jax.main`; bench's train-step worker,
+  profiler and conv_layers too) calls `restart_with_huge_pages()` at its
+  start (alexnet_jax.machine_settings), which
   re-executes the same command with
   glibc's tunable `glibc.malloc.hugetlb=1` (glibc 2.35 or later; tunables
   are read only when a process starts). glibc then asks for huge pages for
@@ -218,7 +219,7 @@ def describe(environ: dict, applied_now: bool, restarts: bool) -> str:
     if chosen == "glibc":
         return f"glibc's as it comes ({VARIABLE}=glibc)"
     if not restarts:
-        return "glibc's as it comes (huge pages are for training and the benches' steps)"
+        return "glibc's as it comes (huge pages only for the commands that run training steps)"
     if not glibc_knows_huge_pages():
         return f"glibc's as it comes (glibc before {'.'.join(map(str, HUGE_PAGES_GLIBC))} has no huge-page tunable)"
     policy = thp_policy(THP_ENABLED).strip() or "none in this kernel"

@@ -97,7 +97,7 @@ def test_the_log_line_says_what_malloc_runs_with_and_why(on_cpu_glibc):
     assert "environment's own" in describe({**OPTED_IN, "MALLOC_ARENA_MAX": "2"}, False, restarts=True)
     assert "accelerator" in describe({"JAX_PLATFORMS": "cuda"}, False, restarts=True)
     assert "ALEXNET_JAX_MALLOC=glibc" in describe({"ALEXNET_JAX_MALLOC": "glibc"}, False, restarts=True)
-    assert "huge pages are for training" in describe({}, False, restarts=False)
+    assert "huge pages only for the commands that run training steps" in describe({}, False, restarts=False)
     assert "the kernel's transparent huge pages" in describe({}, False, restarts=True)
 
 
