@@ -13,8 +13,9 @@ and 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
 - "auto" (the default, or unset): huge pages. Where the kernel gives
   transparent huge pages only to memory that asks for them
   (/sys/kernel/mm/transparent_hugepage/enabled is "madvise"), the training
-  command (`python -m alexnet_jax.main`; bench's train-step worker and
-  profiler too) calls `restart_with_huge_pages()` at its start, which
+  command (`python -m alexnet_jax.main`; bench's train-step worker,
+  profiler and conv_layers too) calls `restart_with_huge_pages()` at its
+  start (alexnet_jax.machine_settings), which
   re-executes the same command with
   glibc's tunable `glibc.malloc.hugetlb=1` (glibc 2.35 or later; tunables
   are read only when a process starts). glibc then asks for huge pages for
@@ -25,8 +26,8 @@ and 1 s of kernel time per paper step at batch 128 on a 2-core AMD EPYC.
   happens.
 - "reuse": one arena for all threads (M_ARENA_MAX=1), no mmap for large
   chunks (M_MMAP_MAX=0) and no returning of the heap's top to the system
-  (M_TRIM_THRESHOLD=-1), set by `apply()` on `import alexnet_jax`, before
-  JAX starts its threads. Once the heap has grown to the step's working
+  (M_TRIM_THRESHOLD=-1), set by `apply()` when an entry point starts
+  (alexnet_jax.machine_settings), before JAX starts its threads. Once the heap has grown to the step's working
   set, steps reuse it, most without a fault (now and then small allocations
   split a freed buffer and the heap grows again, until it settles). The
   cost: the process keeps its peak memory (up to twice the default's), and
@@ -63,6 +64,7 @@ MODES = ("auto", "reuse", "glibc")  # the variable's values; unset means "auto"
 HUGE_PAGES = "glibc.malloc.hugetlb=1"  # the glibc tunable "auto" adds to GLIBC_TUNABLES
 HUGE_PAGES_GLIBC = (2, 35)  # the first glibc release that knows it
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"  # the kernel's huge-page policy
+applied = False  # whether this process has set SETTINGS (set_malloc on glibc's own mallopt)
 
 
 def user_chose_malloc(environ: dict) -> bool:
@@ -96,7 +98,7 @@ def mode(environ: dict) -> str:
     """`ALEXNET_JAX_MALLOC`'s value; ValueError naming it if it is not one of MODES."""
     value = environ.get(VARIABLE, "") or "auto"
     if value not in MODES:
-        raise ValueError(f"{VARIABLE}={value!r}: expected one of {', '.join(MODES)} (or unset, meaning auto)")
+        raise ValueError(f"{VARIABLE}={value!r} is not one of {', '.join(MODES)}: unset it (meaning auto) or pick one")
     return value
 
 
@@ -167,16 +169,16 @@ def apply(environ: dict | None = None, libc=None) -> bool:
     if xla_cpu_flags.backends_started():
         # XLA's threads already have their own arenas, whose large chunks glibc always maps afresh.
         logging.warning(
-            "alexnet_jax: JAX's backends started before alexnet_jax was imported, so CPU steps keep "
-            "faulting in their buffers' memory every step; import alexnet_jax first"
+            "alexnet_jax: JAX's backends started before the malloc settings, so CPU steps keep "
+            "faulting in their buffers' memory every step; apply them before JAX starts"
         )
         return False
     if _threads() > 1:
         # A thread that has called malloc has an arena of its own, which later
         # threads may share even with M_ARENA_MAX=1 (`import jax` starts one).
         logging.warning(
-            "alexnet_jax: imported after another library (such as jax) started threads, so CPU steps may "
-            "keep faulting in their buffers' memory every step; import alexnet_jax first"
+            "alexnet_jax: malloc settings applied after another library (such as jax) started threads, so CPU "
+            "steps may keep faulting in their buffers' memory every step; apply them before importing it"
         )
     return set_malloc(libc)
 
@@ -191,5 +193,34 @@ def _threads() -> int:
 
 def set_malloc(libc=None) -> bool:
     """Sets SETTINGS unconditionally (glibc only); whether glibc took them all."""
-    libc = ctypes.CDLL("libc.so.6") if libc is None else libc
+    global applied
+    if libc is None:
+        libc, applied = ctypes.CDLL("libc.so.6"), True
     return all(libc.mallopt(parameter, value) == 1 for parameter, value in SETTINGS)
+
+
+def describe(environ: dict, applied_now: bool, restarts: bool) -> str:
+    """What malloc runs with in this process, and why, in a few words (for
+    the log line of alexnet_jax.machine_settings). `applied_now`: `apply`'s
+    answer; `restarts`: whether this entry point restarts for huge pages."""
+    if HUGE_PAGES in environ.get("GLIBC_TUNABLES", "").split(":"):
+        return f"huge pages ({HUGE_PAGES} in GLIBC_TUNABLES)"
+    if user_chose_malloc(environ):
+        return "the environment's own (MALLOC_*, GLIBC_TUNABLES or LD_PRELOAD)"
+    if not jax_runs_on_cpu(environ):
+        return "glibc's as it comes (JAX runs on an accelerator)"
+    if glibc_version() is None:
+        return "the system's (not glibc)"
+    chosen = mode(environ)
+    if chosen == "reuse":
+        if applied_now:
+            return "reuse (M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)"
+        return "glibc's as it comes (reuse could not be set: see the warning above)"
+    if chosen == "glibc":
+        return f"glibc's as it comes ({VARIABLE}=glibc)"
+    if not restarts:
+        return "glibc's as it comes (huge pages only for the commands that run training steps)"
+    if not glibc_knows_huge_pages():
+        return f"glibc's as it comes (glibc before {'.'.join(map(str, HUGE_PAGES_GLIBC))} has no huge-page tunable)"
+    policy = thp_policy(THP_ENABLED).strip() or "none in this kernel"
+    return f"glibc's as it comes (the kernel's transparent huge pages: {policy})"

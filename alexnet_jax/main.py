@@ -21,7 +21,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import config_overrides, host_malloc
+from alexnet_jax import config_overrides, machine_settings
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -114,5 +114,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_huge_pages()  # on CPUs, where it helps: before JAX or TensorFlow start
+    machine_settings.apply_machine_settings(huge_pages=True)  # first: before JAX or TensorFlow start
     app.run(main, flags_parser=config_overrides.parse_flags)

@@ -140,5 +140,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from alexnet_jax import machine_settings
+
+    machine_settings.apply_machine_settings()  # before JAX starts its backends
     reading.define_flags(several_workdirs=True)
     app.run(main, flags_parser=config_overrides.parse_flags)

@@ -167,6 +167,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from alexnet_jax import machine_settings
+
+    machine_settings.apply_machine_settings()  # before JAX starts its backends
     reading.define_flags()
     flags.DEFINE_string("out", None, "Where the PNG grid goes.")
     flags.DEFINE_list("queries", ["0", "1", "2", "3", "4"], "Indices of the query images in --query_split.")

@@ -4,8 +4,9 @@ XLA:CPU hands convolutions, reductions and matrix products to YNNPACK by
 default. On AlexNet's convolutions YNNPACK is the slower library: on a
 2-core AMD EPYC (Zen 4), with the settings fastest under each, the paper's
 train step ran 1.34x faster and the digits step 2.5x faster with XLA's own
-(Eigen) kernels (BENCHMARKS.md, one run each). So, before JAX starts its
-CPU backend, `apply()` adds
+(Eigen) kernels (BENCHMARKS.md, one run each). So the entry points, before
+JAX starts its CPU backend, call `apply()` (alexnet_jax.machine_settings;
+importing the package changes nothing), which adds
 
     --xla_cpu_experimental_ynn_fusion_type=individual_dot
 
@@ -61,11 +62,23 @@ def apply(environ: dict | None = None) -> bool:
         return False
     if backends_started():
         logging.warning(
-            "alexnet_jax: JAX's backends started before alexnet_jax was imported, so XLA:CPU keeps YNNPACK "
-            "convolutions (slower CPU steps); import alexnet_jax first, or set XLA_FLAGS=%s=%s",
+            "alexnet_jax: JAX's backends started before the XLA:CPU flag was applied, so XLA:CPU keeps YNNPACK "
+            "convolutions (slower CPU steps); apply it before JAX starts, or set XLA_FLAGS=%s=%s",
             FLAG,
             VALUE,
         )
         return False
     environ["XLA_FLAGS"] = f"{flags} {FLAG}={VALUE}".strip()
     return True
+
+
+def describe(flags_before: str, in_effect: bool) -> str:
+    """What XLA:CPU runs with, and why, in a few words, given XLA_FLAGS
+    before `apply` and its answer (for alexnet_jax.machine_settings' log line)."""
+    if in_effect:
+        return f"{FLAG}={VALUE}" + (" (already in XLA_FLAGS)" if FLAG in flags_before else " (added to XLA_FLAGS)")
+    if FLAG in flags_before:
+        return "XLA_FLAGS' own " + next(flag for flag in flags_before.split() if flag.startswith(FLAG))
+    if not _jaxlib_knows_the_flag():
+        return f"XLA's defaults (this jaxlib was not measured with {FLAG})"
+    return "XLA's defaults (JAX's backends had started: see the warning above)"

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # run as a script (importing it changes nothing): 8 forced CPU devices, quiet TensorFlow
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
@@ -25,7 +26,7 @@ import importlib.util  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from alexnet_jax import augment, collectives, sharding, steps  # noqa: E402
+from alexnet_jax import augment, collectives, machine_settings, sharding, steps  # noqa: E402
 
 # (label, mesh, model_parallel)
 SCHEMES = (
@@ -110,4 +111,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    machine_settings.apply_machine_settings(absl_app=False)  # the programs alexnet_jax's entry points compile
     main()

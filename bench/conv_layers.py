@@ -25,7 +25,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax import host_malloc, layers, models
+from alexnet_jax import layers, machine_settings, models
 from alexnet_jax.cpu_info import cpu_description
 from bench.step_workers import best_ms, worker_gemm, worker_jax
 
@@ -113,5 +113,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_huge_pages()  # measure as alexnet_jax.main runs, where it would
+    machine_settings.apply_machine_settings(huge_pages=True, absl_app=False)  # measure as alexnet_jax.main runs
     main()

@@ -22,11 +22,12 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if __name__ == "__main__":  # quiet TensorFlow's C++ start-up lines (read when it is imported)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from alexnet_jax import synthetic_data  # noqa: E402  (ImageNet's training-set size)
+from alexnet_jax import machine_settings, synthetic_data  # noqa: E402  (synthetic_data: ImageNet's training-set size)
 from bench.step_workers import time_calls  # noqa: E402
 
 
@@ -158,4 +159,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    machine_settings.apply_machine_settings(absl_app=False)  # before JAX starts, as alexnet_jax's entry points
     main()

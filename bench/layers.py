@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from alexnet_jax import layers, models, pooling
+from alexnet_jax import layers, machine_settings, models, pooling
 from bench.step_workers import best_ms
 
 
@@ -130,4 +130,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    machine_settings.apply_machine_settings(absl_app=False)  # before JAX starts, as alexnet_jax's entry points
     main()

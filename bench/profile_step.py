@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from alexnet_jax import host_malloc
+from alexnet_jax import machine_settings
 from bench.step_workers import jax_step, synthetic_batch
 
 
@@ -119,5 +119,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    host_malloc.restart_with_huge_pages()  # profile the defaults: as alexnet_jax.main does, where it would
+    machine_settings.apply_machine_settings(huge_pages=True, absl_app=False)  # profile as alexnet_jax.main runs
     main()

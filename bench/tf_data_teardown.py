@@ -21,7 +21,8 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if __name__ == "__main__":  # quiet TensorFlow's C++ start-up lines (read when it is imported)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402

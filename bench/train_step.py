@@ -21,10 +21,10 @@ table (BENCHMARKS.md): glibc's malloc as it comes (`ALEXNET_JAX_MALLOC=glibc`;
 `--no-before` skips it), and a row runs the defaults with the opt-in
 malloc settings (`ALEXNET_JAX_MALLOC=reuse`, alexnet_jax/host_malloc.py).
 The jax worker restarts itself with huge pages where the defaults would
-(`host_malloc.restart_with_huge_pages`, as `python -m alexnet_jax.main`
-does). The default rows: `--micro_batch -1,32` on CPU. Before the rounds,
-each -1 row resolves its size as `python -m alexnet_jax.main` would: read
-from alexnet_jax.micro_batch_tuning's record, or timed once and recorded.
+(alexnet_jax.machine_settings, as `python -m alexnet_jax.main` does).
+The default rows: `--micro_batch -1,32` on CPU. Before the rounds, each -1
+row resolves its size as `python -m alexnet_jax.main` would: read from
+alexnet_jax.micro_batch_tuning's record, or timed once and recorded.
 
 PyTorch runs eager, and as a user tuning it for speed would run it
 (`torch.compile` with inductor and channels_last memory; compile time is
@@ -60,7 +60,7 @@ import statistics
 import subprocess
 import sys
 
-from alexnet_jax import host_malloc
+from alexnet_jax import host_malloc, machine_settings
 from alexnet_jax.cpu_info import cpu_description, cpu_has_amx
 from bench.step_workers import worker_fit, worker_gemm, worker_jax, worker_torch
 
@@ -72,7 +72,7 @@ PAPER_GFLOP_PER_IMAGE = 4.1
 PYTORCH_AS_RUN = ("torch:eager", "torch:compiled")
 
 # The environment of each CPU row's malloc settings (host_malloc.py):
-# "reuse" is set on importing alexnet_jax (bench/__init__.py does); "before",
+# "reuse" is set by each worker's machine settings (alexnet_jax.machine_settings); "before",
 # the previous table's defaults, is glibc's malloc as it comes; "hugepages"
 # gives PyTorch the tunable alexnet_jax's defaults restart with.
 MALLOC_ENV = {
@@ -247,14 +247,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--compiled", default="False", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Each worker applies alexnet_jax's machine settings, the jax worker as alexnet_jax.main does (huge
+    # pages where it would); this process runs no JAX, it only checks them before starting any worker.
+    machine_settings.apply_machine_settings(huge_pages=args.worker == "jax", absl_app=False, runs_jax=bool(args.worker))
     if args.worker == "gemm":
         print(json.dumps(worker_gemm()))
         return
     if args.worker == "fit":
         print(json.dumps(worker_fit(args.models, args.batch, args.dtype)))
         return
-    if args.worker == "jax":
-        host_malloc.restart_with_huge_pages()  # as alexnet_jax.main does, where it would
     if args.worker:
         fields = (args.models, args.batch, args.dtype, args.warmup, args.steps)
         if args.worker == "jax":

@@ -304,4 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from alexnet_jax import machine_settings
+
+    machine_settings.apply_machine_settings(absl_app=False, runs_jax=False)  # checks ALEXNET_JAX_MALLOC
     sys.exit(main())

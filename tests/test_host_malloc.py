@@ -25,7 +25,8 @@ CALLS = 24
 _STEPS = textwrap.dedent(
     f"""
     import json, resource
-    import alexnet_jax
+    from alexnet_jax import machine_settings
+    machine_settings.apply_machine_settings(absl_app=False)  # as the entry points do, before JAX starts
     import jax, jax.numpy as jnp
 
     pages = 4096 * 4096 * 4 // 4096
@@ -86,6 +87,18 @@ def test_settings_applied_on_a_cpu_glibc_machine_only_when_asked(on_cpu_glibc):
     assert not host_malloc.apply({}, libc) and libc.calls == []
     assert host_malloc.apply(OPTED_IN, libc)
     assert libc.calls == [(-8, 1), (-4, 0), (-1, -1)]  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
+    assert not host_malloc.applied  # a fake libc: this process's malloc is as it was
+
+
+def test_the_log_line_says_what_malloc_runs_with_and_why(on_cpu_glibc):
+    describe = host_malloc.describe
+    assert describe(OPTED_IN, True, restarts=False).startswith("reuse (M_ARENA_MAX=1")
+    assert describe({"GLIBC_TUNABLES": f"{RSEQ}:{HUGE}"}, False, restarts=True).startswith("huge pages")
+    assert "environment's own" in describe({**OPTED_IN, "MALLOC_ARENA_MAX": "2"}, False, restarts=True)
+    assert "accelerator" in describe({"JAX_PLATFORMS": "cuda"}, False, restarts=True)
+    assert "ALEXNET_JAX_MALLOC=glibc" in describe({"ALEXNET_JAX_MALLOC": "glibc"}, False, restarts=True)
+    assert "huge pages only for the commands that run training steps" in describe({}, False, restarts=False)
+    assert "the kernel's transparent huge pages" in describe({}, False, restarts=True)
 
 
 @pytest.mark.parametrize(
@@ -119,14 +132,14 @@ def test_too_late_leaves_malloc_and_warns(on_cpu_glibc, monkeypatch, caplog):
     monkeypatch.setattr(host_malloc.xla_cpu_flags, "backends_started", lambda: True)
     libc = _FakeLibc()
     assert not host_malloc.apply(OPTED_IN, libc)
-    assert libc.calls == [] and "import alexnet_jax first" in caplog.text
+    assert libc.calls == [] and "apply them before JAX starts" in caplog.text
 
 
 def test_applied_after_other_threads_started_it_warns(on_cpu_glibc, monkeypatch, caplog):
     monkeypatch.setattr(host_malloc, "_threads", lambda: 2)
     libc = _FakeLibc()
     assert host_malloc.apply(OPTED_IN, libc)  # set anyway: threads started later still share the main arena
-    assert "import alexnet_jax first" in caplog.text
+    assert "apply them before importing it" in caplog.text
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc and getrusage's page faults")
@@ -143,7 +156,7 @@ def test_steps_reuse_their_memory_and_compute_the_same():
 
 def test_an_unknown_setting_is_a_one_line_error_naming_the_variable():
     assert host_malloc.mode({}) == host_malloc.mode({"ALEXNET_JAX_MALLOC": ""}) == "auto"
-    with pytest.raises(ValueError, match=r"ALEXNET_JAX_MALLOC='jemalloc': expected one of auto, reuse, glibc"):
+    with pytest.raises(ValueError, match=r"ALEXNET_JAX_MALLOC='jemalloc' is not one of auto, reuse, glibc: unset it"):
         host_malloc.mode({"ALEXNET_JAX_MALLOC": "jemalloc"})
 
 

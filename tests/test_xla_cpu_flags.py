@@ -1,6 +1,6 @@
 """The XLA:CPU flag the project sets (alexnet_jax/xla_cpu_flags.py): added
-before JAX starts, a user's own value kept, and the same gradients as XLA's
-default (YNNPACK) convolutions, computed in a fresh process."""
+by the entry points before JAX starts, a user's own value kept, and the same
+gradients as XLA's default (YNNPACK) convolutions, computed in a fresh process."""
 
 import os
 import subprocess
@@ -18,6 +18,8 @@ from alexnet_jax import xla_cpu_flags
 _GRADIENTS = textwrap.dedent(
     """
     import sys
+    from alexnet_jax import machine_settings
+    machine_settings.apply_machine_settings(absl_app=False)  # as the entry points do, before JAX starts
     import jax, jax.numpy as jnp, numpy as np, optax
     from alexnet_jax import models
 
@@ -62,6 +64,14 @@ def test_the_flag_is_added_before_jax_starts_and_a_users_own_is_kept(monkeypatch
     assert xla_cpu_flags.apply(empty) and empty["XLA_FLAGS"] == f"{xla_cpu_flags.FLAG}=individual_dot"
 
 
+def test_the_log_line_says_what_xla_runs_with():
+    ours = f"{xla_cpu_flags.FLAG}=individual_dot"
+    assert xla_cpu_flags.describe("", True) == f"{ours} (added to XLA_FLAGS)"
+    assert xla_cpu_flags.describe(ours, True) == f"{ours} (already in XLA_FLAGS)"
+    own = f"{xla_cpu_flags.FLAG}=individual_dot,individual_convolution"
+    assert xla_cpu_flags.describe(f"--xla_force_host_platform_device_count=2 {own}", False) == f"XLA_FLAGS' own {own}"
+
+
 def test_other_jaxlib_releases_keep_xlas_defaults(monkeypatch):
     """XLA aborts on a flag it does not know: releases not measured are left alone."""
     monkeypatch.setattr(xla_cpu_flags, "backends_started", lambda: False)
@@ -75,11 +85,11 @@ def test_too_late_leaves_the_flags_and_warns(monkeypatch, caplog):
     monkeypatch.setattr(xla_cpu_flags, "backends_started", lambda: True)
     env = {"XLA_FLAGS": ""}
     assert not xla_cpu_flags.apply(env)
-    assert env["XLA_FLAGS"] == "" and "import alexnet_jax first" in caplog.text
+    assert env["XLA_FLAGS"] == "" and "apply it before JAX starts" in caplog.text
 
 
 def test_this_process_runs_without_ynnpack_convolutions():
-    """The suite imports alexnet_jax before JAX starts, as main.py does."""
+    """conftest.py applies the flag before JAX starts, as the entry points do."""
     assert f"{xla_cpu_flags.FLAG}=individual_dot" in os.environ["XLA_FLAGS"].split()
     conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME"))
     hlo = conv.lower(jnp.ones((2, 48, 9, 9)), jnp.ones((64, 48, 3, 3))).compile().as_text()
