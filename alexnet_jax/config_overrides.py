@@ -114,11 +114,16 @@ def refuse_unknown_overrides(argv: Sequence[str]) -> None:
         errors.exit_with(errors.UsageError(message))
 
 
+def unknown_flag(name: str, known: Iterable[str]) -> str:
+    """`--work_dir is not a flag; did you mean --workdir?` (`name` and `known` without dashes)."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f"did you mean --{close[0]}?" if close else "--help lists them"
+    return f"--{name} is not a flag; {hint}"
+
+
 def _flag_message(error: flags.Error) -> str:
     if isinstance(error, flags.UnrecognizedFlagError):
-        close = difflib.get_close_matches(error.flagname, list(flags.FLAGS), n=2, cutoff=0.6)
-        hint = "did you mean " + " or ".join(f"--{name}" for name in close) + "?" if close else "--helpshort lists them"
-        return f"--{error.flagname} is not a flag; {hint}"
+        return unknown_flag(error.flagname, flags.FLAGS)
     # absl's required-flag validator: "flag --workdir=None: Flag --workdir must have a value other than None."
     missing = re.fullmatch(r"flag --(\w+)=None: Flag --\1 must have a value other than None\.", str(error))
     if missing:

@@ -69,10 +69,20 @@ class Run:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, its usage errors one line `error: ...` with exit status 2 (the README's table)."""
+    """argparse, its usage errors one line `error: ...` with exit status 2 (the README's table),
+    a misspelt flag named as the entry points name it. `--config.FIELD=VALUE` is left to the caller."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        known = [option.lstrip("-") for action in self._actions for option in action.option_strings]
+        for arg in args:
+            name = arg.split("=", 1)[0].lstrip("-") if arg.startswith("--") else ""
+            if name and not name.startswith("config.") and not any(k.startswith(name) for k in known):
+                raise errors.UsageError(config_overrides.unknown_flag(name, known))
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        errors.exit_with(errors.UsageError(f"{message} (--help lists the flags)"))
+        raise errors.UsageError(f"{message} (--help lists the flags)")
 
 
 def _load_module(path: str, what: str):
@@ -134,7 +144,7 @@ def plan(
         field = _override_field(arg)
         unknown = config_overrides.unknown_field(field)
         if unknown:
-            raise errors.UsageError(f"{arg}: {unknown}")
+            raise errors.UsageError(unknown)  # as alexnet_jax.main says it
         if any(field in v for v in variants):
             raise errors.ConfigError(f"--config.{field} is swept by {sweep_path}; drop it from the command line")
     runs, seen = [], {}
