@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alexnet_jax import paths
+from alexnet_jax import errors, paths
 
 PyTree = Any
 STATE, DATA = "state", "data"
@@ -40,7 +40,7 @@ def make_manager(workdir: str | os.PathLike, max_to_keep: int) -> ocp.Checkpoint
     return ocp.CheckpointManager(directory(workdir), options=options)
 
 
-class SaveError(OSError):
+class SaveError(errors.Error, OSError):
     """A checkpoint could not be written (a full disk, say); the message names
     the folder. The checkpoints before it are intact (orbax renames a step's
     folder into place only when it is complete)."""
@@ -108,7 +108,7 @@ def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> 
             _set_aside(manager, damaged)
         return state, step, data
     if damaged:
-        raise ValueError(
+        raise errors.RunError(
             f"no checkpoint in {manager.directory} can be read (steps {', '.join(map(str, damaged))}; "
             f"the log says why): move them away to start afresh"
         )
@@ -169,7 +169,7 @@ def restore_params(workdir: str | os.PathLike, abstract_params: PyTree) -> tuple
     folder = directory(workdir)
     step = latest_step(workdir)
     if not step:
-        raise ValueError(
+        raise errors.RunError(
             f"no finished checkpoint in {folder}: train first, or let the training run save one "
             f"(every config.checkpoint_every_steps and at the end)"
         )

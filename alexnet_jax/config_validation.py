@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from alexnet_jax import (  # noqa: F401
     data_cache,
     digits_dataset,
+    errors,
     image_folder,
     machine_defaults,
     models,
@@ -28,7 +29,7 @@ from alexnet_jax import (  # noqa: F401
 
 
 def _fail(field: str, value: Any, fix: str) -> None:
-    raise ValueError(f"config.{field}={value!r} {fix}")
+    raise errors.ConfigError(f"config.{field}={value!r} {fix}")
 
 
 def _positive_int(config: ml_collections.ConfigDict, field: str) -> None:

@@ -43,7 +43,7 @@ import tensorflow as tf
 import tqdm
 from etils import epath
 
-from alexnet_jax import cpu_info, paths, tf_data_iteration
+from alexnet_jax import cpu_info, errors, paths, tf_data_iteration
 
 FORMATS = ("jpeg", "png", "raw", "none")  # "none": no cache, decode the source every epoch
 JPEG_QUALITY = 95
@@ -60,7 +60,7 @@ _FEATURES = {
 }
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(errors.RunError):
     """A cache folder exists but describes other data; the message says what to delete."""
 
 

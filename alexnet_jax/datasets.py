@@ -21,6 +21,7 @@ from etils import epath
 
 from alexnet_jax import (
     digits_dataset,  # noqa: F401  (registers `sklearn_digits`)
+    errors,
     image_folder,
     multihost_data,
 )
@@ -28,7 +29,7 @@ from alexnet_jax import (
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(errors.Error, RuntimeError):
     """The dataset is neither prepared nor preparable here; the message says why."""
 
 
@@ -125,12 +126,12 @@ def check_splits_and_classes(config: ml_collections.ConfigDict, builder: tfds.co
     splits = sorted(builder.info.splits.keys())
     for field in ("train_split", "eval_split"):
         if splits and config[field] not in splits:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"config.{field}={config[field]!r} is not a split of {config.dataset}: use one of {splits}"
             )
     classes = builder.info.features["label"].num_classes
     if config.model.num_classes != classes:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.model.num_classes={config.model.num_classes} but {config.dataset} has {classes} classes"
         )
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import data_stats, input_pipeline, metrics, predict, run_config, sharding, steps, train
+from alexnet_jax import data_stats, errors, input_pipeline, metrics, predict, run_config, sharding, steps, train
 
 
 @dataclasses.dataclass
@@ -79,7 +79,7 @@ def check_same_task(
         for field in fields:
             ours, theirs = run_config.field_value(configs[0], field), run_config.field_value(config, field)
             if ours != theirs:
-                raise ValueError(
+                raise errors.RunError(
                     f"ensemble members disagree on config.{field}: {workdirs[0]} has {ours!r}, "
                     f"{workdir} has {theirs!r}; an ensemble averages class probabilities of the same classes"
                 )
@@ -88,7 +88,7 @@ def check_same_task(
 def check_same_order(first: Member, other: Member) -> None:
     """Members' probabilities must be rows of the same examples."""
     if not np.array_equal(first.labels, other.labels):
-        raise ValueError(
+        raise errors.RunError(
             f"{first.workdir} and {other.workdir} read {first.config.eval_split} in different orders "
             "(different prepared data or process layout?): evaluate them on the same prepared data"
         )

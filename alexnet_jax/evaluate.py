@@ -19,12 +19,10 @@ probabilities, the paper's method):
 
 from __future__ import annotations
 
-import sys
-
 import ml_collections
 from absl import app, flags, logging
 
-from alexnet_jax import augment, config_overrides, ensemble, input_pipeline, reading
+from alexnet_jax import augment, config_overrides, ensemble, errors, reading
 
 FLAGS = flags.FLAGS
 
@@ -43,29 +41,27 @@ def result_line(split: str, what: str, summary: dict[str, float]) -> str:
     )
 
 
+@errors.one_line_errors
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.UsageError(f"unexpected arguments {argv[1:]}: give every value as a flag (--name=value)")
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # tf.data only; keep TensorFlow off the accelerators
     logging.set_verbosity(logging.WARNING)  # orbax's restore chatter would bury the result
-    try:
-        workdirs = reading.workdirs()
-        configs = [reading.config_for(workdir) for workdir in workdirs]  # every refusal before any evaluation
-        ensemble.check_same_task(workdirs, configs)
-        members = []
-        for config, workdir in zip(configs, workdirs):
-            member = ensemble.evaluate_member(config, workdir)
-            if members:
-                ensemble.check_same_order(members[0], member)
-            members.append(member)
-            summary = ensemble.summary(member.probs, member.labels)
-            views = augment.effective_views(config.eval_views, config.random_flip)
-            where = f"{views}, step {member.step}" + (f", {workdir}" if len(workdirs) > 1 else "")
-            print(result_line(config.eval_split, where, summary), flush=True)
-    except (ValueError, input_pipeline.DatasetUnavailableError) as error:
-        sys.exit(f"error: {error}")
+    workdirs = reading.workdirs()
+    configs = [reading.config_for(workdir) for workdir in workdirs]  # every refusal before any evaluation
+    ensemble.check_same_task(workdirs, configs)
+    members = []
+    for config, workdir in zip(configs, workdirs):
+        member = ensemble.evaluate_member(config, workdir)
+        if members:
+            ensemble.check_same_order(members[0], member)
+        members.append(member)
+        summary = ensemble.summary(member.probs, member.labels)
+        views = augment.effective_views(config.eval_views, config.random_flip)
+        where = f"{views}, step {member.step}" + (f", {workdir}" if len(workdirs) > 1 else "")
+        print(result_line(config.eval_split, where, summary), flush=True)
     if len(members) > 1:
         views = {augment.effective_views(m.config.eval_views, m.config.random_flip) for m in members}
         what = f"{views.pop() if len(views) == 1 else 'mixed views'}, ensemble of {len(members)}"

@@ -53,7 +53,7 @@ import pkgutil
 import platform
 import sys
 
-from alexnet_jax import xla_cpu_flags
+from alexnet_jax import errors, xla_cpu_flags
 
 # mallopt parameters (glibc's malloc.h) and the values set.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
@@ -98,7 +98,9 @@ def mode(environ: dict) -> str:
     """`ALEXNET_JAX_MALLOC`'s value; ValueError naming it if it is not one of MODES."""
     value = environ.get(VARIABLE, "") or "auto"
     if value not in MODES:
-        raise ValueError(f"{VARIABLE}={value!r} is not one of {', '.join(MODES)}: unset it (meaning auto) or pick one")
+        raise errors.ConfigError(
+            f"{VARIABLE}={value!r} is not one of {', '.join(MODES)}: unset it (meaning auto) or pick one"
+        )
     return value
 
 

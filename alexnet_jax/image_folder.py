@@ -43,6 +43,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
+from alexnet_jax import errors
+
 DATASET = "image_folder"  # the value of config.dataset that selects this source
 _LISTED_BAD_FILES = 20  # names spelled out in the warning; the rest are in metadata.json
 _SPLIT_NAME = re.compile(r"^\w+$")  # what tfds accepts as a split name
@@ -73,7 +75,9 @@ def scan(root_dir: str) -> FolderConfig:
     layout is not split/class/files."""
     root_dir = os.path.abspath(os.path.expanduser(root_dir))
     if not os.path.isdir(root_dir):
-        raise ValueError(f"config.image_folder={root_dir!r} is not a folder: give the root of split/class/image files")
+        raise errors.ConfigError(
+            f"config.image_folder={root_dir!r} is not a folder: give the root of split/class/image files"
+        )
     digest = hashlib.sha256(root_dir.encode())
     files: dict[str, tuple[tuple[str, str], ...]] = {}
     classes: set[str] = set()
@@ -81,7 +85,7 @@ def scan(root_dir: str) -> FolderConfig:
         split_dirs = _visible(splits, want_dirs=True)
     for split in split_dirs:
         if not _SPLIT_NAME.match(split.name):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"config.image_folder={root_dir!r} has a split folder {split.name!r}: "
                 f"rename it to letters, digits and underscores (e.g. 'train', 'validation')"
             )
@@ -99,7 +103,7 @@ def scan(root_dir: str) -> FolderConfig:
         if examples:
             files[split.name] = tuple(examples)
     if not files:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.image_folder={root_dir!r} holds no images in split/class/ folders: "
             f"lay it out as {root_dir}/train/<class>/<image>, {root_dir}/validation/<class>/<image>"
         )
@@ -174,7 +178,7 @@ class UserImageFolder(tfds.core.GeneratorBasedBuilder):
         if not good:  # else tfds stops with "No examples were yielded", naming no file
             split = examples[0][0].split("/")[0]
             names = ", ".join(relpath for relpath, _ in examples[:3])
-            raise ValueError(
+            raise errors.ConfigError(
                 f"config.image_folder={self.builder_config.root_dir!r}: none of the {len(examples)} files of "
                 f"split {split!r} could be decoded (e.g. {names}): replace them or remove the split folder"
             )

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from alexnet_jax import checkpointing, paths
+from alexnet_jax import checkpointing, errors, paths
 
 PyTree = Any
 
@@ -34,7 +34,7 @@ def resolve(path: str | os.PathLike) -> str:
     step = checkpointing.latest_step(path)
     if step:
         return str(checkpointing.directory(path) / str(step))
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.init_from={str(path)!r} is neither a checkpoint step directory (<workdir>/checkpoints/<step>) "
         "nor a workdir with a finished checkpoint"
     )
@@ -70,11 +70,11 @@ def check_compatible(
         if layer in reset:
             continue
         if layer not in source:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"layer {layer} is not in {source_name}: add it to config.init_reset to initialise it afresh"
             )
         if source[layer] != layer_shapes:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"layer {layer} has shapes {source[layer]} in {source_name} but {layer_shapes} in this run: "
                 f"add '{layer}' to config.init_reset to initialise it afresh"
             )

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import (
     data_cache,
+    errors,
     multihost_data,
     sharding,
     tf_data_iteration,
@@ -144,7 +145,7 @@ def resume_position(config: ml_collections.ConfigDict, saved: dict | None, step:
         if saved.get(field) != current[field]:
             parts = "the number of data parts (config.mesh over the processes)"
             where = parts if field == "data_parts" else f"config.{field}"
-            raise ValueError(
+            raise errors.RunError(
                 f"the checkpoint of step {step} was written with {field}={saved.get(field)!r} but {where} is "
                 f"now {current[field]!r}: resume with the same value, or start a new --workdir"
             )

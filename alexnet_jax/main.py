@@ -7,8 +7,10 @@
 Several processes (launch/*.sh, launch/slurm.sbatch) run the same command;
 each joins the others through jax.distributed before touching a device.
 
-Exit status: 0 done, 1 error, 3 (preemption.EXIT_STATUS) stopped by SIGTERM
-or SIGINT after saving a checkpoint: the same command resumes the run.
+Exit status: 0 done, 1 an error (errors.Error: one line), 2 a command line
+that does not parse (a misspelt flag or field), 3 (preemption.EXIT_STATUS)
+stopped by SIGTERM or SIGINT after saving a checkpoint: the same command
+resumes the run. Any other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import config_overrides, machine_settings
+from alexnet_jax import config_overrides, errors, machine_settings
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -57,7 +59,7 @@ def _initialize_distributed(jax) -> None:
     explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if any(value is not None for value in explicit):
         if any(value is None for value in explicit):
-            raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
+            raise errors.UsageError("--coordinator_address, --num_processes and --process_id go together")
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
@@ -74,9 +76,10 @@ def use_compilation_cache(jax, cache_dir: str) -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
 
 
+@errors.one_line_errors
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.UsageError(f"unexpected arguments {argv[1:]}: give every value as a flag (--name=value)")
     logging.get_absl_handler().addFilter(_QuietLibraries())
     import tensorflow as tf
 
@@ -86,8 +89,7 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from alexnet_jax import input_pipeline, preemption, train
-    from alexnet_jax.checkpointing import SaveError
+    from alexnet_jax import preemption, train
 
     _initialize_distributed(jax)
     logging.info(
@@ -104,8 +106,6 @@ def main(argv: list[str]) -> None:
     use_compilation_cache(jax, config.compilation_cache_dir)
     try:
         summary = train.train_and_evaluate(config, FLAGS.workdir)
-    except (ValueError, input_pipeline.DatasetUnavailableError, FloatingPointError, SaveError) as error:
-        sys.exit(f"error: {error}")
     except preemption.Preempted as stopped:
         logging.warning("%s (exit status %d)", stopped, preemption.EXIT_STATUS)
         sys.exit(preemption.EXIT_STATUS)

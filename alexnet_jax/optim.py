@@ -28,6 +28,8 @@ import ml_collections
 import optax
 from flax import struct
 
+from alexnet_jax import errors
+
 PyTree = Any
 
 SCHEDULES = ("piecewise", "plateau")
@@ -71,7 +73,7 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int)
         return optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
     if opt.schedule == "plateau":
         return opt.learning_rate
-    raise ValueError(f"optimizer.schedule={opt.schedule!r}: use one of {SCHEDULES}")
+    raise errors.ConfigError(f"optimizer.schedule={opt.schedule!r}: use one of {SCHEDULES}")
 
 
 class LayerScaleState(NamedTuple):

@@ -33,6 +33,7 @@ from alexnet_jax import (
     config_overrides,
     data_stats,
     ensemble,
+    errors,
     image_folder,
     input_pipeline,
     models,
@@ -72,7 +73,7 @@ def load_image(path: str, resize_size: int) -> np.ndarray:
             rgb = np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as error:
         reason = "not found" if isinstance(error, FileNotFoundError) else "not an image PIL can read (JPEG, PNG, ...)"
-        raise ValueError(f"{path}: {reason}") from None
+        raise errors.ConfigError(f"{path}: {reason}") from None
     # The evaluation pipeline's own resize, so a file is seen as evaluation sees a test image.
     return input_pipeline._resize_square(tf.constant(rgb), resize_size).numpy()
 
@@ -104,25 +105,23 @@ def member_probs(config: ml_collections.ConfigDict, workdir: str, images_uint8: 
     return probabilities(model, params, images_uint8, config, stats)
 
 
+@errors.one_line_errors
 def main(argv: list[str]) -> None:
     paths = argv[1:]
     if not paths:
-        raise app.UsageError("give one or more image files after the flags")
+        raise errors.UsageError("give one or more image files after the flags")
     tf.config.set_visible_devices([], "GPU")  # TensorFlow only resizes; keep it off the accelerators
     logging.set_verbosity(logging.WARNING)  # orbax's restore chatter would bury the predictions
-    try:
-        workdirs = reading.workdirs()
-        configs = [reading.config_for(workdir) for workdir in workdirs]
-        ensemble.check_same_task(workdirs, configs, fields=("dataset", "image_folder", "model.num_classes"))
-        names = class_names(configs[0])
-    except (ValueError, input_pipeline.DatasetUnavailableError) as error:
-        sys.exit(f"error: {error}")
+    workdirs = reading.workdirs()
+    configs = [reading.config_for(workdir) for workdir in workdirs]
+    ensemble.check_same_task(workdirs, configs, fields=("dataset", "image_folder", "model.num_classes"))
+    names = class_names(configs[0])
     readable, first_size = [], []
     for path in paths:
         try:
             first_size.append(load_image(path, configs[0].resize_size))
             readable.append(path)
-        except ValueError as error:
+        except errors.ConfigError as error:  # the other files are still predicted
             print(f"error: {error}", file=sys.stderr, flush=True)
     if readable:  # one batch per run: this is for a handful of files
         # Each file is decoded once per resize size the runs use, not once per run.

@@ -5,12 +5,13 @@ workdir is read with (its own config.json, see run_config.py)."""
 from __future__ import annotations
 
 import os
+import sys
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from alexnet_jax import run_config
+from alexnet_jax import config_overrides, errors, run_config
 from alexnet_jax.config_validation import validate_config
 
 FLAGS = flags.FLAGS
@@ -21,6 +22,9 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 def define_flags(several_workdirs: bool = False) -> None:
     """--workdir (repeatable for ensembles, with --sweep), and an optional --config."""
+    # With a default file, config_flags applies sys.argv's overrides here, at
+    # definition: a misspelt field would be a traceback before parse_flags runs.
+    config_overrides.refuse_unknown_overrides(sys.argv[1:])
     config_flags.DEFINE_config_file(
         "config",
         DEFAULT_CONFIG,
@@ -44,7 +48,9 @@ def workdirs() -> list[str]:
     if FLAGS.sweep:
         runs += sweep.finished_workdirs(FLAGS.sweep)
     if not runs:
-        raise ValueError("give a trained run with --workdir RUN (repeat it, or add --sweep DIR, for an ensemble)")
+        raise errors.UsageError(
+            "give a trained run with --workdir RUN (repeat it, or add --sweep DIR, for an ensemble)"
+        )
     return runs
 
 

@@ -30,10 +30,12 @@ from alexnet_jax import (
     augment,
     config_overrides,
     data_stats,
+    errors,
     input_pipeline,
     models,
     predict,
     reading,
+    run_config,
     sharding,
     summaries,
 )
@@ -115,9 +117,10 @@ def retrieval_grid(
     return np.concatenate([queries, np.full((len(queries), gap, 3), 255, np.uint8), neighbours], axis=1)
 
 
+@errors.one_line_errors
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.UsageError(f"unexpected arguments {argv[1:]}: give every value as a flag (--name=value)")
     import tensorflow as tf
     from PIL import Image
 
@@ -125,21 +128,22 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax's restore chatter would bury the results
     if jax.process_count() > 1:
         sys.exit("error: retrieval runs in one process; start it without the multi-process launcher")
-    try:
-        config = reading.config_for(FLAGS.workdir)
-        query_split = FLAGS.query_split or config.eval_split
-        database_split = FLAGS.database_split or config.train_split
-        model, params, step = predict.restore_params(config, FLAGS.workdir)
-        builder = input_pipeline.get_builder(config)
-        for split in (query_split, database_split):
-            if split not in builder.info.splits:
-                raise ValueError(f"split {split!r} is not one of {sorted(builder.info.splits.keys())}")
-        query_ids = [int(i) for i in FLAGS.queries]
-        size = input_pipeline.num_examples(builder, query_split)
-        if not query_ids or not all(0 <= i < size for i in query_ids):
-            raise ValueError(f"--queries={','.join(FLAGS.queries)} must be indices into {query_split} (0..{size - 1})")
-    except (ValueError, input_pipeline.DatasetUnavailableError) as error:
-        sys.exit(f"error: {error}")
+    out = epath.Path(FLAGS.out)  # local, or a URI such as the run's gs:// workdir
+    run_config.check_writable(out.parent, "--out")  # before the work, not after it
+    config = reading.config_for(FLAGS.workdir)
+    query_split = FLAGS.query_split or config.eval_split
+    database_split = FLAGS.database_split or config.train_split
+    model, params, step = predict.restore_params(config, FLAGS.workdir)
+    builder = input_pipeline.get_builder(config)
+    for split in (query_split, database_split):
+        if split not in builder.info.splits:
+            raise errors.ConfigError(f"split {split!r} is not one of {sorted(builder.info.splits.keys())}")
+    size = input_pipeline.num_examples(builder, query_split)
+    query_ids = [int(i) for i in FLAGS.queries if i.strip().isdigit()]
+    if not query_ids or len(query_ids) < len(FLAGS.queries) or not all(0 <= i < size for i in query_ids):
+        raise errors.ConfigError(
+            f"--queries={','.join(FLAGS.queries)} must be indices into {query_split} (0..{size - 1})"
+        )
 
     print(f"checkpoint of step {step}; embedding {database_split} ...", flush=True)
     db_features, db_labels = embed(model, params, config, builder, database_split)
@@ -159,7 +163,6 @@ def main(argv: list[str]) -> None:
     queries = images_at(config, builder, query_split, query_ids)
     neighbours = images_at(config, builder, database_split, sorted(set(order.ravel().tolist())))
     grid = retrieval_grid([queries[q] for q in query_ids], [[neighbours[i] for i in row] for row in order])
-    out = epath.Path(FLAGS.out)  # local, or a URI such as the run's gs:// workdir
     encoded = io.BytesIO()
     Image.fromarray(grid).save(encoded, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
     out.write_bytes(encoded.getvalue())

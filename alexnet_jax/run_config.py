@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from alexnet_jax import paths
+from alexnet_jax import errors, paths
 
 CONFIG_FILE = "config.json"
 
@@ -175,17 +175,17 @@ def load(workdir: str | os.PathLike) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path(workdir)} cannot be read ({error}): restore it or use a new --workdir") from None
+        raise errors.RunError(f"{path(workdir)} cannot be read ({error}): restore it or use a new --workdir") from None
 
 
 def _write(workdir: str | os.PathLike, record: dict) -> None:
     paths.write_json(path(workdir), record)  # atomically: never a part of the file
 
 
-def check_writable(workdir: str | os.PathLike) -> None:
-    """One-line ValueError naming `workdir` if it cannot be created or written
-    (read-only, full disk, a bucket without write access): said at start-up,
-    not at the first save."""
+def check_writable(workdir: str | os.PathLike, flag: str = "--workdir") -> None:
+    """One-line ValueError naming `flag` and the folder `workdir` if it cannot
+    be created or written (read-only, full disk, a bucket without write
+    access): said at start-up, not at the first save."""
     folder = paths.as_path(workdir)
     probe = folder / f".write-test-{os.uname().nodename}-{os.getpid()}"
     try:
@@ -194,7 +194,9 @@ def check_writable(workdir: str | os.PathLike) -> None:
         probe.unlink()
     except Exception as error:  # OSError, or tf.errors.* from a remote file system
         reason = getattr(error, "strerror", None) or str(error).strip().split("\n")[0][:200] or type(error).__name__
-        raise ValueError(f"--workdir {folder} is not writable ({reason}): use another path or free the disk") from None
+        raise errors.ConfigError(
+            f"{flag} {folder} is not writable ({reason}): use another path or free the disk"
+        ) from None
 
 
 def record_of(config: ml_collections.ConfigDict) -> dict:
@@ -280,7 +282,7 @@ def check_restart(
         if _past_drops(old, epochs_done) != _past_drops(new, epochs_done):
             refused["optimizer.drop_epochs"] = (old, new)
     if refused:
-        raise ValueError(refusal(workdir, refused))
+        raise errors.RunError(refusal(workdir, refused))
     if not changed:
         return
     for field, (old, new) in changed.items():
@@ -338,8 +340,10 @@ def config_for_reading(
     """
     record = load(workdir)
     if record is None:
+        if not paths.as_path(workdir).is_dir():  # a typo'd path: not a reason to pass --config
+            raise errors.ConfigError(f"--workdir {workdir} does not exist: give the workdir of a trained run")
         if not config_file_given:
-            raise ValueError(
+            raise errors.RunError(
                 f"{path(workdir)} not found (a run from before it was written, or not a workdir): "
                 "pass --config with the training run's config file and overrides"
             )
@@ -351,7 +355,7 @@ def config_for_reading(
     changed = _differences(flat_fields(saved), asked)
     refused = {k: v for k, v in changed.items() if k not in READ_MAY_CHANGE}
     if refused:
-        raise ValueError(refusal(workdir, refused))
+        raise errors.RunError(refusal(workdir, refused))
     with saved.unlocked():
         for field, (_, value) in changed.items():
             _set(saved, field, value)

@@ -34,6 +34,7 @@ from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from alexnet_jax import errors
 from alexnet_jax.layers import CONV_BATCH, CONV_CHANNELS, DENSE_BATCH, HIDDEN
 
 PyTree = Any
@@ -123,12 +124,12 @@ def _data_part(mesh: Mesh, process_index: int) -> DataPart:
         for device in devices:
             rows[device.process_index].add(row)
     if process_index not in rows:
-        raise ValueError(f"process {process_index} holds no device of the mesh {dict(mesh.shape)}")
+        raise errors.ConfigError(f"process {process_index} holds no device of the mesh {dict(mesh.shape)}")
     parts = sorted({frozenset(r) for r in rows.values()}, key=min)
     held = [row for part in parts for row in part]
     if len(held) != len(set(held)) or len({len(part) for part in parts}) > 1:
         layout = {p: sorted(r) for p, r in sorted(rows.items())}
-        raise ValueError(
+        raise errors.ConfigError(
             f"the mesh {dict(mesh.shape)} gives processes overlapping or unequal rows of its 'data' axis "
             f"(process: rows {layout}): each process must hold whole model groups, or share whole groups"
         )

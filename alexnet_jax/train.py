@@ -20,6 +20,7 @@ from alexnet_jax import (
     augment,
     checkpointing,
     data_stats,
+    errors,
     init_from,
     input_pipeline,
     metrics,
@@ -58,9 +59,7 @@ HOST_LEAD_STEPS = 3
 def _check_finite(step: int, step_metrics: metrics.TrainMetrics) -> None:
     loss = float(step_metrics.loss.compute())
     if not math.isfinite(loss):
-        raise FloatingPointError(
-            f"loss is {loss} at step {step}: stopping; checkpoints up to the last good one are kept"
-        )
+        raise errors.Diverged(f"loss is {loss} at step {step}: stopping; checkpoints up to the last good one are kept")
 
 
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -76,7 +75,9 @@ def check_dataset(config: ml_collections.ConfigDict, builder) -> int:
     input_pipeline.check_splits_and_classes(config, builder)
     train_examples = input_pipeline.num_examples(builder, config.train_split)
     if train_examples < config.batch_size:
-        raise ValueError(f"config.batch_size={config.batch_size} exceeds the {train_examples} training examples")
+        raise errors.ConfigError(
+            f"config.batch_size={config.batch_size} exceeds the {train_examples} training examples"
+        )
     return input_pipeline.steps_per_epoch(config, builder)
 
 
@@ -190,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if in_flight:
                     _check_finite(*in_flight[-1])
                 if not bool(_all_finite(state.params)):
-                    raise FloatingPointError(f"parameters are not finite before step {step}: stopping")
+                    raise errors.Diverged(f"parameters are not finite before step {step}: stopping")
                 # Before the step: train_fn donates the state it is given.
                 summaries.write_inspection(writer, step, inspect_fn(state, batch, base_key), config)
             state, step_metrics = train_fn(state, batch, base_key)
@@ -222,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
                 _check_finite(*in_flight[-1])
                 if not bool(_all_finite(state.params)):
-                    raise FloatingPointError(f"parameters are not finite after step {step}: not saving them")
+                    raise errors.Diverged(f"parameters are not finite after step {step}: not saving them")
                 data = input_pipeline.position_record(
                     config, position.advanced(step - start_step, steps_per_epoch), step, steps_per_epoch
                 )

@@ -15,7 +15,6 @@ TensorBoard event files, the same ones TensorBoard shows. Writes to `--out`
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -26,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from alexnet_jax import run_config
+from alexnet_jax import errors, run_config
 from launch import sweep
 
 # (key, column title, is an error rate shown in percent)
@@ -252,8 +251,9 @@ def plot_curves(results: list[RunResult], target_error: float, path: str) -> Non
     plt.close(fig)
 
 
+@errors.one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = sweep.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="the sweep's --workdir")
     parser.add_argument("--out", help="where the report goes (default: the workdir)")
     parser.add_argument("--target_error", type=float, default=0.25, help="training top-1 error for 'steps to'")
@@ -262,12 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.target_error < 1:
         raise SystemExit(f"error: --target_error={args.target_error} must be a fraction in (0, 1), e.g. 0.25")
     out = args.out or args.workdir
-    try:
-        sweep.check_local(args.workdir, "--workdir")
-        sweep.check_local(out, "--out")
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
-    os.makedirs(out, exist_ok=True)
+    sweep.check_local(args.workdir, "--workdir")
+    sweep.check_local(out, "--out")
+    run_config.check_writable(out, "--out")  # before the sweep's event files are read
     manifest, results = collect(args.workdir, args.target_error)
     if not any(r.status == "finished" for r in results):
         statuses = "; ".join(f"{r.name} {r.status}" for r in results)

@@ -34,9 +34,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from alexnet_jax import config_overrides, paths, run_config
+from alexnet_jax import config_overrides, errors, paths, run_config
 
 Variant = dict[str, Any]
 
@@ -68,9 +68,27 @@ class Run:
         return [sys.executable, *self.args]
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, its usage errors one line `error: ...` with exit status 2 (the README's table),
+    a misspelt flag named as the entry points name it. `--config.FIELD=VALUE` is left to the caller."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        known = [option.lstrip("-") for action in self._actions for option in action.option_strings]
+        for arg in args:
+            name = arg.split("=", 1)[0].lstrip("-") if arg.startswith("--") else ""
+            if name and not name.startswith("config.") and not any(k.startswith(name) for k in known):
+                raise errors.UsageError(config_overrides.unknown_flag(name, known))
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        raise errors.UsageError(f"{message} (--help lists the flags)")
+
+
 def _load_module(path: str, what: str):
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: {what} file {path} not found")
+    missing = config_overrides.missing_config_file([f"--{what}={path}"])
+    if missing:
+        raise errors.ConfigError(missing)
     spec = importlib.util.spec_from_file_location(f"_sweep_{what}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -82,13 +100,13 @@ def load_variants(sweep_path: str, config_path: str) -> list[Variant]:
     variants = _load_module(sweep_path, "sweep").get_sweep()
     config = _load_module(config_path, "config").get_config()
     if not variants or not all(isinstance(v, dict) for v in variants):
-        raise SystemExit(f"error: {sweep_path}: get_sweep() must return a non-empty list of dicts")
+        raise errors.ConfigError(f"{sweep_path}: get_sweep() must return a non-empty list of dicts")
     for i, variant in enumerate(variants):
         for field in variant:
             unknown = config_overrides.unknown_field(field, config.to_dict())
             if unknown:
-                raise SystemExit(
-                    f"error: {sweep_path}: variant {i} ({variant_name(variant)}) sets {field!r}, "
+                raise errors.UsageError(
+                    f"{sweep_path}: variant {i} ({variant_name(variant)}) sets {field!r}, "
                     f"which is not a field of {config_path}: {unknown}"
                 )
     return variants
@@ -122,18 +140,18 @@ def plan(
     variants = load_variants(sweep_path, config_path)
     for arg in extra:
         if not arg.startswith("--config.") or "=" not in arg:
-            raise SystemExit(f"error: unexpected argument {arg!r}: only --config.FIELD=VALUE passes to the runs")
+            raise errors.UsageError(f"unexpected argument {arg!r}: only --config.FIELD=VALUE passes to the runs")
         field = _override_field(arg)
         unknown = config_overrides.unknown_field(field)
         if unknown:
-            raise SystemExit(f"error: {arg}: {unknown}")
+            raise errors.UsageError(unknown)  # as alexnet_jax.main says it
         if any(field in v for v in variants):
-            raise SystemExit(f"error: --config.{field} is swept by {sweep_path}; drop it from the command line")
+            raise errors.ConfigError(f"--config.{field} is swept by {sweep_path}; drop it from the command line")
     runs, seen = [], {}
     for variant in variants:
         name = variant_name(variant)
         if name in seen:
-            raise SystemExit(f"error: {sweep_path}: variants {seen[name]} and {variant} are both named {name!r}")
+            raise errors.ConfigError(f"{sweep_path}: variants {seen[name]} and {variant} are both named {name!r}")
         seen[name] = variant
         run_dir = os.path.join(workdir, name)
         overrides = [f"--config.{k}={_flag_value(v)}" for k, v in variant.items()]
@@ -171,7 +189,7 @@ def check_local(directory: str, flag: str) -> None:
     """One-line ValueError naming `flag` for a URI (gs://...): a sweep runs
     local processes and keeps their logs, markers and reports in local files."""
     if paths.is_remote(directory):
-        raise ValueError(
+        raise errors.ConfigError(
             f"{flag} {directory} is a URI, but sweeps and their reports use local files (logs, sweep.json): "
             "use a local directory"
         )
@@ -186,14 +204,14 @@ def finished_workdirs(workdir: str) -> list[str]:
         with open(path) as f:
             manifest = json.load(f)
     except OSError:
-        raise ValueError(f"{path} not found: --sweep takes a launch.sweep --workdir") from None
+        raise errors.ConfigError(f"{path} not found: --sweep takes a launch.sweep --workdir") from None
     runs = [
         Run(entry["name"], entry["overrides"], os.path.join(workdir, entry["name"]), shlex.split(entry["command"])[1:])
         for entry in manifest["runs"]
     ]
     finished = [run.workdir for run in runs if is_finished(run)]
     if not finished:
-        raise ValueError(f"no variant of the sweep in {workdir} has finished: run or resume it first")
+        raise errors.RunError(f"no variant of the sweep in {workdir} has finished: run or resume it first")
     return finished
 
 
@@ -274,10 +292,9 @@ def run_all(runs: list[Run]) -> int:
     return 0
 
 
+@errors.one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog="Other --config.FIELD=VALUE pass through."
-    )
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Other --config.FIELD=VALUE pass through.")
     parser.add_argument("--config", required=True, help="the base config file, e.g. configs/paper.py")
     parser.add_argument("--sweep", required=True, help="a sweep file, e.g. configs/sweeps/ablations.py")
     parser.add_argument("--workdir", required=True, help="one subdirectory per variant is made here")
@@ -285,10 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--dry-run", action="store_true", help="print the commands, one per line, and exit")
     mode.add_argument("--index", type=int, help="run only this variant (0-based), e.g. $SLURM_ARRAY_TASK_ID")
     args, extra = parser.parse_known_args(argv)
-    try:
-        check_local(args.workdir, "--workdir")  # before anything is written
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    check_local(args.workdir, "--workdir")  # before anything is written
     runs = plan(args.config, args.sweep, args.workdir, extra)
     if args.dry_run:
         print("\n".join(shlex.join(run.command) for run in runs))

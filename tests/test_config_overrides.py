@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from alexnet_jax import config_overrides
+from alexnet_jax import config_overrides, errors, reading
 from launch import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,15 +56,64 @@ def test_sweep_refuses_a_misspelt_field_before_any_variant(tmp_path):
     path = tmp_path / "typo.py"
     path.write_text('def get_sweep():\n    return [{"seed": 0}, {"model.use_lnr": False}]\n')
     config = os.path.join(REPO, "configs", "digits.py")
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(errors.UsageError) as error:
         sweep.plan(config, str(path), str(tmp_path / "runs"), [])
     assert str(error.value) == (
-        f"error: {path}: variant 1 (use_lnr=False) sets 'model.use_lnr', which is not a field of {config}: "
+        f"{path}: variant 1 (use_lnr=False) sets 'model.use_lnr', which is not a field of {config}: "
         "config.model.use_lnr does not exist; did you mean config.model.use_lrn?"
     )
-    with pytest.raises(SystemExit, match=r"--config.optimiser.momentum=0.8: config.optimiser does not exist; did"):
+    with pytest.raises(errors.UsageError, match=r"^config.optimiser does not exist; did you mean config.optimizer"):
         sweep.plan(config, str(_ok(tmp_path)), str(tmp_path / "runs"), ["--config.optimiser.momentum=0.8"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_readers_refuse_a_misspelt_field_without_a_config_file(tmp_path):
+    """Without --config, evaluate/predict/retrieval's config flag starts from
+    configs/default.py, and config_flags applies the overrides as the flag is
+    defined: refused there, one line (it was three chained tracebacks)."""
+    args = [f"--workdir={tmp_path}", "--config.eval_view=ten_view"]
+    result = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.evaluate", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert (result.returncode, result.stdout, result.stderr.strip().splitlines()) == (
+        2,
+        "",
+        [
+            "error: config.eval_view does not exist; did you mean config.eval_views or config.eval_split or "
+            "config.eval_batch_size?"
+        ],
+    )
+
+
+def test_the_reading_flags_refuse_a_misspelt_field_before_they_are_defined(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["predict", "--workdir=runs/x", "--config.model.use_lnr=0", "a.png"])
+    with pytest.raises(SystemExit) as stop:
+        reading.define_flags(several_workdirs=True)  # predict's, retrieval's and evaluate's flags
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: config.model.use_lnr does not exist; did you mean config.model.use_lrn?\n"
+
+
+@pytest.mark.parametrize(
+    "argv, files",
+    [
+        (["--config=configs/digits.py", "--config.seed=1"], ["configs/digits.py"]),
+        (["--config", "configs/paper.py:arg", "--workdir", "x"], ["configs/paper.py"]),
+        (["-config=a.py", "--config_x=b.py", "--", "--config=c.py"], ["a.py"]),
+    ],
+)
+def test_config_files_in_every_flag_form(argv, files):
+    assert config_overrides.config_files(argv) == files
+
+
+def test_a_missing_config_file_is_named_with_the_closest_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert config_overrides.missing_config_file(["--config=configs/digits.py"]) is None
+    assert config_overrides.missing_config_file(["--config", "configs/digit.py"]) == (
+        "--config configs/digit.py: no such file; did you mean configs/digits.py?"
+    )
+    assert config_overrides.missing_config_file([f"--config={tmp_path}/none.py"]) == (
+        f"--config {tmp_path}/none.py: no such file; give a config file such as configs/digits.py"
+    )
 
 
 def _ok(tmp_path):

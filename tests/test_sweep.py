@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from alexnet_jax import errors
 from launch import report, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,7 @@ def test_dry_run_prints_the_exact_commands(tmp_path, capsys):
     ],
 )
 def test_bad_sweeps_are_rejected_in_one_line(tmp_path, body, extra, message):
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(errors.Error) as error:
         sweep.plan(CONFIG, _sweep_file(tmp_path, body), str(tmp_path / "runs"), extra)
     assert message in str(error.value) and "\n" not in str(error.value)
 

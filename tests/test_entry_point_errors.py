@@ -1,0 +1,219 @@
+"""The README's error table ("What each error means"), walked row by row.
+
+Each row's `error:` line (its `<...>` and `...` parts matching anything, `N`
+a number) is triggered, from the entry points where that is cheap (a
+subprocess that stops before JAX starts, or an entry point's `main` called
+in this process) and otherwise from the function that raises it, ended the
+way every entry point ends it (`errors.one_line_errors`); the exit status is
+the row's `exit status K`, else 1. A new row needs a trigger here (or a line
+in NOT_TRIGGERED saying which test covers it).
+"""
+
+import os
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from alexnet_jax import errors, image_folder, input_pipeline, run_config, train
+from alexnet_jax.config_validation import validate_config
+from launch import report, sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP = os.path.join(REPO, "configs", "sweeps", "seeds.py")
+
+NOT_TRIGGERED = {
+    "saving the checkpoint of step N": "a save failing mid-run: tests/test_train.py",
+    "cifar10 is not prepared": "a download blocked by a dead proxy: tests/test_datasets.py",
+}
+
+
+def _table() -> list[tuple[str, str]]:
+    with open(os.path.join(REPO, "README.md")) as f:
+        section = f.read().split("### What each error means", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(.+?)` \| (.+) \|$", section, re.M)
+    assert len(rows) >= 10, section
+    return rows
+
+
+def _pattern(line: str) -> re.Pattern:
+    pattern = re.sub(r"(\\ )?\\\.\\\.\\\.(\\ )?", ".*", re.escape(line))  # " ... ": anything
+    pattern = re.sub(r"<[^>]+>", ".+?", pattern)  # re.escape leaves < and > as they are
+    return re.compile("error: " + re.sub(r"\bN\b", r"\\d+", pattern))
+
+
+def _run(module: str, *args: str) -> tuple[str, int, str]:
+    """(who, exit status, stderr's last line) of `python -m module args`."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=180
+    )
+    assert "Traceback" not in result.stderr and result.stdout == "", result.stderr[-3000:]
+    return module, result.returncode, result.stderr.strip().splitlines()[-1]
+
+
+class _Context:
+    def __init__(self, request, tmp_path, capsys):
+        self.request, self.tmp, self.capsys = request, tmp_path, capsys
+
+    def config(self):
+        return self.request.getfixturevalue("tiny_config").copy_and_resolve_references()
+
+    def blocker(self):
+        """A file where a folder is wanted: not writable, even for root."""
+        path = self.tmp / "a_file"
+        path.write_text("")
+        return path
+
+    def in_process(self, who: str, call, *args) -> tuple[str, int, str]:
+        """(who, exit status, the one line) of `call(*args)` ended as an entry point ends it."""
+        self.capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            errors.one_line_errors(call)(*args)
+        code = stop.value.code
+        if isinstance(code, str):  # Python prints it on stderr and exits 1
+            return who, 1, code
+        return who, code, self.capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _misspelt_field(ctx):
+    yield _run("alexnet_jax.main", "--config=configs/digits.py", f"--workdir={ctx.tmp}", "--config.model.use_lnr=0")
+    argv = ["--config", "configs/digits.py", "--sweep", SWEEP, "--workdir", str(ctx.tmp / "s"), "--dry-run"]
+    yield ctx.in_process("launch.sweep", sweep.main, [*argv, "--config.model.use_lnr=0"])
+
+
+def _misspelt_flag(ctx):
+    yield _run("alexnet_jax.main", "--config=configs/digits.py", f"--work_dir={ctx.tmp}")
+    argv = ["--config", "configs/digits.py", "--sweep", SWEEP, "--dry-run"]
+    yield ctx.in_process("launch.sweep", sweep.main, [*argv, "--workdir", str(ctx.tmp), "--work_dir", str(ctx.tmp)])
+    yield ctx.in_process("launch.report", report.main, ["--work_dir", str(ctx.tmp)])
+
+
+def _missing_config_file(ctx):
+    yield _run("alexnet_jax.main", "--config", "configs/digit.py", f"--workdir={ctx.tmp / 'run'}")
+    argv = ["--config", "configs/digit.py", "--sweep", SWEEP, "--workdir", str(ctx.tmp / "s"), "--dry-run"]
+    yield ctx.in_process("launch.sweep", sweep.main, argv)
+
+
+def _out_of_range(ctx):
+    config = ctx.config()
+    config.model.pool_stride = 0
+    yield ctx.in_process("validate_config", validate_config, config)
+
+
+def _trained_with_another_value(ctx):
+    config, workdir = ctx.config(), ctx.tmp / "run"
+    config.model.activation = "tanh"
+    run_config.check_restart(config, workdir, 0.0)  # the first start writes config.json
+    config.model.activation = "relu"
+    yield ctx.in_process("a restart", run_config.check_restart, config, workdir, 0.0)
+
+
+def _workdir_not_writable(ctx):
+    yield ctx.in_process("check_writable", run_config.check_writable, ctx.blocker() / "run")
+
+
+def _out_not_writable(ctx):
+    # Refused before the workdir is even read (it does not exist here), let alone embedded.
+    out = ctx.blocker() / "grid.png"
+    yield _run("alexnet_jax.retrieval", f"--workdir={ctx.tmp / 'none'}", f"--out={out}")
+    yield ctx.in_process("launch.report", report.main, ["--workdir", str(ctx.tmp), "--out", str(out.parent)])
+
+
+def _workdir_does_not_exist(ctx):
+    yield _run("alexnet_jax.predict", f"--workdir={ctx.tmp / 'runs' / 'nonexistent'}", "a.png")
+
+
+def _no_config_json(ctx):
+    from configs import default
+
+    yield ctx.in_process("a reader", run_config.config_for_reading, ctx.tmp, default.get_config(), {}, False)
+
+
+def _imagenet_not_prepared(ctx):
+    from configs import paper
+
+    config = paper.get_config()
+    config.data_dir = str(ctx.tmp / "tfds")
+    yield ctx.in_process("get_builder", input_pipeline.get_builder, config)
+
+
+def _not_a_split(ctx):
+    config = ctx.config()
+    config.eval_split = "validation"
+    yield ctx.in_process("check_dataset", lambda: train.check_dataset(config, input_pipeline.get_builder(config)))
+
+
+def _unsplit_image_folder(ctx):
+    (ctx.tmp / "pets" / "cat").mkdir(parents=True)
+    (ctx.tmp / "pets" / "cat" / "1.png").write_bytes(b"")
+    yield ctx.in_process("image_folder.scan", image_folder.scan, str(ctx.tmp / "pets"))
+
+
+def _diverged(ctx):
+    nan_loss = types.SimpleNamespace(loss=types.SimpleNamespace(compute=lambda: float("nan")))
+    yield ctx.in_process("the NaN guard", train._check_finite, 12, nan_loss)
+
+
+TRIGGERS = {
+    "config.model.use_lnr does not exist": _misspelt_field,
+    "--work_dir is not a flag": _misspelt_flag,
+    "--config configs/digit.py: no such file": _missing_config_file,
+    "config.model.pool_stride=0": _out_of_range,
+    "config.model.activation='relu' but this run was trained with": _trained_with_another_value,
+    "--workdir <path> is not writable": _workdir_not_writable,
+    "--out <folder> is not writable": _out_not_writable,
+    "--workdir <path> does not exist": _workdir_does_not_exist,
+    "<workdir>/config.json not found": _no_config_json,
+    "imagenet2012 is not prepared": _imagenet_not_prepared,
+    "config.eval_split='validation' is not a split": _not_a_split,
+    "config.image_folder=<path> holds no images": _unsplit_image_folder,
+    "loss is nan at step N": _diverged,
+}
+
+
+@pytest.mark.parametrize("line, meaning", _table(), ids=lambda cell: cell[:40])
+def test_each_row_of_the_readme_error_table(line, meaning, request, tmp_path, capsys):
+    trigger = next((fn for key, fn in TRIGGERS.items() if line.startswith(key)), None)
+    if trigger is None:
+        reason = next((why for key, why in NOT_TRIGGERED.items() if line.startswith(key)), None)
+        assert reason, f"README row `{line}` has no trigger in {__file__}: add one, or say in NOT_TRIGGERED where"
+        pytest.skip(reason)
+    status = int(re.search(r"exit status (\d)", meaning).group(1)) if "exit status" in meaning else 1
+    pattern = _pattern(line)
+    for who, exit_status, last_line in trigger(_Context(request, tmp_path, capsys)):
+        assert (exit_status, bool(pattern.match(last_line))) == (status, True), (who, last_line, pattern.pattern)
+
+
+def test_main_makes_only_the_projects_errors_one_line(tiny_config, tmp_path, monkeypatch):
+    """A ValueError or FloatingPointError from a library (a bug) keeps its traceback."""
+    import tensorflow as tf
+
+    from alexnet_jax import main
+
+    def raising(error):
+        def train_and_evaluate(config, workdir):
+            raise error
+
+        return train_and_evaluate
+
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda *args: None)  # TensorFlow has started here
+    was_parsed = flags.FLAGS.is_parsed()
+    flags.FLAGS.mark_as_parsed()
+    try:
+        with flagsaver.flagsaver(config=tiny_config, workdir=str(tmp_path)):
+            for library_error in (ValueError("a bug in flax"), FloatingPointError("a bug in jax")):
+                monkeypatch.setattr(train, "train_and_evaluate", raising(library_error))
+                with pytest.raises(type(library_error)) as raised:
+                    main.main(["main"])
+                assert raised.value is library_error
+            monkeypatch.setattr(train, "train_and_evaluate", raising(errors.RunError("the workdir holds another run")))
+            with pytest.raises(SystemExit) as stop:
+                main.main(["main"])
+            assert stop.value.code == "error: the workdir holds another run"
+    finally:
+        if not was_parsed:
+            flags.FLAGS.unparse_flags()
