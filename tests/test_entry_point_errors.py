@@ -46,10 +46,15 @@ def _pattern(line: str) -> re.Pattern:
     return re.compile("error: " + re.sub(r"\bN\b", r"\\d+", pattern))
 
 
-def _run(module: str, *args: str) -> tuple[str, int, str]:
-    """(who, exit status, stderr's last line) of `python -m module args`."""
+def _run(module: str, *args: str, env: dict | None = None) -> tuple[str, int, str]:
+    """(who, exit status, stderr's last line) of `python -m module args` (with `env` added)."""
     result = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **(env or {})},
     )
     assert "Traceback" not in result.stderr and result.stdout == "", result.stderr[-3000:]
     return module, result.returncode, result.stderr.strip().splitlines()[-1]
@@ -96,6 +101,11 @@ def _missing_config_file(ctx):
     yield _run("alexnet_jax.main", "--config", "configs/digit.py", f"--workdir={ctx.tmp / 'run'}")
     argv = ["--config", "configs/digit.py", "--sweep", SWEEP, "--workdir", str(ctx.tmp / "s"), "--dry-run"]
     yield ctx.in_process("launch.sweep", sweep.main, argv)
+
+
+def _misspelt_malloc(ctx):
+    workdir = f"--workdir={ctx.tmp / 'run'}"
+    yield _run("alexnet_jax.main", "--config=configs/digits.py", workdir, env={"ALEXNET_JAX_MALLOC": "typo"})
 
 
 def _out_of_range(ctx):
@@ -162,6 +172,7 @@ TRIGGERS = {
     "config.model.use_lnr does not exist": _misspelt_field,
     "--work_dir is not a flag": _misspelt_flag,
     "--config configs/digit.py: no such file": _missing_config_file,
+    "ALEXNET_JAX_MALLOC='typo' is not one of": _misspelt_malloc,
     "config.model.pool_stride=0": _out_of_range,
     "config.model.activation='relu' but this run was trained with": _trained_with_another_value,
     "--workdir <path> is not writable": _workdir_not_writable,
