@@ -263,7 +263,7 @@ def is_own_line(line: str) -> bool:
     match = _LOG_LINE.match(line)
     if match:
         source, message = match.groups()
-        return source in _OWN_SOURCES or (source == "logging_writer.py" and re.match(r"\[\d+\] \w+=", message))
+        return source in _OWN_SOURCES or (source == "logging_writer.py" and bool(re.match(r"\[\d+\] \w+=", message)))
     return line.startswith("error: ") or " top-1 accuracy: " in line
 
 
