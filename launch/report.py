@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from alexnet_jax import run_config
-from launch import sweep
+from launch import comparisons, sweep
 
 # (key, column title, is an error rate shown in percent)
 METRICS = (
@@ -42,11 +42,6 @@ METRICS = (
     ("images_per_sec", "images/s", False),
 )
 DELTA_METRICS = ("final_top1", "final_top5", "best_top1", "steps_to_target")
-# Fields a restart may change (run_config.MAY_CHANGE) leave a run's numbers as they are, except these: the run's
-# length and schedule, what its evaluations measure, and how often (the best error is over the evaluations).
-COMPARED_MAY_CHANGE = frozenset(
-    {"num_epochs", "num_train_steps", "optimizer.drop_epochs", "eval_views", "eval_every_steps"}
-)
 
 
 @dataclasses.dataclass
@@ -114,16 +109,6 @@ def run_status(run: sweep.Run, scalars: dict) -> str:
     return f"stopped at step {max(int(steps[-1]) for steps, _ in scalars.values())}"
 
 
-def compared_fields(record: dict | None, swept: set[str]) -> dict | None:
-    """The fields of a run's config.json that must match for two runs' numbers
-    to compare: all but the swept ones, the seed (runs are paired by it) and
-    those that leave the numbers as they are."""
-    if record is None:
-        return None
-    ignored = swept | {"seed"} | (run_config.MAY_CHANGE.keys() - COMPARED_MAY_CHANGE)
-    return {k: v for k, v in run_config.flat_fields(record["config"]).items() if k not in ignored}
-
-
 def collect(workdir: str, target_error: float) -> tuple[dict, list[RunResult]]:
     path = os.path.join(workdir, sweep.MANIFEST)
     if not os.path.exists(path):
@@ -146,7 +131,7 @@ def collect(workdir: str, target_error: float) -> tuple[dict, list[RunResult]]:
         status = run_status(run, scalars)
         num_params = int(scalars["num_params"][1][0]) if "num_params" in scalars else None
         curves = {tag: scalars[tag] for tag in ("train_top1_error", "eval_top1_error") if tag in scalars}
-        config = compared_fields(record, swept)
+        config = comparisons.compared_fields(record, swept)
         group = sweep.variant_name(overrides)
         results.append(RunResult(run.name, group, seed, status, metrics, curves, num_params, config))
     return manifest, results
@@ -158,50 +143,6 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
         return float("nan"), float("nan"), 0
     std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
     return float(np.mean(values)), std, len(values)
-
-
-def _short(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def differences(config: dict | None, other: dict | None, other_name: str) -> str:
-    """`num_train_steps=60 (baseline: 100), ...`: the compared fields where
-    `config` differs from `other` ("" where equal, or where either run has no
-    config.json: a run from before it was written)."""
-    if config is None or other is None:
-        return ""
-    changed = sorted(k for k in config.keys() & other.keys() if config[k] != other[k])
-    return ", ".join(f"{k}={_short(config[k])} ({other_name}: {_short(other[k])})" for k in changed)
-
-
-def _seed(run: RunResult) -> str:
-    return run.name if run.seed is None else f"seed {run.seed}"
-
-
-def comparable_pairs(runs: list[RunResult], baseline: list[RunResult]) -> tuple[list[tuple], list[str]]:
-    """(pairs, left out): a variant's runs that finished, each with the
-    baseline's finished run of its seed (or, when no seed is shared, with
-    None: the difference of the means), where their configs match; and one
-    reason for each run left out."""
-    by_seed = {r.seed: r for r in baseline}
-    paired = any(r.seed in by_seed for r in runs)
-    reference = next((r for r in baseline if r.status == sweep.FINISHED), None)
-    pairs, left_out = [], []
-    for run in runs:
-        partner = by_seed.get(run.seed) if paired else reference
-        if run.status != sweep.FINISHED:
-            left_out.append(f"{_seed(run)}: {run.status}")
-        elif partner is None:
-            reason = "the baseline has no run of this seed" if paired else "no baseline run finished"
-            left_out.append(f"{_seed(run)}: {reason}")
-        elif partner.status != sweep.FINISHED:
-            left_out.append(f"{_seed(run)}: the baseline's run {partner.status}")
-        elif diff := differences(run.config, partner.config, "baseline"):
-            left_out.append(f"{_seed(run)}: its config differs from the baseline's: {diff}")
-        else:
-            pairs.append((run, partner if paired else None))
-    return pairs, left_out
 
 
 def summarise(results: list[RunResult]) -> list[dict]:
@@ -222,7 +163,7 @@ def summarise(results: list[RunResult]) -> list[dict]:
         pooled = finished or runs
         for key, _, _ in METRICS:
             row[key], row[f"{key}_std"], row[f"{key}_n"] = _mean_std([r.metrics[key] for r in pooled])
-        pairs, left_out = comparable_pairs(runs, baseline)
+        pairs, left_out = comparisons.comparable_pairs(runs, baseline)
         for key in DELTA_METRICS:
             if pairs and pairs[0][1] is None:  # no shared seed: the difference of the means
                 base = [r.metrics[key] for r in baseline if r.status == sweep.FINISHED]
@@ -235,7 +176,11 @@ def summarise(results: list[RunResult]) -> list[dict]:
         if left_out and runs is not baseline:
             notes.append(f"Δ over {len(pairs)} of {len(runs)} runs; left out: " + "; ".join(left_out) + ".")
         first = finished[0] if finished else None
-        spread = [f"{_seed(r)}: {d}" for r in finished[1:] if (d := differences(r.config, first.config, _seed(first)))]
+        spread = [
+            f"{comparisons.run_label(r)}: {d}"
+            for r in finished[1:]
+            if (d := comparisons.differences(r.config, first.config, comparisons.run_label(first)))
+        ]
         if spread:
             notes.append("Its finished runs' configs differ (the means pool them): " + "; ".join(spread) + ".")
         row["notes"] = " ".join(notes)
