@@ -8,7 +8,7 @@ import os
 import sys
 
 import ml_collections
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from alexnet_jax import config_overrides, errors, run_config
@@ -41,12 +41,17 @@ def define_flags(several_workdirs: bool = False) -> None:
 
 
 def workdirs() -> list[str]:
-    """The runs named by --workdir (in order), then the finished variants of --sweep."""
+    """The runs named by --workdir (in order), then the finished variants of
+    --sweep; each variant left out is named in one warning, with its status
+    (not finished, failed at step N, stopped, not started, ...)."""
     from launch import sweep
+
+    def skipped(workdir: str, status: str) -> None:
+        logging.warning("--sweep %s: skipping %s: %s", FLAGS.sweep, os.path.basename(workdir), status)
 
     runs = list(FLAGS.workdir)
     if FLAGS.sweep:
-        runs += sweep.finished_workdirs(FLAGS.sweep)
+        runs += sweep.finished_workdirs(FLAGS.sweep, skipped)
     if not runs:
         raise errors.UsageError(
             "give a trained run with --workdir RUN (repeat it, or add --sweep DIR, for an ensemble)"

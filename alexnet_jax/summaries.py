@@ -1,7 +1,8 @@
 """What a run writes to TensorBoard besides the scalars, for inspection.
 
 - at the start: the config as text and as hparams (the HParams dashboard
-  compares a sweep's variants), and the parameter count;
+  compares a sweep's variants, each row named by its run: run_name), and
+  the parameter count;
 - at the first step and every evaluation: the first-layer kernels as one
   image grid per tower (the paper's Figure 3), a few augmented training
   inputs as the model saw them, per-layer weight and gradient norms
@@ -41,13 +42,37 @@ class _ConsoleWriter(metric_writers.LoggingWriter):
         pass
 
 
+def run_name(workdir: str | os.PathLike) -> str:
+    """`ablations/use_lrn=False,seed=0`: the workdir's name after its
+    parent's (a sweep's folder, whose variants are named by their settings)."""
+    path = paths.as_path(workdir)
+    return "/".join(part.name for part in (path.parent, path) if part.name)
+
+
+class _SummaryWriter(metric_writers.SummaryWriter):
+    """clu's TensorBoard writer, its hparams written with the run's name as
+    their trial id: the HParams dashboard names each row by it (clu leaves
+    the id out, and TensorBoard then shows a hash of the values)."""
+
+    def __init__(self, logdir: str, trial_id: str):
+        super().__init__(logdir)
+        self._trial_id = trial_id
+
+    def write_hparams(self, hparams) -> None:
+        from tensorboard.plugins.hparams import api as hparams_api
+
+        with self._summary_writer.as_default():
+            hparams_api.hparams(dict(hparams), trial_id=self._trial_id)
+
+
 def create_writer(workdir: str | os.PathLike, just_logging: bool) -> metric_writers.MetricWriter:
     """clu's default pair (console + TensorBoard event files in `workdir`,
     local or a URI: TensorFlow writes them through tf.io.gfile), asynchronous,
-    with a console that leaves the inspection to TensorBoard.
+    with a console that leaves the inspection to TensorBoard and hparams
+    named by the run.
     `just_logging` (processes other than 0): console only."""
     logdir = os.fspath(paths.as_path(workdir))  # TensorFlow takes a string
-    writers = [_ConsoleWriter()] + ([] if just_logging else [metric_writers.SummaryWriter(logdir)])
+    writers = [_ConsoleWriter()] + ([] if just_logging else [_SummaryWriter(logdir, run_name(workdir))])
     return metric_writers.AsyncMultiWriter(writers)
 
 

@@ -8,7 +8,10 @@ TensorBoard event files, the same ones TensorBoard shows. Writes to `--out`
   - report.md: one row per variant (seeds pooled): final and best validation
     top-1/top-5 error, steps to the target training error, images/s and the
     parameter count, each as mean +- std over seeds, and the differences to
-    the baseline (the sweep's first variant) paired by seed;
+    the baseline (the sweep's first variant) paired by seed, over the seeds
+    where both runs finished with the same config (but for the swept fields
+    and those that leave the numbers as they are); a note under the table
+    names every run left out of a difference and why;
   - report.csv: the same numbers, unrounded; runs.csv: one row per run;
   - curves.png: training and validation top-1 error against steps.
 """
@@ -26,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from alexnet_jax import errors, run_config
-from launch import sweep
+from launch import comparisons, sweep
 
 # (key, column title, is an error rate shown in percent)
 METRICS = (
@@ -45,10 +48,11 @@ class RunResult:
     name: str
     group: str  # the variant's name without its seed
     seed: int | None
-    status: str  # "finished", "stopped at step N" or "not started"
+    status: str  # sweep.FINISHED, "failed at step N (...)", "stopped at step N", "not started", ...
     metrics: dict[str, float]
     curves: dict[str, tuple[np.ndarray, np.ndarray]]  # tag -> (steps, values)
     num_params: int | None
+    config: dict | None = None  # its config.json's fields that must match to compare (None: no config.json)
 
 
 def read_scalars(run_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -92,17 +96,13 @@ def run_metrics(scalars: dict[str, tuple[np.ndarray, np.ndarray]], target_error:
     return result
 
 
-def run_status(run_dir: str, record: dict | None, scalars: dict) -> str:
-    """ "finished", "failed at step N (error)" or "stopped at step N (a signal;
-    resumable)" (the run's config.json says where), "stopped at step N" (its
-    last logged step: killed), or "not started"."""
-    if os.path.exists(os.path.join(run_dir, sweep.DONE)):
-        return "finished"
-    last_exit = (record or {}).get("last_exit") or {}
-    if last_exit.get("status") == "failed":
-        return f"failed at step {last_exit['step']} ({last_exit['error']})"
-    if last_exit.get("status") == "stopped":  # preempted, saved: rerunning the sweep resumes it
-        return f"stopped at step {last_exit['step']} (a signal; resumable)"
+def run_status(run: sweep.Run, scalars: dict) -> str:
+    """sweep.run_status (how launch.sweep and `--sweep` see the variant:
+    finished, failed or stopped at step N, ...); a run that stopped without
+    a word (killed) is "stopped at step N" (its last logged step) or "not started"."""
+    status = sweep.run_status(run)
+    if status != sweep.NOT_FINISHED:
+        return status
     if not scalars:
         return "not started"
     return f"stopped at step {max(int(steps[-1]) for steps, _ in scalars.values())}"
@@ -114,20 +114,25 @@ def collect(workdir: str, target_error: float) -> tuple[dict, list[RunResult]]:
         raise SystemExit(f"error: {path} not found: run `python -m launch.sweep ... --workdir {workdir}` first")
     with open(path) as f:
         manifest = json.load(f)
+    swept = {field for entry in manifest["runs"] for field in entry["overrides"]}
     results = []
-    for run in manifest["runs"]:
-        run_dir = os.path.join(workdir, run["name"])
-        overrides = dict(run["overrides"])
+    for run in sweep.manifest_runs(workdir, manifest):
+        overrides = dict(run.overrides)
         seed = overrides.pop("seed", None)
-        record = run_config.load(run_dir) if os.path.isdir(run_dir) else None
+        try:
+            record = run_config.load(run.workdir) if os.path.isdir(run.workdir) else None
+        except ValueError:  # an unreadable config.json: its status says so
+            record = None
         if record is not None:  # the run's own config: its seed even where the sweep did not set one
             seed = record["config"].get("seed", seed)
-        scalars = read_scalars(run_dir) if os.path.isdir(run_dir) else {}
+        scalars = read_scalars(run.workdir) if os.path.isdir(run.workdir) else {}
         metrics = run_metrics(scalars, target_error)
-        status = run_status(run_dir, record, scalars)
+        status = run_status(run, scalars)
         num_params = int(scalars["num_params"][1][0]) if "num_params" in scalars else None
         curves = {tag: scalars[tag] for tag in ("train_top1_error", "eval_top1_error") if tag in scalars}
-        results.append(RunResult(run["name"], sweep.variant_name(overrides), seed, status, metrics, curves, num_params))
+        config = comparisons.compared_fields(record, swept)
+        group = sweep.variant_name(overrides)
+        results.append(RunResult(run.name, group, seed, status, metrics, curves, num_params, config))
     return manifest, results
 
 
@@ -141,25 +146,43 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 def summarise(results: list[RunResult]) -> list[dict]:
     """One row per group (variant without seed): mean/std over seeds and the
-    differences to the first group, paired by seed (unpaired if seeds differ)."""
+    differences to the first group, paired by seed (unpaired if no seed is
+    shared) over the runs that finished with comparable configs; `notes`
+    names the runs left out and why, and a group whose runs' configs differ."""
     groups: dict[str, list[RunResult]] = {}
     for result in results:
         groups.setdefault(result.group, []).append(result)
     baseline = groups[results[0].group]
     rows = []
     for name, runs in groups.items():
-        row = {"variant": name, "seeds": len(runs), "finished": sum(r.status == "finished" for r in runs)}
+        finished = [r for r in runs if r.status == sweep.FINISHED]
+        row = {"variant": name, "seeds": len(runs), "finished": len(finished)}
         row["num_params"] = next((r.num_params for r in runs if r.num_params), None)
         # A failed or interrupted run's numbers are partial: pooled only when no run finished.
-        pooled = [r for r in runs if r.status == "finished"] or runs
+        pooled = finished or runs
         for key, _, _ in METRICS:
             row[key], row[f"{key}_std"], row[f"{key}_n"] = _mean_std([r.metrics[key] for r in pooled])
+        pairs, left_out = comparisons.comparable_pairs(runs, baseline)
         for key in DELTA_METRICS:
-            by_seed = {r.seed: r.metrics[key] for r in baseline}
-            paired = [r.metrics[key] - by_seed[r.seed] for r in runs if r.seed in by_seed]
-            if len(paired) != len(runs):  # no common seeds: difference of the means
-                paired = [row[key] - _mean_std([r.metrics[key] for r in baseline])[0]]
-            row[f"{key}_delta"], row[f"{key}_delta_std"], _ = _mean_std(paired)
+            if pairs and pairs[0][1] is None:  # no shared seed: the difference of the means
+                base = [r.metrics[key] for r in baseline if r.status == sweep.FINISHED]
+                deltas = [_mean_std([r.metrics[key] for r, _ in pairs])[0] - _mean_std(base)[0]]
+            else:
+                deltas = [r.metrics[key] - b.metrics[key] for r, b in pairs]
+            row[f"{key}_delta"], row[f"{key}_delta_std"], _ = _mean_std(deltas)
+        row["delta_runs"] = len(pairs)
+        notes = []
+        if left_out and runs is not baseline:
+            notes.append(f"Δ over {len(pairs)} of {len(runs)} runs; left out: " + "; ".join(left_out) + ".")
+        first = finished[0] if finished else None
+        spread = [
+            f"{comparisons.run_label(r)}: {d}"
+            for r in finished[1:]
+            if (d := comparisons.differences(r.config, first.config, comparisons.run_label(first)))
+        ]
+        if spread:
+            notes.append("Its finished runs' configs differ (the means pool them): " + "; ".join(spread) + ".")
+        row["notes"] = " ".join(notes)
         rows.append(row)
     return rows
 
@@ -181,8 +204,9 @@ def markdown(manifest: dict, rows: list[dict], target_error: float, title: str, 
         "",
         f"Sweep: `{command}`; baseline: `{manifest['baseline']}`.",
         "Errors on the evaluation split in percent, mean ± std over seeds; Δ = variant − baseline "
-        "in points (steps for the steps column), paired by seed. `n/a`: not logged (not reached, "
-        "or the run has not got there).",
+        "in points (steps for the steps column), paired by seed over the seeds where both runs finished "
+        "with the same config (†: runs left out or unlike, see the notes below). `n/a`: not logged "
+        "(not reached, or the run has not got there), or no comparable pair.",
         "",
     ]
     headers = ["variant", "runs"]
@@ -193,7 +217,7 @@ def markdown(manifest: dict, rows: list[dict], target_error: float, title: str, 
     headers.append("params")
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [f"`{row['variant']}`", f"{row['finished']}/{row['seeds']}"]
+        cells = [f"`{row['variant']}`" + (" †" if row["notes"] else ""), f"{row['finished']}/{row['seeds']}"]
         for key, _, percent in METRICS:
             cell = _fmt(row[key], row[f"{key}_std"], percent)
             if key == "steps_to_target" and 0 < row[f"{key}_n"] < row["seeds"]:
@@ -203,6 +227,9 @@ def markdown(manifest: dict, rows: list[dict], target_error: float, title: str, 
                 cells.append(_fmt(row[f"{key}_delta"], row[f"{key}_delta_std"], percent, signed=True))
         cells.append(f"{row['num_params']:,}" if row["num_params"] else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- † `{row['variant']}`: {row['notes']}" for row in rows if row["notes"]]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +242,8 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 def plot_curves(results: list[RunResult], target_error: float, path: str) -> None:
     """Training and validation top-1 error per variant: the mean over seeds
-    at the steps they share, shaded between the best and worst seed; the
+    at the steps they share, shaded between the best and worst seed, each
+    step marked where a curve has a single one (a run evaluated once); the
     legend counts the runs drawn (finished ones, when any finished)."""
     import matplotlib
 
@@ -238,7 +266,8 @@ def plot_curves(results: list[RunResult], target_error: float, path: str) -> Non
             for other, _ in curves[1:]:
                 steps = np.intersect1d(steps, other)
             values = np.stack([np.interp(steps, s, v) for s, v in curves]) * 100
-            (line,) = ax.plot(steps, values.mean(axis=0), label=f"{name} ({len(curves)})")
+            marker = "o" if len(steps) == 1 else None  # a line of one point draws nothing
+            (line,) = ax.plot(steps, values.mean(axis=0), marker=marker, label=f"{name} ({len(curves)})")
             if len(curves) > 1:
                 ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
         if tag == "train_top1_error":

@@ -10,12 +10,15 @@ variant runs `python -m alexnet_jax.main` in `<workdir>/<name>`, its name made
 of its settings (`use_lrn=False,pool_window=2`). `--config.*` arguments pass
 through to every variant.
 
-Locally the variants run one after the other. A variant counts as finished
-when its `sweep_done.json` records the exact command it ran to completion, so
-rerunning the sweep skips finished variants, resumes an interrupted one from
-its checkpoint, extends a finished one whose command changed only in what a
-restart may change (e.g. more steps), and starts afresh any other whose
-command changed (its old workdir moved aside to `<name>.replaced-<time>`).
+Locally the variants run one after the other, each one's whole output in
+`<workdir>/<name>/sweep.log` and its own lines (progress, result, error) on
+the console. A variant counts as finished when its `sweep_done.json` records
+the exact command it ran to completion and its config.json's `last_exit`
+does not say it failed or stopped since (run_status), so rerunning the sweep
+skips finished variants, resumes an interrupted one from its checkpoint,
+extends a finished one whose command changed only in what a restart may
+change (e.g. more steps), and starts afresh any other whose command changed
+(its old workdir moved aside to `<name>.replaced-<time>`).
 `--dry-run` prints the commands, one per line, for any scheduler; `--index I`
 runs only variant I (a SLURM array task: see launch/sweep_array.sbatch).
 """
@@ -33,7 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from alexnet_jax import config_overrides, errors, paths, run_config
@@ -177,12 +180,49 @@ def write_manifest(workdir: str, config_path: str, sweep_path: str, extra: Seque
     os.replace(tmp, os.path.join(workdir, MANIFEST))
 
 
-def is_finished(run: Run) -> bool:
+FINISHED = "finished"
+NOT_FINISHED = "not finished (killed, or still running)"
+
+
+def run_status(run: Run) -> str:
+    """How a variant stands against its command in the manifest, from its
+    `sweep_done.json` (the exact command it last completed) and config.json's
+    `last_exit` (how the run last ended): the one source of launch.sweep's
+    skipping, launch.report's status column and `--sweep`'s members.
+
+    `FINISHED` (the only status is_finished accepts), "failed at step N
+    (error)", "stopped at step N (a signal; resumable)", "not started",
+    "finished another command (...)", or `NOT_FINISHED`.
+    """
+    if not os.path.isdir(run.workdir):
+        return "not started"
     try:
-        with open(os.path.join(run.workdir, DONE)) as f:
-            return json.load(f)["args"] == run.args
-    except (OSError, ValueError, KeyError):
-        return False
+        record = run_config.load(run.workdir) or {}
+    except ValueError as error:
+        return f"not finished: {error}"
+    last_exit = record.get("last_exit") or {}
+    if last_exit.get("status") == "failed":
+        return f"failed at step {last_exit['step']} ({last_exit['error']})"
+    if last_exit.get("status") == "stopped":  # preempted, saved: rerunning the sweep resumes it
+        return f"stopped at step {last_exit['step']} (a signal; resumable)"
+    restarts = record.get("restarts") or []
+    if last_exit and restarts and restarts[-1].get("time", "") > last_exit.get("time", ""):
+        return NOT_FINISHED  # e.g. being extended with more steps, or killed while it was
+    done = _finished_args(run)
+    if done is None:
+        if last_exit.get("status") == FINISHED:
+            return f"finished at step {last_exit['step']} outside launch.sweep (no {DONE}): rerun the sweep"
+        return NOT_FINISHED
+    if done != run.args:
+        (old_rest, old), (new_rest, new) = _split_overrides(done), _split_overrides(run.args)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        what = ", ".join(f"--config.{k}" for k in changed) if changed and old_rest == new_rest else "its arguments"
+        return f"finished another command ({what} differ from the sweep's): rerun the sweep"
+    return FINISHED
+
+
+def is_finished(run: Run) -> bool:
+    return run_status(run) == FINISHED
 
 
 def check_local(directory: str, flag: str) -> None:
@@ -195,9 +235,18 @@ def check_local(directory: str, flag: str) -> None:
         )
 
 
-def finished_workdirs(workdir: str) -> list[str]:
+def manifest_runs(workdir: str, manifest: Mapping[str, Any]) -> list[Run]:
+    """The runs a sweep's manifest names, with the commands it last planned."""
+    return [
+        Run(entry["name"], entry["overrides"], os.path.join(workdir, entry["name"]), shlex.split(entry["command"])[1:])
+        for entry in manifest["runs"]
+    ]
+
+
+def finished_workdirs(workdir: str, skipped: Callable[[str, str], None] | None = None) -> list[str]:
     """The workdirs of the sweep's variants that finished with the command
-    the manifest names (in the sweep's order): an ensemble's members."""
+    the manifest names (in the sweep's order): an ensemble's members.
+    `skipped(workdir, status)` is called for every other variant."""
     check_local(workdir, "--sweep")
     path = os.path.join(workdir, MANIFEST)
     try:
@@ -205,27 +254,57 @@ def finished_workdirs(workdir: str) -> list[str]:
             manifest = json.load(f)
     except OSError:
         raise errors.ConfigError(f"{path} not found: --sweep takes a launch.sweep --workdir") from None
-    runs = [
-        Run(entry["name"], entry["overrides"], os.path.join(workdir, entry["name"]), shlex.split(entry["command"])[1:])
-        for entry in manifest["runs"]
-    ]
-    finished = [run.workdir for run in runs if is_finished(run)]
+    finished = []
+    for run in manifest_runs(workdir, manifest):
+        status = run_status(run)
+        if status == FINISHED:
+            finished.append(run.workdir)
+        elif skipped is not None:
+            skipped(run.workdir, status)
     if not finished:
         raise errors.RunError(f"no variant of the sweep in {workdir} has finished: run or resume it first")
     return finished
 
 
+# An absl log line: level, date, time, thread, source file:line], message. TensorFlow's and XLA's C++ logs
+# share the form (`I0000 00:00:... cpu_feature_guard.cc:227]`).
+_LOG_LINE = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ ([\w.-]+):\d+\] (.*)")
+_OWN_SOURCES = frozenset(name for name in os.listdir(os.path.dirname(run_config.__file__)) if name.endswith(".py"))
+
+
+def is_own_line(line: str) -> bool:
+    """Whether a line of a variant's output is the run's own, echoed by the
+    sweep: the project's log lines, the scalars clu logs (`[step] name=value`),
+    the result line and `error:` lines. The rest (TensorFlow's, JAX's and
+    absl's start-up chatter, progress bars, the hparams dump) goes to the
+    variant's log only."""
+    match = _LOG_LINE.match(line)
+    if match:
+        source, message = match.groups()
+        return source in _OWN_SOURCES or (source == "logging_writer.py" and bool(re.match(r"\[\d+\] \w+=", message)))
+    return line.startswith("error: ") or " top-1 accuracy: " in line
+
+
 def execute(run: Run) -> int:
-    """Runs one variant, its output to the console and `<run>/sweep.log`; returns the exit code."""
+    """Runs one variant, its whole output to `<run>/sweep.log` and its own
+    lines (is_own_line) to the console, then its last line if it failed
+    without one (a traceback's end); returns the exit code."""
     os.makedirs(run.workdir, exist_ok=True)
     start = time.monotonic()
     with open(os.path.join(run.workdir, LOG), "a") as log:
         log.write(f"$ {shlex.join(run.command)}\n")
         process = subprocess.Popen(run.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        last, echoed = "", False
         for line in process.stdout:
-            sys.stdout.write(f"[{run.name}] {line}")
             log.write(line)
+            if line.strip():
+                last, echoed = line, is_own_line(line)
+                if echoed:
+                    sys.stdout.write(f"[{run.name}] {line}")
         returncode = process.wait()
+    if returncode and last and not echoed:
+        sys.stdout.write(f"[{run.name}] {last}")
+    sys.stdout.flush()
     if returncode == 0:
         done = {"args": run.args, "seconds": round(time.monotonic() - start, 1), "finished": time.ctime()}
         with open(os.path.join(run.workdir, DONE), "w") as f:
@@ -273,6 +352,7 @@ def run_all(runs: list[Run]) -> int:
     under a new config.
     """
     failed = []
+    print(f"each variant's own lines are echoed here; its whole output is in <variant>/{LOG}", flush=True)
     for i, run in enumerate(runs):
         if is_finished(run):
             print(f"[{i + 1}/{len(runs)}] {run.name}: finished before, skipped", flush=True)

@@ -88,3 +88,20 @@ def _param_leaves(config):
 def test_kernel_grid_count_follows_towers(towers):
     kernel = np.random.default_rng(0).normal(size=(11, 11, 3, 24)).astype(np.float32)
     assert len(summaries.kernel_grids(kernel, towers)) == towers
+
+
+def test_hparams_are_named_by_the_run(tmp_path):
+    """TensorBoard's HParams rows show the trial id (else a hash of the values): the run's folder and name."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from configs import digits
+
+    workdir = tmp_path / "ablations" / "use_lrn=False,seed=0"
+    writer = summaries.create_writer(workdir, just_logging=False)
+    summaries.write_run_info(writer, digits.get_config(), num_params=10)
+    writer.close()
+    _, events = _plugin_tags(str(workdir))
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(next(iter(content.values()))).session_start_info
+    assert start.group_name == "ablations/use_lrn=False,seed=0"
+    assert start.hparams["model.use_lrn"].bool_value is True

@@ -155,7 +155,10 @@ def test_one_variant_trains_for_real_and_the_report_reads_it(digits_data_dir, tm
     ]
     argv = ["--config", CONFIG, "--sweep", sweep_path, "--workdir", workdir, *tiny, "--index", "1"]
     assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0  # as SLURM array task 1 would
-    assert "[activation=tanh] test top-1 accuracy:" in capsys.readouterr().out
+    first = capsys.readouterr().out
+    assert "[activation=tanh] test top-1 accuracy:" in first
+    assert " train.py:" in first and "[Hyperparameters]" not in first  # its own lines, not the chatter
+    assert "[Hyperparameters]" in open(os.path.join(workdir, "activation=tanh", sweep.LOG)).read()
     assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0
     assert "finished before, skipped" in capsys.readouterr().out
 
@@ -179,8 +182,8 @@ def test_one_variant_trains_for_real_and_the_report_reads_it(digits_data_dir, tm
     assert report.main(["--workdir", workdir, "--out", str(out)]) == 0
     table = (out / "report.md").read_text()
     assert "| `activation=relu` | 0/1 | n/a |" in table  # never started
-    tanh_row = next(line for line in table.splitlines() if line.startswith("| `activation=tanh` | 1/1 |"))
-    assert "n/a" in tanh_row  # no delta: the baseline has not run
+    tanh_row = next(line for line in table.splitlines() if line.startswith("| `activation=tanh` † | 1/1 |"))
+    assert "n/a" in tanh_row and "seed 0: no baseline run finished" in table  # no delta: the baseline has not run
     rows = list(csv_rows(out / "runs.csv"))
     assert [r["status"] for r in rows] == ["not started", "finished"]
     assert 0 <= float(rows[1]["final_top1"]) <= 1 and int(rows[1]["num_params"]) > 0
