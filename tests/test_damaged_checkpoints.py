@@ -126,7 +126,7 @@ def test_a_restart_that_does_not_fit_the_checkpoints_is_one_line_and_moves_nothi
 
 
 def test_transient_read_errors_are_retried_and_never_move_a_checkpoint(tiny_config, trained, monkeypatch, caplog):
-    monkeypatch.setattr(checkpointing, "READ_BACKOFF_S", 0.0)
+    monkeypatch.setattr(checkpointing, "READ_BACKOFF_S", 0.0, raising=False)  # no waits
     read, failures = checkpointing._restore, []
 
     def flaky(manager, step, abstract):  # the storage fails the first read, as a bucket's 503 or an OOM would
