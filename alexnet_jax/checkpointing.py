@@ -3,21 +3,45 @@
 
 Orbax writes each step into a temporary folder and renames it only when the
 write is complete, so a crash or kill mid-save leaves the previous checkpoints
-intact and the half-written one is ignored. Every process calls save and
-restore (orbax coordinates them); only the primary host writes metadata and
-the JSON item, and every process reads it back on restore. A checkpoint
-damaged afterwards (a file truncated or deleted) is skipped on restore: the
-run goes on from the newest readable one. The workdir may be a local path or
-a URI (gs://...): orbax is given an `epath.Path` (paths.as_path).
+intact and the half-written one is ignored; the next start's manager removes
+such leftover folders (`*.orbax-checkpoint-tmp-*`, orbax's
+cleanup_tmp_directories). Every process calls save (orbax coordinates them);
+only the primary host writes metadata and the JSON item. The workdir may be
+a local path or a URI (gs://...): orbax is given an `epath.Path`
+(paths.as_path).
+
+Restoring tells three failures apart (`_classify`), newest step first:
+- DIFFERENT: the step's metadata reads, but its tree paths or shapes are not
+  the train state's (another `frozen`, schedule, per-layer changes or
+  network): one ValueError naming the items and the fields, nothing moved.
+  Decided from the metadata before any data is read, not from error text.
+- UNAVAILABLE: the storage or the machine failed, not the files: MemoryError,
+  an OSError other than a missing file (a timeout, a refused connection, a
+  permission), tensorstore's and TensorFlow's UNAVAILABLE /
+  DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED / ABORTED / PERMISSION_DENIED /
+  UNAUTHENTICATED (a 503 or 429 from a bucket). Retried `READ_ATTEMPTS`
+  times with a doubling wait, then one ValueError; nothing moved.
+- DAMAGED: anything else while reading the data or metadata of a step whose
+  structure matched, or whose metadata cannot be read (a truncated file:
+  tensorstore's OUT_OF_RANGE / DATA_LOSS / FAILED_PRECONDITION; a deleted
+  one: NOT_FOUND, FileNotFoundError): the older step is tried, and once one
+  is read the damaged ones are moved to `<workdir>/damaged_checkpoints/`.
+Several processes: each reads with a manager of its own (no barriers inside
+a read that may fail on one process only), then all exchange their outcome
+of that step (a tiny all-gather) and act alike: all restore the step only
+if every process read it, else all try the next older one. Only process 0
+moves damaged steps.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
@@ -27,6 +51,9 @@ from alexnet_jax import errors, paths
 PyTree = Any
 STATE, DATA = "state", "data"
 DAMAGED = "damaged_checkpoints"  # in the workdir: checkpoints that could not be read
+# A transient failure to read a step is retried this many times in all, after
+# waits of READ_BACKOFF_S, then twice that, ...: seconds, not a long outage.
+READ_ATTEMPTS, READ_BACKOFF_S = 3, 2.0
 
 
 def directory(workdir: str | os.PathLike) -> epath.Path:
@@ -36,7 +63,8 @@ def directory(workdir: str | os.PathLike) -> epath.Path:
 
 def make_manager(workdir: str | os.PathLike, max_to_keep: int) -> ocp.CheckpointManager:
     """A manager keeping the newest `max_to_keep` checkpoints (so always the last)."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    # Leftover temporary folders of saves cut short (a second Ctrl-C, a kill) go at creation.
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(directory(workdir), options=options)
 
 
@@ -84,35 +112,163 @@ def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> 
     there is none. The position is None for checkpoints written before it
     was saved (a single "default" item holding the state).
 
-    A newer checkpoint that cannot be read (a truncated or missing file) is
-    logged and moved aside into `DAMAGED` next to the checkpoints folder:
-    the manager then neither restores it again nor refuses to save its step
-    number anew (orbax does not overwrite a step). Raises ValueError (one
-    line, naming the folder) when checkpoints exist but none can be read.
+    A damaged newer step is logged and, once an older one is read, moved
+    aside into `DAMAGED` next to the checkpoints folder: the manager then
+    neither restores it again nor refuses to save its step number anew
+    (orbax does not overwrite a step). Raises ValueError (one line, nothing
+    moved) when a step holds another train state than `target`, when reading
+    keeps failing for a transient reason, or when none can be read.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    damaged = []
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            state, data = _restore(manager, step, abstract)
-        except Exception as error:  # orbax, tensorstore and OS errors alike: try the one before
-            logging.warning(
-                "Checkpoint %s cannot be read (%s: %s)",
-                manager.directory / str(step),
-                type(error).__name__,
-                _first_line(error),
-            )
+    reader = _reader(manager)
+    damaged: list[int] = []
+    try:
+        while step := _agreed_step([s for s in manager.all_steps() if not damaged or s < damaged[-1]]):
+            outcome, restored, message = _read_step(reader, step, abstract)
+            outcomes = _gather(outcome)
+            if set(outcomes) == {READ}:
+                if damaged:
+                    _set_aside(manager, damaged)
+                state, data = restored
+                return state, step, data
+            for kind in (DIFFERENT, UNAVAILABLE):  # this process's own message, else a pointer to the other's log
+                if kind in outcomes:
+                    raise errors.RunError(message if outcome == kind else _elsewhere(manager, step, kind))
             damaged.append(step)
-            continue
-        if damaged:
-            _set_aside(manager, damaged)
-        return state, step, data
+    finally:
+        if reader is not manager:
+            reader.close()
     if damaged:
         raise errors.RunError(
             f"no checkpoint in {manager.directory} can be read (steps {', '.join(map(str, damaged))}; "
             f"the log says why): move them away to start afresh"
         )
     return target, 0, None
+
+
+# A step's outcome on one process, exchanged between processes as an integer.
+READ, DAMAGED_STEP, DIFFERENT, UNAVAILABLE = 0, 1, 2, 3
+
+_UNAVAILABLE_CODES = (
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "ABORTED",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+)
+_UNAVAILABLE_TF = {"UnavailableError", "DeadlineExceededError", "ResourceExhaustedError", "AbortedError"}
+_UNAVAILABLE_TF |= {"PermissionDeniedError", "UnauthenticatedError"}
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _classify(error: BaseException) -> int:
+    """UNAVAILABLE or DAMAGED_STEP for an error raised reading a step (the
+    module docstring says which is which), from it and the errors it came from."""
+    seen = 0
+    while error is not None and seen < 10:  # orbax wraps tensorstore's error in its own
+        if isinstance(error, MemoryError) or type(error).__name__ in _UNAVAILABLE_TF:
+            return UNAVAILABLE
+        if isinstance(error, OSError) and not isinstance(error, _MISSING):
+            return UNAVAILABLE
+        if str(error).lstrip().startswith(_UNAVAILABLE_CODES):  # tensorstore: "<CODE>: <message>"
+            return UNAVAILABLE
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return DAMAGED_STEP
+
+
+def _read_step(
+    reader: ocp.CheckpointManager, step: int, abstract: PyTree
+) -> tuple[int, tuple[PyTree, dict | None] | None, str | None]:
+    """(outcome, (state, data) if READ, this process's one-line message if not)."""
+    folder = _step_dir(reader, step)
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            if difference := _difference(_saved_shapes(reader, step), _shapes(abstract)):
+                return DIFFERENT, None, _mismatch_message(folder, difference)
+            return READ, _restore(reader, step, abstract), None
+        except Exception as error:  # orbax, tensorstore, OS and memory errors alike: classified
+            kind, reason = _classify(error), f"{type(error).__name__}: {_first_line(error)}"
+        if kind == DAMAGED_STEP:
+            logging.warning("Checkpoint %s cannot be read (%s)", folder, reason)
+            return DAMAGED_STEP, None, None
+        if attempt < READ_ATTEMPTS:
+            wait = READ_BACKOFF_S * 2 ** (attempt - 1)
+            logging.warning("Reading checkpoint %s failed (%s): retrying in %g s", folder, reason, wait)
+            time.sleep(wait)
+    message = (
+        f"reading {folder} failed {READ_ATTEMPTS} times ({reason}): the storage or the machine, not the files "
+        "(nothing was moved); rerun when it answers"
+    )
+    return UNAVAILABLE, None, message
+
+
+def _elsewhere(manager: ocp.CheckpointManager, step: int, kind: int) -> str:
+    what = "holds another train state" if kind == DIFFERENT else "could not be read for a transient reason"
+    return f"{_step_dir(manager, step)} {what} on another process (its log says more); nothing was moved"
+
+
+def _step_dir(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+    return manager.directory / str(step)
+
+
+def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+    """{"opt_state.inner_state.0.trace.conv1.kernel": shape, ...}: orbax's names for the leaves."""
+    return {".".join(path): tuple(leaf.shape) for path, leaf in ocp.tree.to_flat_dict(tree).items()}
+
+
+def _saved_shapes(manager: ocp.CheckpointManager, step: int) -> dict[str, tuple[int, ...]]:
+    """The stored state's leaves and shapes, from its metadata alone."""
+    item = _step_dir(manager, step) / (STATE if _has_items(manager, step) else "default")
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        return _shapes(handler.metadata(item))
+    finally:
+        handler.close()
+
+
+def _difference(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[str]:
+    only_saved = [f"{k} only in the checkpoint" for k in saved if k not in wanted]
+    only_wanted = [f"{k} only in this config's state" for k in wanted if k not in saved]
+    shapes = [f"{k} {saved[k]} saved, {wanted[k]} now" for k in wanted if k in saved and saved[k] != wanted[k]]
+    return shapes + only_saved + only_wanted
+
+
+def _mismatch_message(folder: epath.Path, difference: list[str]) -> str:
+    shown = "; ".join(difference[:3]) + ("; ..." if len(difference) > 3 else "")
+    if any(item.startswith("params.") for item in difference):  # the optimiser's state follows the network's
+        fields = "the network's model.* fields: width, num_classes, towers, filters, extra_conv6, ..."
+    else:
+        fields = "frozen, optimizer.schedule, optimizer.layer_lr_changes"
+    return (
+        f"{folder} holds another train state than this config's ({len(difference)} items differ: {shown}); "
+        f"nothing was moved: pass the values the run was trained with ({fields}), or use a new --workdir"
+    )
+
+
+def _reader(manager: ocp.CheckpointManager) -> ocp.CheckpointManager:
+    """The manager that reads: several processes each get one of their own,
+    whose reads wait for no other process (orbax ends a restore at a barrier
+    of all processes, which one that failed to read would never reach)."""
+    if jax.process_count() == 1:
+        return manager
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    options = ocp.CheckpointManagerOptions(create=False, multiprocessing_options=alone)
+    return ocp.CheckpointManager(manager.directory, options=options)
+
+
+def _agreed_step(steps: list[int]) -> int:
+    """The newest of `steps` on one process; with several, the oldest of the
+    processes' newest (a step some process lacks counts as unreadable there)."""
+    return min(_gather(max(steps, default=0)))
+
+
+def _gather(value: int) -> list[int]:
+    """`value` of every process, in process order (a small all-gather)."""
+    if jax.process_count() == 1:
+        return [value]
+    return [int(v) for v in multihost_utils.process_allgather(np.int32(value))]
 
 
 def _has_items(manager: ocp.CheckpointManager, step: int) -> bool:
@@ -137,6 +293,8 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     aside = manager.directory.parent / DAMAGED
     if jax.process_index() == 0:
         for step in steps:
+            if not (manager.directory / str(step)).exists():  # missing in this process's view
+                continue
             destination = aside / str(step)
             suffix = 1
             while destination.exists():  # the same step damaged in an earlier launch
@@ -156,6 +314,23 @@ def latest_step(workdir: str | os.PathLike) -> int:
     if not folder.is_dir():  # no run yet (or no workdir at all: said at start-up)
         return 0
     return max((int(entry.name) for entry in folder.iterdir() if entry.name.isdigit()), default=0)
+
+
+def check_not_shortened(config: Any, workdir: str | os.PathLike, newest_step: int, total_steps: int) -> None:
+    """One-line ValueError, before anything is written, when the run would
+    end before the newest checkpoint's step (`config.num_train_steps` or
+    `num_epochs` lowered on a restart): that checkpoint's parameters would be
+    evaluated and recorded as the shorter run's."""
+    if newest_step > total_steps:
+        asked = (
+            f"config.num_train_steps={config.num_train_steps}"
+            if config.num_train_steps > 0
+            else f"config.num_epochs={config.num_epochs} ({total_steps} steps)"
+        )
+        raise errors.ConfigError(
+            f"{asked} is below the newest checkpoint's step {newest_step} in {directory(workdir)}: "
+            f"pass at least {newest_step} steps, or use a new --workdir"
+        )
 
 
 def restore_params(workdir: str | os.PathLike, abstract_params: PyTree) -> tuple[PyTree, int]:

@@ -15,10 +15,15 @@ that tells the other processes through the coordination service, and
 on all of them (tested on CPU with gloo on loopback). SIGINT is turned into
 that notice by sending this process a SIGTERM.
 
-A second SIGINT ends the process at once (the default action); the newest
-complete checkpoint stays intact, since orbax writes into a temporary folder
-and renames it when complete. Repeated SIGTERMs are ignored: schedulers and
-launch scripts may both send one, and that must not cut the save short.
+A second SIGINT ends the process at once (the default action: exit status
+130, 128 + SIGINT, in a shell), even inside a long compilation or step; the
+newest complete checkpoint stays intact, since orbax writes into a temporary
+folder and renames it when complete (the next start removes that folder).
+A process killed so cannot write anything, so the first signal already calls
+`on_stop`, which records the run as "interrupted" (train.py); the stop's own
+end (saved, finished or failed) overwrites that record. Repeated SIGTERMs are
+ignored: schedulers and launch scripts may both send one, and that must not
+cut the save short.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import signal
 import threading
 import types
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -51,10 +57,14 @@ class Preempted(BaseException):
 
 class StopSignals:
     """The SIGTERM/SIGINT handlers of the train loop: `install` them before
-    it, `restore` the previous ones after it (and after its last save)."""
+    it, `restore` the previous ones after it (and after its last save).
+    `on_stop(signal_name)` is called once, when this process learns of the
+    first stop signal (its own, or another process's at the sync point)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stop: Callable[[str], None] | None = None) -> None:
         self._received: str | None = None  # the first signal's name
+        self._on_stop = on_stop
+        self._told = False
         self._previous: dict[int, Any] = {}
         self._sync_point = False  # several processes: JAX's sync point decides
 
@@ -90,6 +100,7 @@ class StopSignals:
             logging.warning("%s received again: still stopping after the step in flight", name)
             return
         self._received = name
+        self._tell(name)  # before the line below: once it is logged, the note is written
         logging.warning(
             "%s received: stopping after the step in flight and its checkpoint (SIGINT again: stop at once)", name
         )
@@ -104,4 +115,14 @@ class StopSignals:
         if not multihost_utils.reached_preemption_sync_point(steps_done):
             return False
         logging.warning("A process got SIGTERM or SIGINT: every process stops after this launch's step %d", steps_done)
+        self._tell(self._received or "SIGTERM")
         return True
+
+    def _tell(self, name: str) -> None:
+        if self._told or self._on_stop is None:
+            return
+        self._told = True
+        try:
+            self._on_stop(name)
+        except Exception as error:  # in a signal handler: must not raise into whatever code it interrupted
+            logging.warning("Could not note the stop signal (%s: %s)", type(error).__name__, error)

@@ -88,8 +88,8 @@ DEFINING: dict[str, str] = {
 
 # Fields a restart may change: taken, and each change logged once.
 MAY_CHANGE: dict[str, str] = {
-    "num_epochs": "extends or shortens the run",
-    "num_train_steps": "extends or shortens the run",
+    "num_epochs": "extends the run (or ends it earlier, not before the newest checkpoint: refused)",
+    "num_train_steps": "extends the run (or ends it earlier, not before the newest checkpoint: refused)",
     "log_every_steps": "reporting only",
     "eval_every_steps": "reporting (and the plateau schedule's check period)",
     "checkpoint_every_steps": "how often the run is saved",
@@ -364,8 +364,9 @@ def config_for_reading(
 
 def record_exit(workdir: str | os.PathLike, status: str, step: int, error: str | None = None) -> None:
     """Notes in config.json how the run last ended ("finished", "stopped" by
-    a signal after saving `step`, or "failed" at `step` with `error`), so a
-    report need not guess from the logs."""
+    a signal after saving `step`, "failed" at `step` with `error`, or
+    "interrupted": see record_interrupted), so a report need not guess from
+    the logs."""
     record = load(workdir)
     if record is None:  # a workdir from before config.json
         return
@@ -376,6 +377,15 @@ def record_exit(workdir: str | os.PathLike, status: str, step: int, error: str |
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     _write(workdir, record)
+
+
+def record_interrupted(workdir: str | os.PathLike, signal_name: str, newest_step: int) -> None:
+    """Notes at the first stop signal that the run is "interrupted" at the
+    newest checkpoint's step; the stop's own end (stopped, finished, failed)
+    replaces it, so it stays only when the process was ended before (a
+    second Ctrl-C, a kill after the signal)."""
+    note = f"{signal_name} received, then ended before saving (a second Ctrl-C or a kill)"
+    record_exit(workdir, "interrupted", newest_step, f"{note}: a rerun resumes from step {newest_step}")
 
 
 def record_micro_batch_size(workdir: str | os.PathLike, from_step: int, micro_batch_size: int) -> None:

@@ -114,6 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     mesh = sharding.make_mesh(config.mesh)
     model = steps.create_model(config)
     resumed_step = checkpointing.latest_step(workdir)
+    checkpointing.check_not_shortened(config, workdir, resumed_step, total_steps)
     # Another run's parameters, at the first start only (a restart resumes its own).
     source = init_from.resolve(config.init_from) if config.init_from and not resumed_step else None
     if source:
@@ -174,7 +175,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # Global arrays a few steps ahead: the copies overlap the running step.
     train_iter = sharding.prefetch_to_device(local_batches, mesh, config.prefetch_batches)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    stop, stopping = StopSignals().install(), False
+
+    def note_stop(signal_name: str) -> None:  # a second Ctrl-C ends the process at once: noted now
+        if jax.process_index() == 0:
+            run_config.record_interrupted(workdir, signal_name, checkpointing.latest_step(workdir))
+
+    stop, stopping = StopSignals(on_stop=note_stop).install(), False
     train_metrics, summary = None, None
     # (step, metrics) of the steps whose loss is not read yet; the last is the newest.
     in_flight: collections.deque = collections.deque()

@@ -19,7 +19,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from alexnet_jax import errors, image_folder, input_pipeline, run_config, train
+from alexnet_jax import checkpointing, errors, image_folder, input_pipeline, run_config, train
 from alexnet_jax.config_validation import validate_config
 from launch import report, sweep
 
@@ -29,6 +29,8 @@ SWEEP = os.path.join(REPO, "configs", "sweeps", "seeds.py")
 NOT_TRIGGERED = {
     "saving the checkpoint of step N": "a save failing mid-run: tests/test_train.py",
     "cifar10 is not prepared": "a download blocked by a dead proxy: tests/test_datasets.py",
+    "<workdir>/checkpoints/N holds another train state": "needs checkpoints: tests/test_damaged_checkpoints.py",
+    "reading <workdir>/checkpoints/N failed 3 times": "injected read errors: tests/test_damaged_checkpoints.py",
 }
 
 
@@ -108,6 +110,12 @@ def _misspelt_malloc(ctx):
     yield _run("alexnet_jax.main", "--config=configs/digits.py", workdir, env={"ALEXNET_JAX_MALLOC": "typo"})
 
 
+def _shortened(ctx):
+    config = ctx.config()
+    config.num_train_steps = 2
+    yield ctx.in_process("a restart", checkpointing.check_not_shortened, config, ctx.tmp, 4, 2)
+
+
 def _out_of_range(ctx):
     config = ctx.config()
     config.model.pool_stride = 0
@@ -173,6 +181,7 @@ TRIGGERS = {
     "--work_dir is not a flag": _misspelt_flag,
     "--config configs/digit.py: no such file": _missing_config_file,
     "ALEXNET_JAX_MALLOC='typo' is not one of": _misspelt_malloc,
+    "config.num_train_steps=2 is below the newest checkpoint's step 4": _shortened,
     "config.model.pool_stride=0": _out_of_range,
     "config.model.activation='relu' but this run was trained with": _trained_with_another_value,
     "--workdir <path> is not writable": _workdir_not_writable,

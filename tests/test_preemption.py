@@ -125,17 +125,64 @@ def test_sigterm_saves_the_step_it_stopped_at_and_the_restart_matches(tiny_confi
 
 def test_handlers_last_for_the_loop_a_second_sigint_is_left_to_kill_and_sigterms_repeat_harmlessly():
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    stop = preemption.StopSignals().install()
+    told = []
+    stop = preemption.StopSignals(on_stop=told.append).install()
     try:
         assert not stop.requested(1)
         os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, before the next line
         os.kill(os.getpid(), signal.SIGTERM)  # a second one (scheduler and launcher both) changes nothing
-        assert stop.requested(2)
+        assert stop.requested(2) and told == ["SIGTERM"]  # told once, at the first signal
         os.kill(os.getpid(), signal.SIGINT)
         assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL  # the next Ctrl-C kills at once
     finally:
         stop.restore()
     assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_a_second_sigint_ends_at_once_is_recorded_and_the_next_start_removes_temporary_folders(tiny_config, tmp_path):
+    """The second Ctrl-C ends the process by SIGINT (status 130 in a shell)
+    with config.json saying "interrupted"; the next start removes a save's
+    leftover temporary folder and ends the run as finished."""
+    config = _stoppable_config(tiny_config)
+    workdir = str(tmp_path / "interrupted")
+    command = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/digits.py", f"--workdir={workdir}"]
+    process = subprocess.Popen(
+        command + _overrides(config),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    watchdog = threading.Timer(240, os.killpg, (process.pid, signal.SIGKILL))
+    watchdog.start()
+    lines, sent = [], 0
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            first = sent == 0 and f"] [{SIGNAL_AFTER}] " in line and "train_loss=" in line
+            if first or (sent == 1 and "SIGINT received: stopping" in line):  # the handler's note is written
+                os.kill(process.pid, signal.SIGINT)
+                sent += 1
+        returncode = process.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    log = "".join(lines)
+    assert sent == 2 and returncode == -signal.SIGINT, log[-3000:]
+    with open(os.path.join(workdir, "config.json")) as f:
+        last_exit = json.load(f)["last_exit"]
+    assert last_exit["status"] == "interrupted" and last_exit["step"] == 0, last_exit  # no checkpoint yet
+
+    # What a second Ctrl-C mid-save leaves: orbax's temporary folder of that step.
+    leftover = os.path.join(workdir, "checkpoints", "7.orbax-checkpoint-tmp-1700000000000000")
+    os.makedirs(os.path.join(leftover, "state"))
+    train.train_and_evaluate(config, workdir)
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(TOTAL_STEPS)]
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["last_exit"]["status"] == "finished"
 
 
 def _process_with_id(launcher_pid: int, process_id: int) -> int:
