@@ -191,7 +191,8 @@ def run_status(run: Run) -> str:
     skipping, launch.report's status column and `--sweep`'s members.
 
     `FINISHED` (the only status is_finished accepts), "failed at step N
-    (error)", "stopped at step N (a signal; resumable)", "not started",
+    (error)", "stopped at step N (a signal; resumable)", "interrupted at
+    step N (resumable)", "not started",
     "finished another command (...)", or `NOT_FINISHED`.
     """
     if not os.path.isdir(run.workdir):
@@ -205,6 +206,8 @@ def run_status(run: Run) -> str:
         return f"failed at step {last_exit['step']} ({last_exit['error']})"
     if last_exit.get("status") == "stopped":  # preempted, saved: rerunning the sweep resumes it
         return f"stopped at step {last_exit['step']} (a signal; resumable)"
+    if last_exit.get("status") == "interrupted":  # a second Ctrl-C or a kill after the signal
+        return f"interrupted at step {last_exit['step']} (resumable)"
     restarts = record.get("restarts") or []
     if last_exit and restarts and restarts[-1].get("time", "") > last_exit.get("time", ""):
         return NOT_FINISHED  # e.g. being extended with more steps, or killed while it was

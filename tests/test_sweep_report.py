@@ -169,3 +169,11 @@ def test_a_sweep_keeps_start_up_chatter_in_each_variants_log(tmp_path, capsys):
     assert "[seed=0] test top-1 accuracy: 10.0% (360 examples)" in out
     assert "[seed=1] RuntimeError: a bug, with its traceback" in out  # a failure's last line
     assert "Traceback" not in out
+
+
+def test_an_interrupted_variant_is_not_finished_and_says_so(tmp_path):
+    """A second Ctrl-C leaves last_exit "interrupted" (alexnet_jax/preemption.py): resumable, not finished."""
+    workdir, (run,) = _make_sweep(tmp_path, [{"seed": 0}])
+    interrupted = {"status": "interrupted", "step": 6, "error": "SIGINT received", "time": "2026-12-01T11:00:00"}
+    _fake_run(run, 0.4, last_exit=interrupted, done_args=False)
+    assert sweep.run_status(run) == "interrupted at step 6 (resumable)" and not sweep.is_finished(run)
