@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import data_stats, input_pipeline, predict, retrieval, train
+from alexnet_jax import data_stats, input_pipeline, predict, retrieval, run_stats, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,18 +42,21 @@ def test_restore_predict_embed_retrieve_and_the_predict_command(tiny_config, tmp
     assert image.shape == (72, 72, 3) and image.dtype == np.uint8
     with pytest.raises(ValueError, match=r"notes.txt: not an image PIL can read"):
         predict.load_image(str(tmp_path / "notes.txt"), config.resize_size)
+    run = run_stats.for_reading(config, workdir)  # the statistics the run trained with, from its workdir
+    assert run.saved and run.source["data_stats"] == "computed" and run.source["split"] == "train"
     stats = data_stats.load_or_compute(config, input_pipeline.get_builder(config))
+    np.testing.assert_array_equal(run.stats.mean, stats.mean)
     probs = predict.probabilities(model, params, np.stack([image, image]), config, stats)
     assert probs.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     ids = predict.top_k(probs)
     assert ids.shape == (2, 5) and np.all(np.diff(np.take_along_axis(probs, ids, axis=1), axis=1) <= 0)
-    assert len(set(ids[0].tolist())) == 5 and predict.class_names(config) == [str(d) for d in range(10)]
+    assert len(set(ids[0].tolist())) == 5 and run.class_names == tuple(str(d) for d in range(10))
 
     builder = input_pipeline.get_builder(config)
-    features, labels = retrieval.embed(model, params, config, builder, "test", limit=70)
+    features, labels = retrieval.embed(model, params, stats, config, builder, "test", limit=70)
     assert features.shape == (70, 512) and labels.shape == (70,)  # fc7 of width 1/8: 4096 / 8
     assert np.all(features >= 0)  # after the ReLU
-    database, _ = retrieval.embed(model, params, config, builder, "test")
+    database, _ = retrieval.embed(model, params, stats, config, builder, "test")
     assert len(database) == 360  # the padding of the last batch is dropped
     np.testing.assert_allclose(database[:70], features, rtol=1e-5, atol=1e-5)
 
