@@ -108,9 +108,8 @@ def polarity_note(image_uint8: np.ndarray, stats: augment.DataStats) -> str | No
     """A hint when `image` is mostly light where the run's training images
     (the mean it subtracts) are mostly dark, or the reverse; else None."""
     image, trained = float(np.mean(image_uint8)), float(np.mean(np.asarray(stats.mean)))
-    if min(abs(image - _MID_GREY), abs(trained - _MID_GREY)) < _POLARITY_MARGIN or (image > _MID_GREY) == (
-        trained > _MID_GREY
-    ):
+    both_far = min(abs(image - _MID_GREY), abs(trained - _MID_GREY)) >= _POLARITY_MARGIN
+    if not both_far or (image > _MID_GREY) == (trained > _MID_GREY):
         return None
 
     def tone(mean: float) -> str:

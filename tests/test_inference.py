@@ -159,7 +159,9 @@ def test_evaluate_a_checkpoint_centre_and_ten_view(tiny_config, tmp_path, digits
     )
     assert result.returncode == 0, result.stderr[-2000:]
     created = sorted(set(_files(data_dir)) - set(before))
-    assert created and all("alexnet_cache" in name and "/test-0of1-72-png" in name for name in created), created
+    cache = os.path.join("sklearn_digits", "1.0.0", "alexnet_cache")
+    assert created[:2] == [cache, os.path.join(cache, "test-0of1-72-png")], created
+    assert all(name.startswith(os.path.join(cache, "test-0of1-72-png")) for name in created[1:]), created
     assert _files(no_tfds) == []
     expected = f"test (center, step 2): top-1 error {100 * centre['eval_top1_error']:.2f}%"
     assert expected in result.stdout and "(360 examples)" in result.stdout
