@@ -12,6 +12,9 @@ covariance's eigen-decomposition, computed once and cached next to the data.
     one pass over the training split computes them, with a progress bar;
   - "published": PAPER.md's ImageNet values: the per-channel mean
     `config.mean_rgb` and cuda-convnet2's PCA (0..255 units).
+
+Only a run's first start reads them here: the run keeps its own copy in its
+workdir (run_stats.py), which its restarts and readers use.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import data_stats, errors, input_pipeline, metrics, predict, run_config, sharding, steps, train
+from alexnet_jax import errors, input_pipeline, metrics, predict, run_config, run_stats, sharding, steps, train
 
 
 @dataclasses.dataclass
@@ -46,7 +46,7 @@ def evaluate_member(config: ml_collections.ConfigDict, workdir: str) -> Member:
     train.check_dataset(config, builder)  # splits and classes, as the training run checks them
     model, params, step = predict.restore_params(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
-    stats = data_stats.load_or_compute(config, builder)
+    stats = run_stats.for_reading(config, workdir, builder).stats  # the run's own, not the data_dir's now
 
     def probs_labels_mask(params, batch):
         probs = steps.eval_probs(params, batch["image"], config=config, model=model, stats=stats)

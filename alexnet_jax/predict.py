@@ -11,7 +11,11 @@ centre crop, then the centre crop or 10 views of `config.eval_views`, the
 training set's mean subtracted) and prints one line
 per file on stdout: `a.png: <class> <p>% | ...` (the top five), nothing
 else. A file that is not an image gets a one-line message on stderr; the
-exit status is 1 if any file failed.
+exit status is 1 if any file failed. The statistics and class names are the
+run's own (`<workdir>/data_stats.npz`): no dataset is read and nothing is
+written outside the workdir. An image whose brightness is the opposite of
+the training images' (a black-on-white digit; the embedded digits are white
+on black) gets a one-line note on stderr.
 """
 
 from __future__ import annotations
@@ -31,13 +35,12 @@ from alexnet_jax import (
     augment,
     checkpointing,
     config_overrides,
-    data_stats,
     ensemble,
     errors,
-    image_folder,
     input_pipeline,
     models,
     reading,
+    run_stats,
     sharding,
     steps,
 )
@@ -52,16 +55,6 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     abstract = steps.abstract_params(config, model, sharding.make_mesh(config.mesh))
     params, step = checkpointing.restore_params(workdir, abstract)
     return model, params, step
-
-
-def class_names(config: ml_collections.ConfigDict) -> list[str]:
-    """The dataset's label names (ImageNet: WordNet ids such as n01440764)."""
-    import tensorflow_datasets as tfds
-
-    if config.dataset == image_folder.DATASET:  # the class folders' names, without preparing anything
-        return list(image_folder.scan(config.image_folder).classes)
-    builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
-    return list(builder.info.features["label"].names)
 
 
 def load_image(path: str, resize_size: int) -> np.ndarray:
@@ -96,13 +89,38 @@ def top_k(probs: np.ndarray, k: int = _TOP_K) -> np.ndarray:
     return np.argsort(-probs, axis=-1, kind="stable")[:, :k]
 
 
-def member_probs(config: ml_collections.ConfigDict, workdir: str, images_uint8: np.ndarray) -> np.ndarray:
+def member_probs(
+    config: ml_collections.ConfigDict, workdir: str, images_uint8: np.ndarray, stats: augment.DataStats
+) -> np.ndarray:
     """One run's class probabilities of images loaded at its `resize_size`,
     with its own statistics and views."""
     model, params, step = restore_params(config, workdir)
     logging.info("%s: checkpoint of step %d", workdir, step)
-    stats = data_stats.load_or_compute(config, input_pipeline.get_builder(config))
     return probabilities(model, params, images_uint8, config, stats)
+
+
+# Mid-grey, and how far from it both an image's mean brightness and the
+# training set's must lie, on opposite sides, for the polarity note: far
+# enough that photographs (ImageNet's mean is ~115) never get one.
+_MID_GREY, _POLARITY_MARGIN = 127.5, 32.0
+
+
+def polarity_note(image_uint8: np.ndarray, stats: augment.DataStats) -> str | None:
+    """A hint when `image` is mostly light where the run's training images
+    (the mean it subtracts) are mostly dark, or the reverse; else None."""
+    image, trained = float(np.mean(image_uint8)), float(np.mean(np.asarray(stats.mean)))
+    both_far = min(abs(image - _MID_GREY), abs(trained - _MID_GREY)) >= _POLARITY_MARGIN
+    if not both_far or (image > _MID_GREY) == (trained > _MID_GREY):
+        return None
+
+    def tone(mean: float) -> str:
+        return "light" if mean > _MID_GREY else "dark"
+
+    return (
+        f"mostly {tone(image)} (mean {image:.0f} of 255) but the run's training images are mostly "
+        f"{tone(trained)} (mean {trained:.0f}), e.g. the embedded digits are white on black: "
+        f"invert the image if its classes look wrong"
+    )
 
 
 @errors.one_line_errors
@@ -115,7 +133,12 @@ def main(argv: list[str]) -> None:
     workdirs = reading.workdirs()
     configs = [reading.config_for(workdir) for workdir in workdirs]
     ensemble.check_same_task(workdirs, configs, fields=("dataset", "image_folder", "model.num_classes"))
-    names = class_names(configs[0])
+    # The runs' own statistics and class names (no dataset; one from before them needs it once).
+    runs = [run_stats.for_reading(config, workdir) for config, workdir in zip(configs, workdirs)]
+    names = runs[0].class_names
+    if len(names) != configs[0].model.num_classes:
+        print(f"note: {workdirs[0]} does not name its classes: printing class ids", file=sys.stderr, flush=True)
+        names = tuple(str(i) for i in range(configs[0].model.num_classes))
     readable, first_size = [], []
     for path in paths:
         try:
@@ -123,6 +146,10 @@ def main(argv: list[str]) -> None:
             readable.append(path)
         except errors.ConfigError as error:  # the other files are still predicted
             print(f"error: {error}", file=sys.stderr, flush=True)
+            continue
+        note = polarity_note(first_size[-1], runs[0].stats)
+        if note:
+            print(f"note: {path}: {note}", file=sys.stderr, flush=True)
     if readable:  # one batch per run: this is for a handful of files
         # Each file is decoded once per resize size the runs use, not once per run.
         by_size = {configs[0].resize_size: np.stack(first_size)}
@@ -130,7 +157,7 @@ def main(argv: list[str]) -> None:
             if config.resize_size not in by_size:
                 by_size[config.resize_size] = np.stack([load_image(p, config.resize_size) for p in readable])
         # The ensemble's probabilities: the mean of its runs' (one run: its own).
-        members = (member_probs(c, w, by_size[c.resize_size]) for c, w in zip(configs, workdirs))
+        members = (member_probs(c, w, by_size[c.resize_size], r.stats) for c, w, r in zip(configs, workdirs, runs))
         probs = sum(members) / len(workdirs)
         for path, row, top in zip(readable, probs, top_k(probs)):
             print(f"{path}: " + " | ".join(f"{names[i]} {100 * row[i]:.1f}%" for i in top), flush=True)

@@ -9,7 +9,7 @@ and for each query image of the query split (default: the evaluation split)
 finds the database images at the smallest Euclidean distance. Saves a PNG
 grid, one row per query: the query, then its neighbours nearest first; and
 prints each row's labels and distances. Centre crops, as evaluation. The run
-is read with its own config.json, as evaluate does.
+is read with its own config.json and statistics, as evaluate does.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from etils import epath
 from alexnet_jax import (
     augment,
     config_overrides,
-    data_stats,
     errors,
     input_pipeline,
     models,
     predict,
     reading,
     run_config,
+    run_stats,
     sharding,
     summaries,
 )
@@ -51,12 +51,17 @@ def _batches(config: ml_collections.ConfigDict, builder, split: str) -> Iterator
 
 
 def embed(
-    model: models.AlexNet, params: Any, config: ml_collections.ConfigDict, builder, split: str, limit: int | None = None
+    model: models.AlexNet,
+    params: Any,
+    stats: augment.DataStats,
+    config: ml_collections.ConfigDict,
+    builder,
+    split: str,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """fc7 features (float32, one row per example) and labels of the first
-    `limit` (default: all) examples of `split`."""
+    `limit` (default: all) examples of `split`, `stats` (the run's) subtracted."""
     mesh = sharding.make_mesh(config.mesh)
-    stats = data_stats.load_or_compute(config, builder)
 
     @jax.jit
     def features_fn(params, batch):  # params as an argument, not baked in as constants
@@ -144,15 +149,16 @@ def main(argv: list[str]) -> None:
         raise errors.ConfigError(
             f"--queries={','.join(FLAGS.queries)} must be indices into {query_split} (0..{size - 1})"
         )
+    run = run_stats.for_reading(config, FLAGS.workdir, builder)  # the run's own statistics
 
     print(f"checkpoint of step {step}; embedding {database_split} ...", flush=True)
-    db_features, db_labels = embed(model, params, config, builder, database_split)
-    q_features, q_labels = embed(model, params, config, builder, query_split, limit=max(query_ids) + 1)
+    db_features, db_labels = embed(model, params, run.stats, config, builder, database_split)
+    q_features, q_labels = embed(model, params, run.stats, config, builder, query_split, limit=max(query_ids) + 1)
     q_features, q_labels = q_features[query_ids], q_labels[query_ids]
     exclude = np.array(query_ids) if query_split == database_split else None
     order, distances = nearest(q_features, db_features, FLAGS.neighbours, exclude)
 
-    names = predict.class_names(config)
+    names = run.class_names or run_stats.class_names(config, builder)
     same = 0
     for q, row, dists, label in zip(query_ids, order, distances, q_labels):
         same += int(np.sum(db_labels[row] == label))

@@ -17,9 +17,7 @@ import ml_collections
 from clu import periodic_actions
 
 from alexnet_jax import (
-    augment,
     checkpointing,
-    data_stats,
     errors,
     init_from,
     input_pipeline,
@@ -28,6 +26,7 @@ from alexnet_jax import (
     optim,
     paths,
     run_config,
+    run_stats,
     sharding,
     steps,
     summaries,
@@ -105,11 +104,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     steps_per_epoch = check_dataset(config, builder)
     total_steps = num_train_steps(config, steps_per_epoch)
     # Data first, before the workdir is touched: a cache of other data stops here.
-    if synthetic:
-        stats = augment.published_stats(config.mean_rgb)
-    else:
+    if not synthetic:
         input_pipeline.prepare(config, builder)  # the preprocessed caches, once per dataset
-        stats = data_stats.load_or_compute(config, builder)
+    run_data = run_stats.for_training(config, workdir, builder)  # a restart's own, whatever data_dir holds now
+    stats = run_data.stats
 
     mesh = sharding.make_mesh(config.mesh)
     model = steps.create_model(config)
@@ -124,6 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # The run's own config: written at the first start, a restart must match it.
     started_from = {"initialised_from": source} if source else {}
     run_config.check_restart(config, workdir, resumed_step / steps_per_epoch, jax.process_index() == 0, started_from)
+    run_stats.keep(config, workdir, run_data, is_writer=jax.process_index() == 0)  # beside config.json
 
     logging.info("Mesh %s over %d devices, model parallelism %r", dict(mesh.shape), mesh.size, config.model_parallel)
     state = steps.create_train_state(config, model, steps_per_epoch, mesh)
