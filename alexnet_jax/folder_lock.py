@@ -18,6 +18,8 @@ its heartbeat stops: older than `STALE_AFTER_S` by this host's clock, or not
 advancing for that long while watched (clocks of hosts may differ). A holder
 on another host whose heartbeat is fresh is watched until it advances (a live
 holder) or stops (a stale one): a start there waits up to `STALE_AFTER_S`.
+Of several jobs that find one stale lock, the one that creates
+`<lock>.<token>.break` removes it; all then race to create it afresh.
 """
 
 from __future__ import annotations
@@ -179,14 +181,19 @@ class FolderLock:
         deadline = time.monotonic() + wait_s
         poll = min(_POLL_S, self.heartbeat_s)
         watched: dict[str, tuple[float, float]] = {}  # token -> (heartbeat, when first seen at it)
-        said = False
+        said, unreadable_since = False, None
         while True:
             if _create_exclusive(self.path, json.dumps(self._record(since))):
                 break
             holder = _read(self.path)
-            if holder is None:  # released meanwhile, or being written
+            if holder is None:  # released meanwhile, or being written (or a wreck: then stale in time)
+                unreadable_since = unreadable_since or time.monotonic()
+                if time.monotonic() - unreadable_since > self.stale_after_s:
+                    logging.warning("Removing the unreadable lock %s", self.path)
+                    self.path.unlink(missing_ok=True)
                 time.sleep(0.05)
                 continue
+            unreadable_since = None
             first = watched.setdefault(holder.token, (holder.heartbeat, time.monotonic()))
             stale = self._stale_because(holder, first)
             if stale:
@@ -194,17 +201,13 @@ class FolderLock:
                 continue
             live = holder.host == socket.gethostname() or holder.heartbeat != first[0]
             if live and time.monotonic() >= deadline:
-                raise FolderInUseError(
-                    f"{self.what} is in use by another job ({holder.describe()}; lock file {self.path}): "
-                    f"wait for it to finish{', or use another --workdir' if self.path.name == RUN_LOCK else ''}; "
-                    f"if it is gone, delete the lock file"
-                )
+                raise FolderInUseError(self._refusal(holder, wait_s))
             if not said:
                 logging.warning(
-                    "%s is locked by another job (%s; lock file %s): waiting up to %.0f s for it%s",
-                    self.what,
-                    holder.describe(),
+                    "Another job holds the lock %s (%s) for %s: waiting up to %.0f s for it%s",
                     self.path,
+                    holder.describe(),
+                    self.what,
                     max(wait_s, 0 if live else self.stale_after_s),
                     "" if live else " (watching its heartbeat: a live job's advances, a killed job's stops)",
                 )
@@ -213,6 +216,19 @@ class FolderLock:
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, args=(since,), name=f"heartbeat {self.path}", daemon=True)
         self._thread.start()
+
+    def _refusal(self, holder: Holder, wait_s: float) -> str:
+        where = f"{holder.describe()}; lock file {self.path}"
+        if wait_s > 0:
+            return (
+                f"waited {wait_s:.0f} s in vain for another job {self.what} ({where}): rerun once it has finished; "
+                f"if it is gone, delete the lock file"
+            )
+        another = ", or use another --workdir" if self.path.name == RUN_LOCK else ""
+        return (
+            f"{self.what} is in use by another job ({where}): wait for it to finish{another}; "
+            f"if it is gone, delete the lock file"
+        )
 
     def _stale_because(self, holder: Holder, first: tuple[float, float]) -> str:
         """Why `holder`'s lock is stale ("" while it may be live)."""
