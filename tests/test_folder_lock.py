@@ -15,6 +15,7 @@ import time
 import pytest
 
 from alexnet_jax import folder_lock, input_pipeline, run_config, train
+from alexnet_jax.preemption import Preempted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,10 +129,11 @@ def _part():
     return sharding.DataPart(0, 1)
 
 
-def test_a_run_takes_over_a_dead_runs_lock_and_releases_it_when_it_fails(tmp_path, tiny_config, monkeypatch):
+@pytest.mark.parametrize("stop", [RuntimeError("disk gone"), Preempted(0)])
+def test_a_run_takes_over_a_dead_runs_lock_and_releases_it_when_it_stops(tmp_path, tiny_config, monkeypatch, stop):
     """A requeued run after kill -9 (its lock left, its pid gone) takes the
-    workdir's lock before its first write, and leaves none when it fails
-    (finishing: the end-to-end tests below)."""
+    workdir's lock before its first write, and leaves none when it fails or
+    is stopped by a signal (finishing: the end-to-end tests below)."""
     workdir = tmp_path / "run"
     workdir.mkdir()
     lock_file = workdir / folder_lock.RUN_LOCK
@@ -140,10 +142,10 @@ def test_a_run_takes_over_a_dead_runs_lock_and_releases_it_when_it_fails(tmp_pat
 
     def check_restart(*args):  # the run's first write, just after the lock is taken
         holders.append(json.loads(lock_file.read_text())["pid"])
-        raise RuntimeError("disk gone")
+        raise stop
 
     monkeypatch.setattr(run_config, "check_restart", check_restart)
-    with pytest.raises(RuntimeError, match="disk gone"):
+    with pytest.raises(type(stop)):
         train.train_and_evaluate(tiny_config, workdir)
     assert holders == [os.getpid()] and os.listdir(workdir) == []  # released on failure
 
