@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from etils import epath
 
-from alexnet_jax import data_cache, input_pipeline, multihost_data, paths, sharding
+from alexnet_jax import data_cache, folder_lock, input_pipeline, multihost_data, paths, sharding
 from alexnet_jax.augment import DataStats, published_stats
 
 
@@ -124,9 +124,17 @@ def cached_sums(
 
 
 def _compute_once(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, path: epath.Path) -> None:
-    """Computes the statistics into `path` unless it exists."""
+    """Computes the statistics into `path` unless it exists: one job at a
+    time (another may share the data_dir, and write them while this one waits)."""
     if path.exists():
         return
+    with folder_lock.preparing(f"{path}.lock", f"the training-set statistics {path}"):
+        if not path.exists():
+            _compute(config, builder, path)
+
+
+def _compute(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, path: epath.Path) -> None:
+    """Computes the statistics into `path`."""
     sums, why_not = cached_sums(config, builder)
     if sums is not None:
         logging.info("Training-set statistics from the preprocessed cache's image sums (no pass); cached in %s", path)

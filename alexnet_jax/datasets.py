@@ -22,6 +22,7 @@ from etils import epath
 from alexnet_jax import (
     digits_dataset,  # noqa: F401  (registers `sklearn_digits`)
     errors,
+    folder_lock,
     image_folder,
     multihost_data,
 )
@@ -105,9 +106,12 @@ def _prepare_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
             )
         download_config = tfds.download.DownloadConfig(manual_dir=folder)
     check_splits_and_classes(config, builder)  # what tfds knows before any download
+    lock_file = builder.data_dir_root / folder_lock.PREPARE_LOCK
     try:
-        with _few_download_retries():
-            builder.download_and_prepare(download_config=download_config)
+        with folder_lock.preparing(lock_file, f"dataset {config.dataset}"), _few_download_retries():
+            builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)  # another job may have prepared it
+            if not builder.is_prepared():
+                builder.download_and_prepare(download_config=download_config)
     except (requests.exceptions.RequestException, urllib.error.URLError) as error:
         raise DatasetUnavailableError(
             f"{config.dataset} is not prepared in {builder.data_dir} and could not be downloaded "

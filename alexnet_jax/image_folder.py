@@ -43,7 +43,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from alexnet_jax import errors
+from alexnet_jax import errors, folder_lock
 
 DATASET = "image_folder"  # the value of config.dataset that selects this source
 _LISTED_BAD_FILES = 20  # names spelled out in the warning; the rest are in metadata.json
@@ -213,7 +213,11 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     data_dir = config.data_dir or None
     builder = UserImageFolder(config=folder_config, data_dir=data_dir)
     if not builder.is_prepared():
-        logging.info("Preparing %s once, into %s", folder_config.root_dir, builder.data_dir)
-        builder.download_and_prepare()
+        lock_file = builder.data_dir_root / folder_lock.PREPARE_LOCK
+        with folder_lock.preparing(lock_file, f"image folder {config.image_folder}"):
+            builder = UserImageFolder(config=folder_config, data_dir=data_dir)  # another job may have prepared it
+            if not builder.is_prepared():
+                logging.info("Preparing %s once, into %s", folder_config.root_dir, builder.data_dir)
+                builder.download_and_prepare()
     _warn_bad_files(builder)
     return builder

@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 from alexnet_jax import (
     data_cache,
     errors,
+    folder_lock,
     multihost_data,
     sharding,
     tf_data_iteration,
@@ -210,9 +211,11 @@ def _source(
         return source
     path, description = _cache_part(builder, split, size, cache_format, part)
     info = data_cache.read_info(path)
-    if info is None:
-        logging.info("Preprocessing %s once into %s (%s)", split, path, cache_format)
-        data_cache.write(path, _decoded(source), source.num_examples, cache_format, description)
+    if info is None:  # written by one job at a time: another may share the data_dir
+        with folder_lock.preparing(f"{path}.lock", f"the {split} cache {path}"):
+            if data_cache.read_info(path) is None:
+                logging.info("Preprocessing %s once into %s (%s)", split, path, cache_format)
+                data_cache.write(path, _decoded(source), source.num_examples, cache_format, description)
         info = data_cache.read_info(path)
     data_cache.check(path, info, {**description, "format": cache_format}, source.num_examples)
     files = data_cache.shard_files(path, info)

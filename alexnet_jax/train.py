@@ -19,6 +19,7 @@ from clu import periodic_actions
 from alexnet_jax import (
     checkpointing,
     errors,
+    folder_lock,
     init_from,
     input_pipeline,
     metrics,
@@ -95,7 +96,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     Raises ValueError (bad config) or DatasetUnavailableError before writing
     anything to `workdir`, FloatingPointError on a non-finite loss, and
     Preempted after saving the step at which SIGTERM or SIGINT stopped the loop.
+    Refuses a workdir that another live run holds (folder_lock.FolderInUseError).
     """
+    with folder_lock.RunLock() as run_lock:  # released on every exit: finished, failed or stopped
+        return _train_and_evaluate(config, workdir, run_lock)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, run_lock: folder_lock.RunLock
+) -> dict[str, float]:
     validate_config(config)
     workdir = paths.as_path(workdir)  # one path type below: local (absolute) or remote alike
     synthetic = config.dataset == synthetic_data.NAME
@@ -119,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         init_from.check_source(steps.abstract_params(config, model, mesh), source, tuple(config.init_reset))
 
     run_config.check_writable(workdir)
+    run_lock.acquire(workdir)  # one live run per workdir, before its first write
     # The run's own config: written at the first start, a restart must match it.
     started_from = {"initialised_from": source} if source else {}
     run_config.check_restart(config, workdir, resumed_step / steps_per_epoch, jax.process_index() == 0, started_from)

@@ -19,7 +19,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from alexnet_jax import checkpointing, errors, image_folder, input_pipeline, run_config, train
+from alexnet_jax import checkpointing, errors, folder_lock, image_folder, input_pipeline, run_config, train
 from alexnet_jax.config_validation import validate_config
 from launch import report, sweep
 
@@ -116,6 +116,16 @@ def _shortened(ctx):
     yield ctx.in_process("a restart", checkpointing.check_not_shortened, config, ctx.tmp, 4, 2)
 
 
+def _workdir_in_use(ctx):
+    from etils import epath
+
+    workdir = epath.Path(ctx.tmp / "run")
+    workdir.mkdir()
+    with folder_lock.FolderLock(workdir / folder_lock.RUN_LOCK, "a live run"):  # held by a live process (this one)
+        with folder_lock.RunLock() as second:
+            yield ctx.in_process("a second start", second.acquire, workdir)
+
+
 def _out_of_range(ctx):
     config = ctx.config()
     config.model.pool_stride = 0
@@ -182,6 +192,7 @@ TRIGGERS = {
     "--config configs/digit.py: no such file": _missing_config_file,
     "ALEXNET_JAX_MALLOC='typo' is not one of": _misspelt_malloc,
     "config.num_train_steps=2 is below the newest checkpoint's step 4": _shortened,
+    "--workdir <path> is in use by another job": _workdir_in_use,
     "config.model.pool_stride=0": _out_of_range,
     "config.model.activation='relu' but this run was trained with": _trained_with_another_value,
     "--workdir <path> is not writable": _workdir_not_writable,

@@ -206,3 +206,15 @@ def test_a_run_on_a_path_like_workdir_checkpoints_resumes_and_is_evaluated(tiny_
     evaluated, step = evaluate.evaluate_checkpoint(read, workdir)
     assert step == 3 and evaluated["eval_num_examples"] == 360
     assert evaluated["eval_top1_error"] == pytest.approx(summary["eval_top1_error"], abs=1e-6)
+
+
+def test_a_lock_file_on_a_remote_workdir(ram_dir, monkeypatch):
+    """No create-if-absent through epath: written when absent, read back (best effort)."""
+    from alexnet_jax import folder_lock
+
+    monkeypatch.setattr(folder_lock, "_REMOTE_SETTLE_S", 0.01)
+    path = epath.Path(ram_dir) / "run" / folder_lock.RUN_LOCK
+    with folder_lock.FolderLock(path, "--workdir run", heartbeat_s=0.02):
+        with pytest.raises(folder_lock.FolderInUseError, match=f"lock file {path}"):
+            folder_lock.FolderLock(path, "--workdir run").acquire()
+    assert not path.exists()
