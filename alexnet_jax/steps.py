@@ -61,10 +61,10 @@ def abstract_params(config: ml_collections.ConfigDict, model: models.AlexNet, me
 
 def noise_end_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int | None:
     """The step from which colour noise is off (`config.pca_noise_end_epoch`;
-    run #145: epoch 67), or None when it never stops."""
+    run #145: epoch 67; `optim.epoch_to_step`), or None when it never stops."""
     if config.pca_noise_end_epoch < 0:
         return None
-    return int(round(config.pca_noise_end_epoch * steps_per_epoch))
+    return optim.epoch_to_step(config.pca_noise_end_epoch, steps_per_epoch)
 
 
 def _pca_std(std: float, step: jax.Array, end_step: int | None) -> float | jax.Array:

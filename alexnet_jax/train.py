@@ -66,7 +66,7 @@ def _check_finite(step: int, step_metrics: metrics.TrainMetrics) -> None:
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     if config.num_train_steps > 0:
         return config.num_train_steps
-    return int(config.num_epochs * steps_per_epoch)
+    return optim.epoch_to_step(config.num_epochs, steps_per_epoch)  # the schedules' rule
 
 
 def check_dataset(config: ml_collections.ConfigDict, builder) -> int:
