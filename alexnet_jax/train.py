@@ -113,8 +113,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     mesh = sharding.make_mesh(config.mesh)
     model = steps.create_model(config)
     resumed_step = checkpointing.latest_step(workdir)
-    # Another run's parameters, at the first start only (a restart resumes its own).
-    source = init_from.resolve(config.init_from) if config.init_from and not resumed_step else None
+    # Another run's parameters, at the first start only (a restart resumes its
+    # own); before the first checkpoint, the source config.json recorded.
+    from_source = config.init_from and not resumed_step
+    source = init_from.source_of_run(config.init_from, run_config.load(workdir)) if from_source else None
     if source:
         init_from.check_source(steps.abstract_params(config, model, mesh), source, tuple(config.init_reset))
 
@@ -128,7 +130,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     state, start_step, saved_position = checkpointing.restore_latest_with_data(manager, state)
     if source and not start_step:
-        state = state.replace(params=init_from.initial_params(state.params, source, tuple(config.init_reset)))
+        frozen = tuple(config.frozen)
+        state = state.replace(params=init_from.initial_params(state.params, source, tuple(config.init_reset), frozen))
+    elif config.frozen:
+        logging.info("Layers: %s", init_from.frozen_message(tuple(config.frozen)))
     position = input_pipeline.resume_position(config, saved_position, start_step, steps_per_epoch)
     if start_step:
         logging.info(
