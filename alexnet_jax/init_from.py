@@ -129,5 +129,5 @@ def initial_params(fresh: PyTree, step_dir: str, reset: tuple[str, ...], frozen:
 
 
 def frozen_message(frozen: tuple[str, ...]) -> str:
-    """"conv1, conv2 frozen (not trained)" for the log, or "no layer frozen"."""
+    """The log's "conv1, conv2 frozen (not trained)", or "no layer frozen"."""
     return f"{', '.join(frozen)} frozen (not trained)" if frozen else "no layer frozen"
