@@ -196,7 +196,9 @@ def inspect_step(
 ) -> Inspection:
     """What TensorBoard shows of the step `train_step(state, batch, base_key)`
     is about to take: its first inputs, its gradients and the norms, computed
-    from the same batch and keys (one extra forward/backward pass)."""
+    from the same batch and keys (one extra forward/backward pass). `config`
+    must be the step's, its micro_batch_size resolved as the step's was
+    (micro_batch_tuning.with_micro_batch_size): dropout's stream depends on it."""
     images, grads, _ = gradients(state, batch, base_key, config, stats, noise_end_step)
     # The run's own statistics (mean image or per-channel), not a fixed mean.
     means = augment.train_input_means(

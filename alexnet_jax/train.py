@@ -163,7 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if jax.process_index() == 0:
         run_config.record_micro_batch_size(workdir, start_step, micro)
     eval_fn = steps.make_eval_fn(config, model, mesh, stats)
-    inspect_fn = steps.make_inspect_fn(config, mesh, stats, noise_end)
+    # The step's own gradients: at the micro-batch size it computes with (-1 resolved).
+    inspect_fn = steps.make_inspect_fn(micro_batch_tuning.with_micro_batch_size(config, micro), mesh, stats, noise_end)
 
     def run_eval(step: int) -> dict[str, float]:
         batches = synthetic_data.eval_batches(config) if synthetic else input_pipeline.eval_batches(config, builder)

@@ -283,3 +283,28 @@ def test_unwritable_workdir_and_a_failed_save_are_one_line(tiny_config, tmp_path
     assert "No space left on device" in message and "earlier checkpoints are intact" in message
     assert "\n" not in message
     assert _final_params(workdir, tiny_config)[1] == 3
+
+
+def test_inspected_gradients_are_those_the_step_applies_under_micro_batching(tiny_config, tmp_path, monkeypatch):
+    """micro_batch_size=-1 measured as 8: TensorBoard's gradients are the
+    step's (same micro-batches, same dropout keys), not the whole batch's.
+    With rate 1, no decay and bias x1 the first update is -gradients."""
+    from alexnet_jax import micro_batch_tuning, summaries
+
+    monkeypatch.setattr(micro_batch_tuning, "should_measure", lambda config: True)
+    monkeypatch.setattr(micro_batch_tuning, "candidates", lambda config: (0, 8))
+    monkeypatch.setattr(micro_batch_tuning, "read_choice", lambda path, key: 8)  # "measured before"
+    inspected = []
+    monkeypatch.setattr(summaries, "write_inspection", lambda w, step, insp, c: inspected.append(jax.device_get(insp)))
+    config = tiny_config.copy_and_resolve_references()
+    config.micro_batch_size, config.num_train_steps = -1, 1
+    config.optimizer.update(learning_rate=1.0, weight_decay=0.0, bias_lr_multiplier=1.0)
+    workdir = str(tmp_path / "inspect")
+    train.train_and_evaluate(config, workdir)
+    (inspection,) = inspected
+    after, _ = _final_params(workdir, config)
+    applied = jax.tree.map(lambda before, new: np.asarray(before) - np.asarray(new), inspection.params, after.params)
+    applied = {jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(applied)}
+    for path, grad in jax.tree_util.tree_leaves_with_path(inspection.grads):
+        name = jax.tree_util.keystr(path)
+        np.testing.assert_allclose(grad, applied[name], rtol=0, atol=2e-6, err_msg=name)
