@@ -7,7 +7,6 @@ import collections
 import logging
 import math
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +30,7 @@ from alexnet_jax import (
     steps,
     summaries,
     synthetic_data,
+    throughput,
 )
 from alexnet_jax.config_validation import validate_config
 from alexnet_jax.preemption import Preempted, StopSignals
@@ -183,7 +183,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_metrics, summary = None, None
     # (step, metrics) of the steps whose loss is not read yet; the last is the newest.
     in_flight: collections.deque = collections.deque()
-    period_start, period_steps = time.monotonic(), 0
+    # images_per_sec of the training steps alone: evaluations, inspections and saves paused.
+    rate = throughput.TrainingThroughput(config.batch_size, report)
     step = start_step
     try:
         for step in range(start_step + 1, total_steps + 1):
@@ -191,6 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 raise Preempted(step - 1)
             batch = next(train_iter)
             if step == start_step + 1 or step % config.eval_every_steps == 0 or step == total_steps:
+                rate.pause("inspect", in_flight[-1][1] if in_flight else None)
                 # Histograms of non-finite weights would fail in the writer's
                 # thread and hide the real error: stop here, naming the step.
                 if in_flight:
@@ -199,7 +201,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     raise FloatingPointError(f"parameters are not finite before step {step}: stopping")
                 # Before the step: train_fn donates the state it is given.
                 summaries.write_inspection(writer, step, inspect_fn(state, batch, base_key), config)
+                rate.resume()
+            first = step == start_step + 1  # its call compiles: no training step's time
+            if first:
+                rate.pause("compile")
             state, step_metrics = train_fn(state, batch, base_key)
+            if first:
+                rate.resume(step_metrics)
+            else:
+                rate.step_done()
             # The loss of the step HOST_LEAD_STEPS back is read (a device sync
             # on it, long finished): the host dispatches ahead instead of
             # waiting on every step, and a diverged run still stops soon.
@@ -207,25 +217,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             if len(in_flight) > HOST_LEAD_STEPS:
                 _check_finite(*in_flight.popleft())
             train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
-            period_steps += 1
             report(step)
 
             if step % config.log_every_steps == 0 or step == total_steps:
                 _check_finite(*in_flight[-1])
                 scalars = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
-                elapsed = time.monotonic() - period_start
-                scalars["images_per_sec"] = period_steps * config.batch_size / elapsed
+                if (images_per_sec := rate.images_per_sec()) is not None:  # None: no step timed
+                    scalars["images_per_sec"] = images_per_sec
                 writer.write_scalars(step, scalars)
-                train_metrics, period_start, period_steps = None, time.monotonic(), 0
+                train_metrics = None
 
             if step % config.eval_every_steps == 0 or step == total_steps:
+                rate.pause("eval", in_flight[-1][1])
                 summary = run_eval(step)
                 if config.optimizer.schedule == "plateau":
                     state = _plateau_step(state, summary["eval_top1_error"], config.optimizer, replicated)
+                rate.resume(state)
 
             # A stop signal: save this step as the periodic save does, then stop (Preempted above).
             stopping = stop.requested(step - start_step) and step < total_steps
             if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
+                rate.pause("save", in_flight[-1][1])
                 _check_finite(*in_flight[-1])
                 if not bool(_all_finite(state.params)):
                     raise FloatingPointError(f"parameters are not finite after step {step}: not saving them")
@@ -233,6 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     config, position.advanced(step - start_step, steps_per_epoch), step, steps_per_epoch
                 )
                 checkpointing.save(manager, step, state, data)
+                rate.resume()
     except Preempted as stopped:
         if jax.process_index() == 0:
             run_config.record_exit(workdir, "stopped", stopped.step, str(stopped))

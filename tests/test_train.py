@@ -308,3 +308,54 @@ def test_inspected_gradients_are_those_the_step_applies_under_micro_batching(tin
     for path, grad in jax.tree_util.tree_leaves_with_path(inspection.grads):
         name = jax.tree_util.keystr(path)
         np.testing.assert_allclose(grad, applied[name], rtol=0, atol=2e-6, err_msg=name)
+
+
+def test_images_per_sec_counts_training_steps_only(tiny_config, tmp_path, monkeypatch):
+    """On a clock where a step takes 1 s and every evaluation, inspection,
+    save and the first (compiling) call 1000 s, every period reads 16 images/s."""
+    from alexnet_jax import micro_batch_tuning, summaries, throughput
+
+    now = [0.0]
+    monkeypatch.setattr(throughput, "clock", lambda: now[0])
+
+    def taking(seconds, fn):
+        def timed(*args, **kwargs):
+            now[0] += seconds
+            return fn(*args, **kwargs)
+
+        return timed
+
+    make_train_fn = micro_batch_tuning.make_train_fn
+
+    def train_fn(*args):
+        micro, step = make_train_fn(*args)
+        calls = [0]
+
+        def first_slow(*step_args):
+            calls[0] += 1
+            now[0] += 1000.0 if calls[0] == 1 else 1.0
+            return step(*step_args)
+
+        return micro, first_slow
+
+    monkeypatch.setattr(micro_batch_tuning, "make_train_fn", train_fn)
+    monkeypatch.setattr(train, "evaluate", taking(1000.0, train.evaluate))
+    monkeypatch.setattr(summaries, "write_inspection", taking(1000.0, summaries.write_inspection))
+    monkeypatch.setattr(checkpointing, "save", taking(1000.0, checkpointing.save))
+    written, create_writer = [], summaries.create_writer
+
+    def recording_writer(*args, **kwargs):
+        writer = create_writer(*args, **kwargs)
+        write_scalars = writer.write_scalars
+
+        def recorded(step, scalars):
+            written.append((step, dict(scalars)))
+            write_scalars(step, scalars)
+
+        writer.write_scalars = recorded
+        return writer
+
+    monkeypatch.setattr(summaries, "create_writer", recording_writer)
+    train.train_and_evaluate(tiny_config, str(tmp_path / "rate"))
+    rates = [(step, scalars["images_per_sec"]) for step, scalars in written if "images_per_sec" in scalars]
+    assert rates == [(2, 16.0), (4, 16.0), (6, 16.0)]  # steps 3 and 6 evaluate, inspect and save
