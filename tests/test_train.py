@@ -22,7 +22,8 @@ def _first_batch(config):
 
 
 def test_one_step_golden_value(tiny_config):
-    """Loss and a parameter checksum after one step from seed 0.
+    """Loss and a parameter checksum after one step from seed 0, and a
+    checksum of how far two steps moved the parameters (the update itself).
 
     If this fails after a deliberate change to the model, the optimiser, the
     init or the input order, check the change is intended, then update the
@@ -37,12 +38,20 @@ def test_one_step_golden_value(tiny_config):
     state = steps.create_train_state(tiny_config, model, steps_per_epoch=89, mesh=mesh)
     stats = data_stats.load_or_compute(tiny_config, builder)
     step = jax.jit(functools.partial(steps.train_step, config=tiny_config, stats=stats))
-    state, metrics = step(state, sharding.global_batch(local_batch, mesh), jax.random.key(1))
+    initial = state.params
+    batch = sharding.global_batch(local_batch, mesh)
+    state, metrics = step(state, batch, jax.random.key(1))
     loss = float(metrics.loss.compute())
     checksum = float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(state.params)))
-    print(f"golden: loss={loss!r} checksum={checksum!r}")
-    assert loss == pytest.approx(GOLDEN_LOSS, rel=1e-4)
-    assert checksum == pytest.approx(GOLDEN_CHECKSUM, rel=1e-5)
+    # What the updates did (0.4% of the checksum above, which a wrong update
+    # within its tolerance of the init passes); a second step adds the momentum.
+    state, _ = step(state, batch, jax.random.key(1))
+    moved = jax.tree.map(lambda new, old: np.float64(new) - np.float64(old), state.params, initial)
+    update_checksum = float(sum(np.abs(x).sum() for x in jax.tree.leaves(moved)))
+    print(f"golden: loss={loss!r} checksum={checksum!r} update_checksum={update_checksum!r}")
+    assert loss == pytest.approx(GOLDEN_LOSS, rel=1e-4), GOLDEN_ADVICE
+    assert checksum == pytest.approx(GOLDEN_CHECKSUM, rel=1e-5), GOLDEN_ADVICE
+    assert update_checksum == pytest.approx(GOLDEN_UPDATE_CHECKSUM, rel=1e-4), GOLDEN_ADVICE
 
 
 # Since the paper's dropout became the default (model.dropout_scaling="test");
@@ -50,6 +59,13 @@ def test_one_step_golden_value(tiny_config):
 # 4.09174108505249 / 11605.465419747881 (input order per (seed, epoch)).
 GOLDEN_LOSS = 2.501275062561035
 GOLDEN_CHECKSUM = 11604.124220034479
+# sum |parameters after two steps - initial ones| (float64).
+GOLDEN_UPDATE_CHECKSUM = 43.45653131550064
+GOLDEN_ADVICE = (
+    "the numerics of a training step changed. If you changed the model, optimiser, init, augmentation or input "
+    "order on purpose, rerun `pytest tests/test_train.py -k golden -s`, check the printed values are what you "
+    "expect, and update GOLDEN_* in tests/test_train.py (say why in the commit); otherwise it is a regression"
+)
 
 
 def _final_params(workdir, config):
