@@ -114,7 +114,14 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
         )
 
 
-def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
+def network_layers(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The configured network's layers with parameters, input to output, from
+    its fields (models.layer_names: the model's own layer stack), without
+    building it: what every field that names layers must choose from."""
+    return models.layer_names(config.model.extra_conv6)
+
+
+def _validate_optimizer(opt: ml_collections.ConfigDict, layers: tuple[str, ...]) -> None:
     _one_of(opt.schedule, "optimizer.schedule", optim.SCHEDULES)
     if not opt.learning_rate > 0:
         _fail("optimizer.learning_rate", opt.learning_rate, "must be > 0 (the paper's is 0.01)")
@@ -125,13 +132,14 @@ def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
     if not 0 < opt.drop_factor <= 1:
         _fail("optimizer.drop_factor", opt.drop_factor, "must be in (0, 1] (the paper's is 0.1)")
     epochs = list(opt.drop_epochs)
-    if any(e < 0 for e in epochs) or epochs != sorted(epochs):
-        _fail("optimizer.drop_epochs", tuple(epochs), "must be increasing, non-negative epochs")
+    # A repeated epoch would make one drop, not two (the schedule keys steps).
+    if any(e < 0 for e in epochs) or any(a >= b for a, b in zip(epochs, epochs[1:])):
+        _fail("optimizer.drop_epochs", tuple(epochs), "must be strictly increasing, non-negative epochs")
     for change in opt.layer_lr_changes:
         if (
             not isinstance(change, tuple | list)
             or len(change) != 3
-            or change[0] not in models.LAYERS
+            or change[0] not in layers
             or not isinstance(change[1], int | float)
             or change[1] < 0
             or not isinstance(change[2], int | float)
@@ -140,7 +148,7 @@ def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
             _fail(
                 "optimizer.layer_lr_changes",
                 tuple(opt.layer_lr_changes),
-                f"must be (layer, epoch >= 0, multiplier >= 0) triples, layer one of {models.LAYERS}, "
+                f"must be (layer, epoch >= 0, multiplier >= 0) triples, layer one of this network's {layers}, "
                 "e.g. (('conv1', 67, 0.1), ('conv1', 72, 0.0))",
             )
     if opt.plateau_patience < 1:
@@ -186,7 +194,7 @@ def _validate_init(config: ml_collections.ConfigDict) -> None:
     """init_from must be a path (checked when used); init_reset and frozen name layers."""
     if not isinstance(config.init_from, str):
         _fail("init_from", config.init_from, "must be a workdir or a checkpoint step directory ('' = none)")
-    here = models.layer_names(config.model.extra_conv6)
+    here = network_layers(config)
     for field in ("init_reset", "frozen"):
         names = config[field]
         if isinstance(names, str) or not all(name in here for name in names):
@@ -254,4 +262,4 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _validate_init(config)
     if config.resize_size < config.model.input_size:
         _fail("resize_size", config.resize_size, f"must be >= model.input_size={config.model.input_size}")
-    _validate_optimizer(config.optimizer)
+    _validate_optimizer(config.optimizer, network_layers(config))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -38,6 +39,23 @@ def resolve(path: str | os.PathLike) -> str:
         f"config.init_from={str(path)!r} is neither a checkpoint step directory (<workdir>/checkpoints/<step>) "
         "nor a workdir with a finished checkpoint"
     )
+
+
+def source_of_run(path: str | os.PathLike, record: Mapping | None) -> str:
+    """The step directory a run starts from: the one its config.json
+    `record` notes (`initialised_from`) when the run started before with the
+    same `config.init_from` (a restart before its first checkpoint: the
+    source may have saved newer ones since), else `resolve(path)`."""
+    recorded = (record or {}).get("initialised_from")
+    if not recorded or record.get("config", {}).get("init_from") != str(path):
+        return resolve(path)
+    if not (paths.as_path(recorded) / checkpointing.STATE).is_dir():
+        raise errors.RunError(
+            f"config.init_from: this run started from {recorded!r} (its config.json), which is gone: "
+            "restore it, or use a new --workdir"
+        )
+    logging.info("Starting from %s again, as config.json records (not %s's newest checkpoint)", recorded, path)
+    return recorded
 
 
 def load_params(step_dir: str) -> dict[str, Any]:
@@ -89,10 +107,10 @@ def check_source(abstract_params: PyTree, step_dir: str, reset: tuple[str, ...])
     )
 
 
-def initial_params(fresh: PyTree, step_dir: str, reset: tuple[str, ...]) -> PyTree:
+def initial_params(fresh: PyTree, step_dir: str, reset: tuple[str, ...], frozen: tuple[str, ...] = ()) -> PyTree:
     """The new run's step-0 parameters: `fresh` (initialised, placed on the
     devices) with every layer not in `reset` replaced by the checkpoint's,
-    in the same placement; logged."""
+    in the same placement; logged, with the layers `frozen` (config.frozen)."""
     source = load_params(step_dir)
     taken = check_compatible(shapes(fresh), shapes(source), tuple(reset), step_dir)
     params = dict(fresh)
@@ -101,9 +119,15 @@ def initial_params(fresh: PyTree, step_dir: str, reset: tuple[str, ...]) -> PyTr
             lambda new, old: jax.device_put(old.astype(new.dtype), new.sharding), fresh[layer], source[layer]
         )
     logging.info(
-        "Parameters from %s: %s taken; %s initialised afresh",
+        "Parameters from %s: %s taken; %s initialised afresh; %s",
         step_dir,
         ", ".join(taken) or "no layer",
         ", ".join(layer for layer in fresh if layer not in taken) or "no layer",
+        frozen_message(frozen),
     )
     return params
+
+
+def frozen_message(frozen: tuple[str, ...]) -> str:
+    """The log's "conv1, conv2 frozen (not trained)", or "no layer frozen"."""
+    return f"{', '.join(frozen)} frozen (not trained)" if frozen else "no layer frozen"

@@ -19,6 +19,7 @@ after an evaluation.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -33,6 +34,22 @@ from alexnet_jax import errors
 PyTree = Any
 
 SCHEDULES = ("piecewise", "plateau")
+# Digits to which epoch * steps_per_epoch is rounded before the ceiling, so
+# float error (0.7 * 10 = 7.000000000000001) does not move a step.
+_EPOCH_STEP_DIGITS = 6
+
+
+def epoch_to_step(epoch: float, steps_per_epoch: int) -> int:
+    """The step count from which something "from epoch `epoch`" applies, for
+    every schedule (learning-rate drops, per-layer changes, the colour
+    noise's end) and for `num_epochs`: the first update that starts at or
+    after the epoch, ceil(epoch * steps_per_epoch). Update n (0-based, the
+    optimiser's count) begins after n batches, at epoch n / steps_per_epoch,
+    so no update that began before epoch `epoch` sees the change, and a run
+    of `num_epochs=e` ends just before the first update a change at epoch e
+    affects. Whole epochs (the paper's configs) give epoch * steps_per_epoch
+    exactly, as before; int() and round() disagreed at fractional ones."""
+    return math.ceil(round(epoch * steps_per_epoch, _EPOCH_STEP_DIGITS))
 
 
 def bias_mask(params: PyTree) -> PyTree:
@@ -69,7 +86,7 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int)
     """Piecewise: divide by `1/drop_factor` at each of `drop_epochs`.
     Plateau: a constant the train loop lowers (see `plateau_update`)."""
     if opt.schedule == "piecewise":
-        boundaries = {int(epoch * steps_per_epoch): opt.drop_factor for epoch in opt.drop_epochs}
+        boundaries = {epoch_to_step(epoch, steps_per_epoch): opt.drop_factor for epoch in opt.drop_epochs}
         return optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
     if opt.schedule == "plateau":
         return opt.learning_rate
@@ -92,7 +109,7 @@ def layer_lr_multipliers(
     velocity it already has decays, as the 2012 code's epsW = 0 did."""
     by_layer: dict[str, list[tuple[int, float]]] = {}
     for layer, epoch, multiplier in sorted(changes, key=lambda change: change[1]):
-        by_layer.setdefault(layer, []).append((int(round(epoch * steps_per_epoch)), float(multiplier)))
+        by_layer.setdefault(layer, []).append((epoch_to_step(epoch, steps_per_epoch), float(multiplier)))
 
     def init(params: PyTree) -> LayerScaleState:
         del params

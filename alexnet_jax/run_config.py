@@ -91,15 +91,18 @@ MAY_CHANGE: dict[str, str] = {
     "num_epochs": "extends the run (or ends it earlier, not before the newest checkpoint: refused)",
     "num_train_steps": "extends the run (or ends it earlier, not before the newest checkpoint: refused)",
     "log_every_steps": "reporting only",
-    "eval_every_steps": "reporting (and the plateau schedule's check period)",
+    "eval_every_steps": "reporting (defining under the plateau schedule: PLATEAU_DEFINING)",
     "checkpoint_every_steps": "how often the run is saved",
     "keep_checkpoints": "how many are kept",
     "data_dir": "where the same data lives",
     "manual_dir": "where the same data lives",
     "compilation_cache_dir": "compiled programs only",
     "prefetch_batches": "host-device overlap only",
+    # Even under the plateau schedule: it compares top-1 errors, counts of
+    # 0/1 per example summed exactly (float32 to 2^24 examples) whatever the
+    # batches and padding; only an argmax tied to rounding could flip.
     "eval_batch_size": "evaluation is exact whatever the batch",
-    "eval_views": "how evaluation reads the same network",
+    "eval_views": "how evaluation reads the same network (defining under the plateau schedule)",
     "mesh": "where the same numbers are computed",
     "model_parallel": "where the same numbers are computed",
     "micro_batch_size": "the same mean gradient, in parts",
@@ -108,6 +111,13 @@ MAY_CHANGE: dict[str, str] = {
     "model.conv_wgrad": "an implementation switch, same numbers",
     "model.pool_impl": "an implementation switch, same numbers",
     "optimizer.drop_epochs": "future drops only: drops already taken must stay (checked)",
+}
+
+# MAY_CHANGE fields that steer the learning rate of a plateau run
+# (optimizer.schedule="plateau"): a restart of such a run must keep them.
+PLATEAU_DEFINING: dict[str, str] = {
+    "eval_every_steps": "when the plateau schedule looks (its patience counts evaluations)",
+    "eval_views": "the validation error the plateau schedule compares",
 }
 
 # Fields whose default is not what runs did before the field existed: a
@@ -277,12 +287,16 @@ def check_restart(
         return
     changed = _differences(flat_fields(saved_config(record)), flat_fields(config))
     refused = {k: v for k, v in changed.items() if k not in MAY_CHANGE}
+    plateau = config.optimizer.schedule == "plateau"
+    steering = {k: v for k, v in changed.items() if plateau and k in PLATEAU_DEFINING}
     if "optimizer.drop_epochs" in changed and config.optimizer.schedule == "piecewise":
         old, new = changed["optimizer.drop_epochs"]
         if _past_drops(old, epochs_done) != _past_drops(new, epochs_done):
             refused["optimizer.drop_epochs"] = (old, new)
-    if refused:
-        raise errors.RunError(refusal(workdir, refused))
+    if refused or steering:
+        verb = "steers" if len(steering) == 1 else "steer"
+        why = f" (a plateau run: {' and '.join(steering)} {verb} its learning rate)" if steering else ""
+        raise errors.RunError(refusal(workdir, {**refused, **steering}) + why)
     if not changed:
         return
     for field, (old, new) in changed.items():

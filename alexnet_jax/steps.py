@@ -61,10 +61,10 @@ def abstract_params(config: ml_collections.ConfigDict, model: models.AlexNet, me
 
 def noise_end_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int | None:
     """The step from which colour noise is off (`config.pca_noise_end_epoch`;
-    run #145: epoch 67), or None when it never stops."""
+    run #145: epoch 67; `optim.epoch_to_step`), or None when it never stops."""
     if config.pca_noise_end_epoch < 0:
         return None
-    return int(round(config.pca_noise_end_epoch * steps_per_epoch))
+    return optim.epoch_to_step(config.pca_noise_end_epoch, steps_per_epoch)
 
 
 def _pca_std(std: float, step: jax.Array, end_step: int | None) -> float | jax.Array:
@@ -196,7 +196,9 @@ def inspect_step(
 ) -> Inspection:
     """What TensorBoard shows of the step `train_step(state, batch, base_key)`
     is about to take: its first inputs, its gradients and the norms, computed
-    from the same batch and keys (one extra forward/backward pass)."""
+    from the same batch and keys (one extra forward/backward pass). `config`
+    must be the step's, its micro_batch_size resolved as the step's was
+    (micro_batch_tuning.with_micro_batch_size): dropout's stream depends on it."""
     images, grads, _ = gradients(state, batch, base_key, config, stats, noise_end_step)
     # The run's own statistics (mean image or per-channel), not a fixed mean.
     means = augment.train_input_means(

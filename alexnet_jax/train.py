@@ -7,7 +7,6 @@ import collections
 import logging
 import math
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +31,7 @@ from alexnet_jax import (
     steps,
     summaries,
     synthetic_data,
+    throughput,
 )
 from alexnet_jax.config_validation import validate_config
 from alexnet_jax.preemption import Preempted, StopSignals
@@ -65,7 +65,7 @@ def _check_finite(step: int, step_metrics: metrics.TrainMetrics) -> None:
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     if config.num_train_steps > 0:
         return config.num_train_steps
-    return int(config.num_epochs * steps_per_epoch)
+    return optim.epoch_to_step(config.num_epochs, steps_per_epoch)  # the schedules' rule
 
 
 def check_dataset(config: ml_collections.ConfigDict, builder) -> int:
@@ -122,8 +122,10 @@ def _train_and_evaluate(
     model = steps.create_model(config)
     resumed_step = checkpointing.latest_step(workdir)
     checkpointing.check_not_shortened(config, workdir, resumed_step, total_steps)
-    # Another run's parameters, at the first start only (a restart resumes its own).
-    source = init_from.resolve(config.init_from) if config.init_from and not resumed_step else None
+    # Another run's parameters, at the first start only (a restart resumes its
+    # own); before the first checkpoint, the source config.json recorded.
+    from_source = config.init_from and not resumed_step
+    source = init_from.source_of_run(config.init_from, run_config.load(workdir)) if from_source else None
     if source:
         init_from.check_source(steps.abstract_params(config, model, mesh), source, tuple(config.init_reset))
 
@@ -139,7 +141,10 @@ def _train_and_evaluate(
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     state, start_step, saved_position = checkpointing.restore_latest_with_data(manager, state)
     if source and not start_step:
-        state = state.replace(params=init_from.initial_params(state.params, source, tuple(config.init_reset)))
+        frozen = tuple(config.frozen)
+        state = state.replace(params=init_from.initial_params(state.params, source, tuple(config.init_reset), frozen))
+    elif config.frozen:
+        logging.info("Layers: %s", init_from.frozen_message(tuple(config.frozen)))
     position = input_pipeline.resume_position(config, saved_position, start_step, steps_per_epoch)
     if start_step:
         logging.info(
@@ -169,7 +174,8 @@ def _train_and_evaluate(
     if jax.process_index() == 0:
         run_config.record_micro_batch_size(workdir, start_step, micro)
     eval_fn = steps.make_eval_fn(config, model, mesh, stats)
-    inspect_fn = steps.make_inspect_fn(config, mesh, stats, noise_end)
+    # The step's own gradients: at the micro-batch size it computes with (-1 resolved).
+    inspect_fn = steps.make_inspect_fn(micro_batch_tuning.with_micro_batch_size(config, micro), mesh, stats, noise_end)
 
     def run_eval(step: int) -> dict[str, float]:
         batches = synthetic_data.eval_batches(config) if synthetic else input_pipeline.eval_batches(config, builder)
@@ -193,7 +199,8 @@ def _train_and_evaluate(
     train_metrics, summary = None, None
     # (step, metrics) of the steps whose loss is not read yet; the last is the newest.
     in_flight: collections.deque = collections.deque()
-    period_start, period_steps = time.monotonic(), 0
+    # images_per_sec of the training steps alone: evaluations, inspections and saves paused.
+    rate = throughput.TrainingThroughput(config.batch_size, report)
     step = start_step
     try:
         for step in range(start_step + 1, total_steps + 1):
@@ -201,6 +208,7 @@ def _train_and_evaluate(
                 raise Preempted(step - 1)
             batch = next(train_iter)
             if step == start_step + 1 or step % config.eval_every_steps == 0 or step == total_steps:
+                rate.pause("inspect", in_flight[-1][1] if in_flight else None)
                 # Histograms of non-finite weights would fail in the writer's
                 # thread and hide the real error: stop here, naming the step.
                 if in_flight:
@@ -209,7 +217,15 @@ def _train_and_evaluate(
                     raise errors.Diverged(f"parameters are not finite before step {step}: stopping")
                 # Before the step: train_fn donates the state it is given.
                 summaries.write_inspection(writer, step, inspect_fn(state, batch, base_key), config)
+                rate.resume()
+            first = step == start_step + 1  # its call compiles: no training step's time
+            if first:
+                rate.pause("compile")
             state, step_metrics = train_fn(state, batch, base_key)
+            if first:
+                rate.resume(step_metrics)
+            else:
+                rate.step_done()
             # The loss of the step HOST_LEAD_STEPS back is read (a device sync
             # on it, long finished): the host dispatches ahead instead of
             # waiting on every step, and a diverged run still stops soon.
@@ -217,25 +233,27 @@ def _train_and_evaluate(
             if len(in_flight) > HOST_LEAD_STEPS:
                 _check_finite(*in_flight.popleft())
             train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
-            period_steps += 1
             report(step)
 
             if step % config.log_every_steps == 0 or step == total_steps:
                 _check_finite(*in_flight[-1])
                 scalars = {f"train_{k}": float(v) for k, v in train_metrics.compute().items()}
-                elapsed = time.monotonic() - period_start
-                scalars["images_per_sec"] = period_steps * config.batch_size / elapsed
+                if (images_per_sec := rate.images_per_sec()) is not None:  # None: no step timed
+                    scalars["images_per_sec"] = images_per_sec
                 writer.write_scalars(step, scalars)
-                train_metrics, period_start, period_steps = None, time.monotonic(), 0
+                train_metrics = None
 
             if step % config.eval_every_steps == 0 or step == total_steps:
+                rate.pause("eval", in_flight[-1][1])
                 summary = run_eval(step)
                 if config.optimizer.schedule == "plateau":
                     state = _plateau_step(state, summary["eval_top1_error"], config.optimizer, replicated)
+                rate.resume(state)
 
             # A stop signal: save this step as the periodic save does, then stop (Preempted above).
             stopping = stop.requested(step - start_step) and step < total_steps
             if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
+                rate.pause("save", in_flight[-1][1])
                 _check_finite(*in_flight[-1])
                 if not bool(_all_finite(state.params)):
                     raise errors.Diverged(f"parameters are not finite after step {step}: not saving them")
@@ -243,6 +261,7 @@ def _train_and_evaluate(
                     config, position.advanced(step - start_step, steps_per_epoch), step, steps_per_epoch
                 )
                 checkpointing.save(manager, step, state, data)
+                rate.resume()
     except Preempted as stopped:
         if jax.process_index() == 0:
             run_config.record_exit(workdir, "stopped", stopped.step, str(stopped))

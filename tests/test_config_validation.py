@@ -60,3 +60,24 @@ def _get(config, field):
     for part in field.split("."):
         config = config[part]
     return config
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("optimizer.drop_epochs", (1, 1), "config.optimizer.drop_epochs=(1, 1) must be strictly increasing"),
+        ("optimizer.layer_lr_changes", (("conv6", 1, 0.1),), "config.optimizer.layer_lr_changes=(('conv6', 1, 0.1),)"),
+    ],
+)
+def test_repeated_drops_and_layers_the_network_lacks_are_refused(tiny_config, field, value, message):
+    """A repeated drop epoch made one drop; a layer_lr_changes entry for
+    conv6 on a network without it did nothing (config.frozen refused it)."""
+    parent, _, leaf = field.rpartition(".")
+    (tiny_config[parent] if parent else tiny_config)[leaf] = value
+    with pytest.raises(ValueError) as error:
+        validate_config(tiny_config)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    assert "'conv6', 'fc6'" not in str(error.value)  # the layers offered are this network's
+    tiny_config.model.extra_conv6 = True  # a network with conv6 takes the layer
+    if leaf == "layer_lr_changes":
+        validate_config(tiny_config)

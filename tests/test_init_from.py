@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -92,7 +93,8 @@ def test_fine_tuning_with_frozen_convolutions_then_resuming_its_own_checkpoint(s
         train.train_and_evaluate(tune, finetune)
     taken = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Parameters from ")]
     assert taken == [
-        f"Parameters from {tune.init_from}: conv1, conv2, conv3, conv4, conv5, fc6, fc7 taken; fc8 initialised afresh"
+        f"Parameters from {tune.init_from}: conv1, conv2, conv3, conv4, conv5, fc6, fc7 taken; fc8 initialised afresh; "
+        "conv1, conv2, conv3, conv4, conv5 frozen (not trained)"
     ]
     tuned, step = _params(finetune, tune)
     assert step == 3  # its own schedule from step 0
@@ -115,6 +117,34 @@ def test_fine_tuning_with_frozen_convolutions_then_resuming_its_own_checkpoint(s
     assert not any(m.startswith("Parameters from ") for m in messages)
     resumed, step = _params(finetune, longer)
     assert step == 5 and _equal(resumed["conv3"], trained["conv3"]) and not _equal(resumed["fc7"], tuned["fc7"])
+
+
+def test_a_restart_before_the_first_checkpoint_starts_from_the_recorded_step(source, tmp_path, caplog):
+    """config.json notes the step the run started from; a restart before
+    the run's first checkpoint takes it again, not the source's newer one."""
+    from alexnet_jax import run_config
+
+    workdir, config = source
+    tune = config.copy_and_resolve_references()  # the fine-tuning above's step (compiled once)
+    tune.init_from, tune.init_reset, tune.frozen = workdir, ("fc8",), ("conv1", "conv2", "conv3", "conv4", "conv5")
+    tune.num_train_steps, tune.eval_every_steps, tune.checkpoint_every_steps = 1, 3, 3
+    step2 = os.path.join(os.path.abspath(workdir), "checkpoints", "2")
+    finetune = str(tmp_path / "finetune")
+    # Its first start found step 2 the newest, wrote config.json, then died before saving;
+    # the source has saved step 4 since.
+    run_config.check_restart(tune, finetune, 0.0, True, {"initialised_from": step2})
+    shutil.copytree(step2, os.path.join(workdir, "checkpoints", "4"))
+    with caplog.at_level(logging.INFO):
+        train.train_and_evaluate(tune, finetune)
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("Parameters from")] == [
+        f"Parameters from {step2}"
+    ]
+    assert run_config.load(finetune)["initialised_from"] == step2
+
+    gone = str(tmp_path / "gone")  # a recorded step the source no longer has: one line
+    run_config.check_restart(tune, gone, 0.0, True, {"initialised_from": step2[:-1] + "3"})
+    with pytest.raises(ValueError, match=r"this run started from .*checkpoints/3' \(its config.json\), which is gone"):
+        train.train_and_evaluate(tune, gone)
 
 
 @pytest.mark.parametrize(

@@ -146,3 +146,35 @@ def test_no_layer_changes_keep_the_optimiser_state_runs_have_saved():
     plain = optim.make_optimizer(_opt_config(), steps_per_epoch=1).init(params)
     changed = optim.make_optimizer(_opt_config(layer_lr_changes=(("conv1", 1, 0.5),)), 1).init(params)
     assert len(plain.inner_state) == 4 and len(changed.inner_state) == 5
+
+
+def test_every_schedule_turns_a_fractional_epoch_into_the_same_step():
+    """At epoch 0.7 of 5 steps (3.5): the learning-rate drop, conv1's change
+    and the colour noise's end all apply from update 4, the first that starts
+    after epoch 0.7 (int() put the drop at 3, round() the others at 4)."""
+    from alexnet_jax import steps as steps_module
+
+    opt = _opt_config(drop_epochs=(0.7,), layer_lr_changes=(("conv1", 0.7, 0.5),), momentum=0.0, weight_decay=0.0)
+    params = {layer: {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)} for layer in ("conv1", "fc8")}
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = optim.make_optimizer(opt, steps_per_epoch=5)
+    state = tx.init(params)
+    fc8, conv1 = [], []
+    for _ in range(8):
+        updates, state = tx.update(grads, state, params)
+        fc8.append(-float(updates["fc8"]["kernel"][0, 0]))
+        conv1.append(-float(updates["conv1"]["kernel"][0, 0]))
+    drop_step = next(n for n, rate in enumerate(fc8) if rate < fc8[0])
+    layer_step = next(n for n in range(8) if conv1[n] / fc8[n] != 1.0)
+    config = default.get_config()
+    config.pca_noise_end_epoch = 0.7
+    assert drop_step == layer_step == steps_module.noise_end_step(config, 5) == optim.epoch_to_step(0.7, 5) == 4
+
+
+@pytest.mark.parametrize(
+    "epoch, steps_per_epoch, step",
+    [(0.7, 5, 4), (0.7, 10, 7), (2.3, 100, 230), (67, 5004, 335268), (0, 89, 0), (0.01, 89, 1)],
+)
+def test_epoch_to_step_is_the_first_update_starting_at_or_after_the_epoch(epoch, steps_per_epoch, step):
+    # 0.7 * 10 = 7.000000000000001 and 2.3 * 100 = 229.99999999999997 in floats: not moved by the error.
+    assert optim.epoch_to_step(epoch, steps_per_epoch) == step

@@ -251,3 +251,28 @@ def test_a_run_from_before_dropout_scaling_was_trained_with_inverted_dropout(tmp
     inverted.model.dropout_scaling = "train"
     run_config.check_restart(inverted, workdir, epochs_done=1)  # its own form: accepted
     assert run_config.config_for_reading(workdir, config, {}, config_file_given=False).model.dropout_scaling == "train"
+
+
+def test_a_plateau_run_keeps_the_fields_that_steer_its_schedule(tmp_path):
+    """Patience counts evaluations of eval_views' error: under the plateau
+    schedule a restart may not change them; piecewise runs may."""
+    for schedule in ("plateau", "piecewise"):
+        workdir = str(tmp_path / schedule)
+        config = default.get_config()
+        config.optimizer.schedule = schedule
+        run_config.check_restart(config, workdir, epochs_done=0)  # first start: writes config.json
+        for field, value in (("eval_every_steps", 7), ("eval_views", "ten_view")):
+            changed = config.copy_and_resolve_references()
+            changed[field] = value
+            if schedule == "piecewise":
+                run_config.check_restart(changed, workdir, epochs_done=1)
+                run_config.check_restart(config, workdir, epochs_done=1)  # and back
+                continue
+            with pytest.raises(ValueError) as error:
+                run_config.check_restart(changed, workdir, epochs_done=1)
+            message = str(error.value)
+            assert message.startswith(f"config.{field}={value!r} but this run was trained with") and "\n" not in message
+            assert message.endswith(f"(a plateau run: {field} steers its learning rate)")
+        batch = config.copy_and_resolve_references()
+        batch.eval_batch_size = 8  # the errors compared are exact whatever the batch
+        run_config.check_restart(batch, workdir, epochs_done=1)

@@ -22,7 +22,8 @@ def _first_batch(config):
 
 
 def test_one_step_golden_value(tiny_config):
-    """Loss and a parameter checksum after one step from seed 0.
+    """Loss and a parameter checksum after one step from seed 0, and a
+    checksum of how far two steps moved the parameters (the update itself).
 
     If this fails after a deliberate change to the model, the optimiser, the
     init or the input order, check the change is intended, then update the
@@ -37,12 +38,20 @@ def test_one_step_golden_value(tiny_config):
     state = steps.create_train_state(tiny_config, model, steps_per_epoch=89, mesh=mesh)
     stats = data_stats.load_or_compute(tiny_config, builder)
     step = jax.jit(functools.partial(steps.train_step, config=tiny_config, stats=stats))
-    state, metrics = step(state, sharding.global_batch(local_batch, mesh), jax.random.key(1))
+    initial = state.params
+    batch = sharding.global_batch(local_batch, mesh)
+    state, metrics = step(state, batch, jax.random.key(1))
     loss = float(metrics.loss.compute())
     checksum = float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(state.params)))
-    print(f"golden: loss={loss!r} checksum={checksum!r}")
-    assert loss == pytest.approx(GOLDEN_LOSS, rel=1e-4)
-    assert checksum == pytest.approx(GOLDEN_CHECKSUM, rel=1e-5)
+    # What the updates did (0.4% of the checksum above, which a wrong update
+    # within its tolerance of the init passes); a second step adds the momentum.
+    state, _ = step(state, batch, jax.random.key(1))
+    moved = jax.tree.map(lambda new, old: np.float64(new) - np.float64(old), state.params, initial)
+    update_checksum = float(sum(np.abs(x).sum() for x in jax.tree.leaves(moved)))
+    print(f"golden: loss={loss!r} checksum={checksum!r} update_checksum={update_checksum!r}")
+    assert loss == pytest.approx(GOLDEN_LOSS, rel=1e-4), GOLDEN_ADVICE
+    assert checksum == pytest.approx(GOLDEN_CHECKSUM, rel=1e-5), GOLDEN_ADVICE
+    assert update_checksum == pytest.approx(GOLDEN_UPDATE_CHECKSUM, rel=1e-4), GOLDEN_ADVICE
 
 
 # Since the paper's dropout became the default (model.dropout_scaling="test");
@@ -50,6 +59,13 @@ def test_one_step_golden_value(tiny_config):
 # 4.09174108505249 / 11605.465419747881 (input order per (seed, epoch)).
 GOLDEN_LOSS = 2.501275062561035
 GOLDEN_CHECKSUM = 11604.124220034479
+# sum |parameters after two steps - initial ones| (float64).
+GOLDEN_UPDATE_CHECKSUM = 43.45653131550064
+GOLDEN_ADVICE = (
+    "the numerics of a training step changed. If you changed the model, optimiser, init, augmentation or input "
+    "order on purpose, rerun `pytest tests/test_train.py -k golden -s`, check the printed values are what you "
+    "expect, and update GOLDEN_* in tests/test_train.py (say why in the commit); otherwise it is a regression"
+)
 
 
 def _final_params(workdir, config):
@@ -175,7 +191,7 @@ def test_tensorboard_event_files_hold_the_scalars(tiny_config, tmp_path):
         ("model.towers", 3, "config.model.towers=3 must be one of (1, 2)"),
         ("optimizer.schedule", "cosine", "config.optimizer.schedule='cosine' must be one of"),
         ("optimizer.learning_rate", -0.1, "config.optimizer.learning_rate=-0.1 must be > 0"),
-        ("optimizer.drop_epochs", (51, 25), "config.optimizer.drop_epochs=(51, 25) must be increasing"),
+        ("optimizer.drop_epochs", (51, 25), "config.optimizer.drop_epochs=(51, 25) must be strictly increasing"),
         ("eval_every_steps", 0, "config.eval_every_steps=0 must be a positive integer"),
         ("resize_size", 60, "config.resize_size=60 must be >= model.input_size=64"),
         ("dataset", "", "config.dataset='' must be a tfds dataset name"),
@@ -283,3 +299,86 @@ def test_unwritable_workdir_and_a_failed_save_are_one_line(tiny_config, tmp_path
     assert "No space left on device" in message and "earlier checkpoints are intact" in message
     assert "\n" not in message
     assert _final_params(workdir, tiny_config)[1] == 3
+
+
+def test_inspected_gradients_are_those_the_step_applies_under_micro_batching(tiny_config, tmp_path, monkeypatch):
+    """micro_batch_size=-1 measured as 8: TensorBoard's gradients are the
+    step's (same micro-batches, same dropout keys), not the whole batch's.
+    The first update (no momentum yet) is -rate (g + decay w), -2 rate g for biases."""
+    from alexnet_jax import micro_batch_tuning, summaries
+
+    monkeypatch.setattr(micro_batch_tuning, "should_measure", lambda config: True)
+    monkeypatch.setattr(micro_batch_tuning, "candidates", lambda config: (0, 8))
+    monkeypatch.setattr(micro_batch_tuning, "read_choice", lambda path, key: 8)  # "measured before"
+    inspected = []
+    monkeypatch.setattr(summaries, "write_inspection", lambda w, step, insp, c: inspected.append(jax.device_get(insp)))
+    config = tiny_config.copy_and_resolve_references()
+    config.micro_batch_size, config.num_train_steps = -1, 1
+    workdir = str(tmp_path / "inspect")
+    train.train_and_evaluate(config, workdir)
+    (inspection,) = inspected
+    after, _ = _final_params(workdir, config)
+    rate, decay = config.optimizer.learning_rate, config.optimizer.weight_decay
+
+    def applied_gradient(path, before, new):
+        moved = np.float64(before) - np.float64(new)
+        if path[-1].key == "bias":
+            return moved / (config.optimizer.bias_lr_multiplier * rate)
+        return moved / rate - decay * np.float64(before)
+
+    applied = jax.tree_util.tree_map_with_path(applied_gradient, inspection.params, after.params)
+    applied = {jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(applied)}
+    for path, grad in jax.tree_util.tree_leaves_with_path(inspection.grads):
+        name = jax.tree_util.keystr(path)
+        np.testing.assert_allclose(grad, applied[name], rtol=1e-3, atol=2e-5, err_msg=name)
+
+
+def test_images_per_sec_counts_training_steps_only(tiny_config, tmp_path, monkeypatch):
+    """On a clock where a step takes 1 s and every evaluation, inspection,
+    save and the first (compiling) call 1000 s, every period reads 16 images/s."""
+    from alexnet_jax import micro_batch_tuning, summaries, throughput
+
+    now = [0.0]
+    monkeypatch.setattr(throughput, "clock", lambda: now[0])
+
+    def taking(seconds, fn):
+        def timed(*args, **kwargs):
+            now[0] += seconds
+            return fn(*args, **kwargs)
+
+        return timed
+
+    make_train_fn = micro_batch_tuning.make_train_fn
+
+    def train_fn(*args):
+        micro, step = make_train_fn(*args)
+        calls = [0]
+
+        def first_slow(*step_args):
+            calls[0] += 1
+            now[0] += 1000.0 if calls[0] == 1 else 1.0
+            return step(*step_args)
+
+        return micro, first_slow
+
+    monkeypatch.setattr(micro_batch_tuning, "make_train_fn", train_fn)
+    monkeypatch.setattr(train, "evaluate", taking(1000.0, train.evaluate))
+    monkeypatch.setattr(summaries, "write_inspection", taking(1000.0, summaries.write_inspection))
+    monkeypatch.setattr(checkpointing, "save", taking(1000.0, checkpointing.save))
+    written, create_writer = [], summaries.create_writer
+
+    def recording_writer(*args, **kwargs):
+        writer = create_writer(*args, **kwargs)
+        write_scalars = writer.write_scalars
+
+        def recorded(step, scalars):
+            written.append((step, dict(scalars)))
+            write_scalars(step, scalars)
+
+        writer.write_scalars = recorded
+        return writer
+
+    monkeypatch.setattr(summaries, "create_writer", recording_writer)
+    train.train_and_evaluate(tiny_config, str(tmp_path / "rate"))
+    rates = [(step, scalars["images_per_sec"]) for step, scalars in written if "images_per_sec" in scalars]
+    assert rates == [(2, 16.0), (4, 16.0), (6, 16.0)]  # steps 3 and 6 evaluate, inspect and save
