@@ -55,7 +55,7 @@ def load(workdir: str | os.PathLike) -> RunStats | None:
     file = path(workdir)
     try:
         arrays = paths.read_npz(file)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no such file, or no such workdir (said by check_writable)
         return None
     except (OSError, ValueError, KeyError) as error:
         raise errors.RunError(f"{file} cannot be read ({error}): restore it, or delete it to recompute it") from None
