@@ -27,14 +27,14 @@ class DataStats(NamedTuple):
     sqrt_eigvals: Array  # (3,) square roots of the matching eigenvalues
 
 
-# cuda-convnet2's ImageNet PCA (PAPER.md): eigenvectors as columns, and the
+# cuda-convnet2's ImageNet PCA (docs/paper.md): eigenvectors as columns, and the
 # square roots of the eigenvalues, on 0..255 pixels.
 PUBLISHED_EIGVECS = ((0.4180, -0.7126, -0.5635), (-0.8170, -0.0235, -0.5762), (0.3973, 0.7012, -0.5920))
 PUBLISHED_SQRT_EIGVALS = (19.72, 37.09, 121.78)
 
 
 def published_stats(mean_rgb) -> DataStats:
-    """PAPER.md's ImageNet statistics: the per-channel mean `mean_rgb` and
+    """docs/paper.md's ImageNet statistics: the per-channel mean `mean_rgb` and
     cuda-convnet2's PCA (`config.data_stats = "published"`)."""
     return DataStats(
         mean=jnp.asarray(mean_rgb, jnp.float32),
@@ -69,7 +69,7 @@ def random_crop_flip(images_bhwc: Array, key: Array, crop: int, flip: bool, chun
 def pca_colour_offsets(key: Array, batch: int, stats: DataStats, alpha_std: float) -> Array:
     """Per-image RGB offsets V @ (alpha * sqrt(lambda)), alpha ~ N(0, alpha_std).
 
-    PAPER.md (Section 4.1): a multiple of the principal components of the
+    docs/paper.md (Data; the paper's Section 4.1): a multiple of the principal components of the
     training set's RGB covariance, the same for every pixel of an image.
     """
     alphas = alpha_std * jax.random.normal(key, (batch, 3))

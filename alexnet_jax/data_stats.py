@@ -10,7 +10,7 @@ covariance's eigen-decomposition, computed once and cached next to the data.
     cache was written: no pass over the images of their own. Without them
     (`cache_format="none"`, or a cache written before the sums were kept)
     one pass over the training split computes them, with a progress bar;
-  - "published": PAPER.md's ImageNet values: the per-channel mean
+  - "published": docs/paper.md's ImageNet values: the per-channel mean
     `config.mean_rgb` and cuda-convnet2's PCA (0..255 units).
 
 Only a run's first start reads them here: the run keeps its own copy in its

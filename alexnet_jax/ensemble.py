@@ -1,5 +1,5 @@
 """Evaluating runs and ensembles of runs: the paper's "5 CNNs" averages the
-class probabilities of several networks (PAPER.md, Section 6).
+class probabilities of several networks (docs/paper.md, Results).
 
 Each member is evaluated with its own config (from its workdir), its own
 training-set statistics and views; its probabilities over the split are kept

@@ -159,7 +159,7 @@ _divisive_norm.defvjp(_divisive_norm_fwd, _divisive_norm_bwd)
 class Dropout(nn.Module):
     """Dropout scaled at test time (the paper's) or at training (inverted).
 
-    `scaling="test"` (PAPER.md, Section 4.2): at training each unit is zeroed
+    `scaling="test"` (docs/paper.md, Dropout): at training each unit is zeroed
     with probability `rate` and the kept ones pass unchanged; at test every
     unit passes, multiplied by 1 - rate. `scaling="train"`: flax's
     `nn.Dropout` exactly (kept units divided by 1 - rate at training, nothing
@@ -168,7 +168,7 @@ class Dropout(nn.Module):
     (`Dropout_0`, ...) and `make_rng` the same key, and the draw is
     `nn.Dropout`'s. The two compute the same test-time function when the
     layer reading the output has (1 - rate) times the weights in the
-    inverted form; under SGD they train differently (PAPER.md, Network).
+    inverted form; under SGD they train differently (docs/paper.md, Dropout).
     """
 
     rate: float

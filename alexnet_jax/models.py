@@ -1,6 +1,6 @@
 """AlexNet (Krizhevsky, Sutskever, Hinton 2012) as a Flax linen module.
 
-The layer table, LRN constants and initialisation follow ../shared/PAPER.md.
+The layer table, LRN constants and initialisation follow docs/paper.md.
 Every switch the ablations need is a plain field; the module never reads a
 config (configs map `config.model.*` one to one onto these fields).
 

@@ -109,7 +109,7 @@ def gradients(
 
     def loss_fn(params, images, labels, key):
         logits = state.apply_fn({"params": params}, images, train=True, rngs={"dropout": key})
-        # Weight decay lives in the optimiser (PAPER.md's rule), not the loss.
+        # Weight decay lives in the optimiser (docs/paper.md, Update rule), not the loss.
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, logits
 

@@ -64,7 +64,7 @@ from alexnet_jax import host_malloc, machine_settings
 from alexnet_jax.cpu_info import cpu_description, cpu_has_amx
 from bench.step_workers import worker_fit, worker_gemm, worker_jax, worker_torch
 
-# PAPER.md: about 4.1 GFLOP per 224x224 image for a training step.
+# docs/paper.md: about 4.1 GFLOP per 224x224 image for a training step.
 PAPER_GFLOP_PER_IMAGE = 4.1
 
 # PyTorch as its user runs it, without alexnet_jax's malloc settings: the
@@ -214,7 +214,7 @@ def _print_table(args, contenders, settings, runs, gemm) -> None:
             )
         if model == "paper":
             print(
-                f"<!-- paper {dtype} batch {batch}: XLA counts {jax_flop:.3f} GFLOP/img; the table uses PAPER.md's -->"
+                f"<!-- paper {dtype} batch {batch}: XLA counts {jax_flop:.3f} GFLOP/img; the table uses 4.1 -->"
             )
 
 

@@ -36,11 +36,11 @@ def get_config() -> ml_collections.ConfigDict:
     # the device then takes model.input_size crops (random when training).
     config.resize_size = 256
     # Training-set statistics: "computed" from the train split once (mean
-    # image + RGB PCA, cached next to the data) or "published" (PAPER.md's
+    # image + RGB PCA, cached next to the data) or "published" (docs/paper.md's
     # ImageNet values: mean_rgb below and cuda-convnet2's PCA).
     config.data_stats = "computed"
     config.mean_image = True  # computed stats: per-pixel mean image (paper); False: per-channel
-    # Per-channel mean on 0..255 used with data_stats="published" (PAPER.md:
+    # Per-channel mean on 0..255 used with data_stats="published" (docs/paper.md:
     # the ImageNet mean image averages to about these values).
     config.mean_rgb = (127.3, 119.7, 104.9)
     config.random_flip = True  # horizontal flips when training
@@ -118,7 +118,7 @@ def get_config() -> ml_collections.ConfigDict:
     # at test); "train": inverted, flax's nn.Dropout (x1/(1 - rate) at
     # training). Same test-time function, but under SGD with weight decay the
     # inverted form trains fc7 and fc8 as if initialised 2x larger at 4x the
-    # learning rate (PAPER.md, Network). Runs from before this field used "train".
+    # learning rate (docs/paper.md, Dropout). Runs from before this field used "train".
     config.model.dropout_scaling = "test"
     config.model.init_scheme = "as_trained"  # or "printed" (N(0, 0.01) everywhere)
     # Scale init stds by sqrt(paper fan-in / fan-in): a no-op at the paper's
@@ -138,7 +138,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.pool_impl = "auto"
     config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
 
-    # --- optimiser: PAPER.md's update rule ---
+    # --- optimiser: docs/paper.md's update rule ---
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 0.01
     config.optimizer.momentum = 0.9

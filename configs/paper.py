@@ -24,7 +24,7 @@ then in force) and the colour noise stops; from epoch 72 conv1 takes no
 more steps (its velocity decays); the run stops after 91 epochs. Crops and
 flips are shared by chunks of 32 images, as the 2012 code drew them.
 
-Expected (PAPER.md, ILSVRC-2012 val, one CNN): 40.7% top-1 / 18.2% top-5
+Expected (docs/paper.md, ILSVRC-2012 val, one CNN): 40.7% top-1 / 18.2% top-5
 error with 10-view testing (`--config.eval_views=ten_view`), about 1.5 points
 worse with the centre crop (the default during training).
 Ablations: non-overlapping pooling 41.06 / 18.51, no LRN 42.03 / 19.36, no
@@ -45,16 +45,16 @@ def get_config() -> ml_collections.ConfigDict:
     # eigenvectors and eigenvalues for the colour noise. They come from the
     # sums the preprocessed cache keeps while it is written (the first run
     # decodes every image then anyway): no pass over the images of their
-    # own. --config.data_stats=published takes PAPER.md's per-channel mean
+    # own. --config.data_stats=published takes docs/paper.md's per-channel mean
     # (config.mean_rgb) and cuda-convnet2's PCA instead.
     config.data_stats = "computed"
     config.mean_image = True  # False: the mean image's per-channel average
     config.crop_chunk = 32  # as trained: one crop offset and flip per chunk of 32 images
     # The paper's dropout (and the 2012 code's): kept units unscaled at
     # training, x0.5 at test. Inverted dropout ("train") would train fc7 and
-    # fc8 as if started 2x larger at 4x the learning rate (PAPER.md, Network).
+    # fc8 as if started 2x larger at 4x the learning rate (docs/paper.md, Dropout).
     config.model.dropout_scaling = "test"
-    # Run #145 as logged (PAPER.md): 0.01, /10 at epochs 25, 51, 79
+    # Run #145 as logged (docs/paper.md): 0.01, /10 at epochs 25, 51, 79
     # (optimizer.drop_epochs, the default); conv1 at 1e-5 (x0.1) and colour
     # noise off at epoch 67, conv1 frozen (x0) at 72; stopped at epoch 91.
     config.optimizer.layer_lr_changes = (("conv1", 67, 0.1), ("conv1", 72, 0.0))

@@ -1,5 +1,5 @@
 """Dropout as the paper computes it (`dropout_scaling="test"`) against flax's
-inverted form (`"train"`), PAPER.md's Network section.
+inverted form (`"train"`), docs/paper.md's Dropout section.
 
 Dropout sits on fc6's and fc7's outputs, so the layers that read dropped-out
 units are fc7 and fc8. With the same mask m (0 or 1 per unit) on an input a:
@@ -131,7 +131,7 @@ def test_with_the_same_masks_the_paper_form_gives_fc7_fc8_half_the_inverted_grad
         paper_grad = np.asarray(paper_grads[name]["kernel"])
         np.testing.assert_allclose(paper_grad, expected, rtol=2e-4, atol=1e-7, err_msg=name)
         np.testing.assert_allclose(np.asarray(inverted_grads[name]["kernel"]), 2 * expected, rtol=2e-4, atol=2e-7)
-        # PAPER.md: one SGD step of rate e on the inverted form, in the paper's
+        # docs/paper.md: one SGD step of rate e on the inverted form, in the paper's
         # units (x2), is the paper form's step at rate 4e.
         e = 0.01
         np.testing.assert_allclose(

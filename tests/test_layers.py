@@ -40,7 +40,7 @@ def test_lrn_matches_reference(towers, alpha_over_n, beta):
 
 def test_lrn_matches_tensorflow_convention():
     """TF's local_response_normalization(depth_radius=2, alpha=2e-5, bias=2) is
-    the as-trained LRN (PAPER.md); an independent implementation to agree with."""
+    the as-trained LRN (docs/paper.md); an independent implementation to agree with."""
     tf = pytest.importorskip("tensorflow")
     x = np.random.RandomState(1).normal(0, 50, size=(1, 4, 4, 48)).astype(np.float32)
     want = tf.nn.local_response_normalization(x, depth_radius=2, bias=2.0, alpha=2e-5, beta=0.75).numpy()

@@ -1,4 +1,4 @@
-"""The optimiser against an independent NumPy implementation of PAPER.md's rule."""
+"""The optimiser against an independent NumPy implementation of docs/paper.md's rule."""
 
 import jax
 import jax.numpy as jnp

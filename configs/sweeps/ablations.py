@@ -6,7 +6,7 @@
 
 LRN on/off x overlapping (3x3/2) / non-overlapping (2x2/2) pooling. The first
 variant (LRN, overlapping pooling) is the paper's network, the baseline of
-the report. The paper's deltas on ILSVRC-2012 val, top-1 / top-5 (PAPER.md):
+the report. The paper's deltas on ILSVRC-2012 val, top-1 / top-5 (docs/paper.md):
 LRN -1.4 / -1.2 points, overlapping pooling -0.4 / -0.3. The towers
 comparisons are configs/sweeps/towers.py.
 """

@@ -1,11 +1,11 @@
-"""The paper's towers comparisons (Section 3.2 and PAPER.md), two seeds each.
+"""The paper's towers comparisons (Section 3.2 and docs/paper.md), two seeds each.
 
     python -m launch.sweep --config configs/paper.py --sweep configs/sweeps/towers.py \
         --workdir runs/towers
     python -m launch.report --workdir runs/towers
 
 - the two-tower net (the baseline): 40.7 / 18.2 top-1 / top-5 error with 10
-  views (PAPER.md, run #145: 40.66 / 18.21);
+  views (docs/paper.md, run #145: 40.66 / 18.21);
 - no cross-tower communication (`model.cross_tower=False`: conv3 reads its
   own tower, the towers meet at fc6, our reading): 41.83 / 19.33;
 - Section 3.2's one-GPU net (one tower, half the kernels in every
