@@ -78,23 +78,3 @@ def final_state():
         return state, step
 
     return restore
-
-
-# The files with the longest tests go first: with each file on one xdist worker
-# (pyproject's --dist loadfile) the suite then ends on short files instead of
-# one worker finishing a long file while the other waits.
-_LONGEST_FILES = (
-    "test_preemption.py",
-    "test_multiprocess.py",
-    "test_folder_lock.py",
-    "test_damaged_checkpoints.py",
-    "test_run_config.py",
-    "test_augment.py",
-    "test_sweep.py",
-    "test_ensemble.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(_LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
