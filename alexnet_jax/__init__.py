@@ -1,5 +1,5 @@
 """AlexNet (Krizhevsky, Sutskever, Hinton 2012) in JAX/Flax.
 
 Importing the package or any of its modules changes nothing in the process:
-the entry points apply the machine settings (alexnet_jax.machine_settings).
+the entry points apply the machine settings (alexnet_jax.platform.machine_settings).
 """

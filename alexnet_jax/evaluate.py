@@ -22,7 +22,10 @@ from __future__ import annotations
 import ml_collections
 from absl import app, flags, logging
 
-from alexnet_jax import augment, config_overrides, ensemble, errors, reading
+from alexnet_jax import errors
+from alexnet_jax.data import augment
+from alexnet_jax.inference import ensemble
+from alexnet_jax.runs import overrides, reading
 
 FLAGS = flags.FLAGS
 
@@ -70,8 +73,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from alexnet_jax import machine_settings
+    from alexnet_jax.platform import machine_settings
 
     machine_settings.apply_machine_settings()  # before JAX starts its backends
     reading.define_flags(several_workdirs=True)
-    app.run(main, flags_parser=config_overrides.parse_flags)
+    app.run(main, flags_parser=overrides.parse_flags)

@@ -23,7 +23,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import config_overrides, errors, machine_settings
+from alexnet_jax import errors
+from alexnet_jax.platform import machine_settings
+from alexnet_jax.runs import overrides
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from alexnet_jax import preemption, train
+    from alexnet_jax.train import loop, preemption
 
     _initialize_distributed(jax)
     logging.info(
@@ -105,7 +107,7 @@ def main(argv: list[str]) -> None:
     config = FLAGS.config
     use_compilation_cache(jax, config.compilation_cache_dir)
     try:
-        summary = train.train_and_evaluate(config, FLAGS.workdir)
+        summary = loop.train_and_evaluate(config, FLAGS.workdir)
     except preemption.Preempted as stopped:
         logging.warning("%s (exit status %d)", stopped, preemption.EXIT_STATUS)
         sys.exit(preemption.EXIT_STATUS)
@@ -115,4 +117,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     machine_settings.apply_machine_settings(huge_pages=True)  # first: before JAX or TensorFlow start
-    app.run(main, flags_parser=config_overrides.parse_flags)
+    app.run(main, flags_parser=overrides.parse_flags)

@@ -20,107 +20,15 @@ on black) gets a one-line note on stderr.
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
-from typing import Any
 
-import jax
-import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import app, logging
 
-from alexnet_jax import (
-    augment,
-    checkpointing,
-    config_overrides,
-    ensemble,
-    errors,
-    input_pipeline,
-    models,
-    reading,
-    run_stats,
-    sharding,
-    steps,
-)
-
-_TOP_K = 5
-
-
-def restore_params(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> tuple[models.AlexNet, Any, int]:
-    """The model and the parameters alone of the newest checkpoint in
-    `workdir`, with its step (the optimiser state is not read)."""
-    model = steps.create_model(config)
-    abstract = steps.abstract_params(config, model, sharding.make_mesh(config.mesh))
-    params, step = checkpointing.restore_params(workdir, abstract)
-    return model, params, step
-
-
-def load_image(path: str, resize_size: int) -> np.ndarray:
-    """A file as uint8 RGB, resized like the evaluation pipeline; ValueError if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        reason = "not found" if isinstance(error, FileNotFoundError) else "not an image PIL can read (JPEG, PNG, ...)"
-        raise errors.ConfigError(f"{path}: {reason}") from None
-    # The evaluation pipeline's own resize, so a file is seen as evaluation sees a test image.
-    return input_pipeline._resize_square(tf.constant(rgb), resize_size).numpy()
-
-
-def probabilities(
-    model: models.AlexNet,
-    params: Any,
-    images_uint8: np.ndarray,
-    config: ml_collections.ConfigDict,
-    stats: augment.DataStats,
-) -> np.ndarray:
-    """Class probabilities (images, classes) of uint8 `resize_size` images;
-    the views (`config.eval_views`) and mean as in evaluation."""
-    probs_fn = jax.jit(functools.partial(steps.eval_probs, config=config, model=model, stats=stats))
-    return np.asarray(probs_fn(params, images_uint8), np.float32)
-
-
-def top_k(probs: np.ndarray, k: int = _TOP_K) -> np.ndarray:
-    """Class ids of each row's `k` highest probabilities, highest first."""
-    return np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-
-
-def member_probs(
-    config: ml_collections.ConfigDict, workdir: str, images_uint8: np.ndarray, stats: augment.DataStats
-) -> np.ndarray:
-    """One run's class probabilities of images loaded at its `resize_size`,
-    with its own statistics and views."""
-    model, params, step = restore_params(config, workdir)
-    logging.info("%s: checkpoint of step %d", workdir, step)
-    return probabilities(model, params, images_uint8, config, stats)
-
-
-# Mid-grey, and how far from it both an image's mean brightness and the
-# training set's must lie, on opposite sides, for the polarity note: far
-# enough that photographs (ImageNet's mean is ~115) never get one.
-_MID_GREY, _POLARITY_MARGIN = 127.5, 32.0
-
-
-def polarity_note(image_uint8: np.ndarray, stats: augment.DataStats) -> str | None:
-    """A hint when `image` is mostly light where the run's training images
-    (the mean it subtracts) are mostly dark, or the reverse; else None."""
-    image, trained = float(np.mean(image_uint8)), float(np.mean(np.asarray(stats.mean)))
-    both_far = min(abs(image - _MID_GREY), abs(trained - _MID_GREY)) >= _POLARITY_MARGIN
-    if not both_far or (image > _MID_GREY) == (trained > _MID_GREY):
-        return None
-
-    def tone(mean: float) -> str:
-        return "light" if mean > _MID_GREY else "dark"
-
-    return (
-        f"mostly {tone(image)} (mean {image:.0f} of 255) but the run's training images are mostly "
-        f"{tone(trained)} (mean {trained:.0f}), e.g. the embedded digits are white on black: "
-        f"invert the image if its classes look wrong"
-    )
+from alexnet_jax import errors
+from alexnet_jax.inference import ensemble, predictions
+from alexnet_jax.runs import overrides, reading, run_stats
 
 
 @errors.one_line_errors
@@ -142,12 +50,12 @@ def main(argv: list[str]) -> None:
     readable, first_size = [], []
     for path in paths:
         try:
-            first_size.append(load_image(path, configs[0].resize_size))
+            first_size.append(predictions.load_image(path, configs[0].resize_size))
             readable.append(path)
         except errors.ConfigError as error:  # the other files are still predicted
             print(f"error: {error}", file=sys.stderr, flush=True)
             continue
-        note = polarity_note(first_size[-1], runs[0].stats)
+        note = predictions.polarity_note(first_size[-1], runs[0].stats)
         if note:
             print(f"note: {path}: {note}", file=sys.stderr, flush=True)
     if readable:  # one batch per run: this is for a handful of files
@@ -155,19 +63,23 @@ def main(argv: list[str]) -> None:
         by_size = {configs[0].resize_size: np.stack(first_size)}
         for config in configs[1:]:
             if config.resize_size not in by_size:
-                by_size[config.resize_size] = np.stack([load_image(p, config.resize_size) for p in readable])
+                images = [predictions.load_image(p, config.resize_size) for p in readable]
+                by_size[config.resize_size] = np.stack(images)
         # The ensemble's probabilities: the mean of its runs' (one run: its own).
-        members = (member_probs(c, w, by_size[c.resize_size], r.stats) for c, w, r in zip(configs, workdirs, runs))
+        members = (
+            predictions.member_probs(c, w, by_size[c.resize_size], r.stats)
+            for c, w, r in zip(configs, workdirs, runs)
+        )
         probs = sum(members) / len(workdirs)
-        for path, row, top in zip(readable, probs, top_k(probs)):
+        for path, row, top in zip(readable, probs, predictions.top_k(probs)):
             print(f"{path}: " + " | ".join(f"{names[i]} {100 * row[i]:.1f}%" for i in top), flush=True)
     if len(readable) < len(paths):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    from alexnet_jax import machine_settings
+    from alexnet_jax.platform import machine_settings
 
     machine_settings.apply_machine_settings()  # before JAX starts its backends
     reading.define_flags(several_workdirs=True)
-    app.run(main, flags_parser=config_overrides.parse_flags)
+    app.run(main, flags_parser=overrides.parse_flags)

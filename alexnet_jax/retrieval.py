@@ -26,19 +26,13 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
-from alexnet_jax import (
-    augment,
-    config_overrides,
-    errors,
-    input_pipeline,
-    models,
-    predict,
-    reading,
-    run_config,
-    run_stats,
-    sharding,
-    summaries,
-)
+from alexnet_jax import errors
+from alexnet_jax.data import augment, pipeline
+from alexnet_jax.inference import predictions
+from alexnet_jax.model import network
+from alexnet_jax.parallel import sharding
+from alexnet_jax.runs import config_file, overrides, reading, run_stats
+from alexnet_jax.train import summaries
 
 FLAGS = flags.FLAGS
 
@@ -47,11 +41,11 @@ def _batches(config: ml_collections.ConfigDict, builder, split: str) -> Iterator
     """Every example of `split` once, in order, with the evaluation pipeline."""
     split_config = config.copy_and_resolve_references()
     split_config.eval_split = split
-    return input_pipeline.eval_batches(split_config, builder)
+    return pipeline.eval_batches(split_config, builder)
 
 
 def embed(
-    model: models.AlexNet,
+    model: network.AlexNet,
     params: Any,
     stats: augment.DataStats,
     config: ml_collections.ConfigDict,
@@ -134,16 +128,16 @@ def main(argv: list[str]) -> None:
     if jax.process_count() > 1:
         sys.exit("error: retrieval runs in one process; start it without the multi-process launcher")
     out = epath.Path(FLAGS.out)  # local, or a URI such as the run's gs:// workdir
-    run_config.check_writable(out.parent, "--out")  # before the work, not after it
+    config_file.check_writable(out.parent, "--out")  # before the work, not after it
     config = reading.config_for(FLAGS.workdir)
     query_split = FLAGS.query_split or config.eval_split
     database_split = FLAGS.database_split or config.train_split
-    model, params, step = predict.restore_params(config, FLAGS.workdir)
-    builder = input_pipeline.get_builder(config)
+    model, params, step = predictions.restore_params(config, FLAGS.workdir)
+    builder = pipeline.get_builder(config)
     for split in (query_split, database_split):
         if split not in builder.info.splits:
             raise errors.ConfigError(f"split {split!r} is not one of {sorted(builder.info.splits.keys())}")
-    size = input_pipeline.num_examples(builder, query_split)
+    size = pipeline.num_examples(builder, query_split)
     query_ids = [int(i) for i in FLAGS.queries if i.strip().isdigit()]
     if not query_ids or len(query_ids) < len(FLAGS.queries) or not all(0 <= i < size for i in query_ids):
         raise errors.ConfigError(
@@ -176,7 +170,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from alexnet_jax import machine_settings
+    from alexnet_jax.platform import machine_settings
 
     machine_settings.apply_machine_settings()  # before JAX starts its backends
     reading.define_flags()
@@ -186,4 +180,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("query_split", "", "Split of the queries (default: config.eval_split).")
     flags.DEFINE_string("database_split", "", "Split searched (default: config.train_split).")
     flags.mark_flags_as_required(["out"])
-    app.run(main, flags_parser=config_overrides.parse_flags)
+    app.run(main, flags_parser=overrides.parse_flags)

@@ -6,7 +6,7 @@ from the compiled program (no hand count, nothing run).
 
 For each scheme and mesh, the train step is lowered and compiled for forced
 CPU devices from abstract inputs, and the operand sizes of its collectives
-(alexnet_jax.collectives) are summed: bytes each device sends into
+(alexnet_jax.parallel.collectives) are summed: bytes each device sends into
 collectives per step. Forced CPU devices share this machine's cores, so no
 timing is reported; the bytes are the same on any backend for the same
 program, up to the backend's choice of collective algorithm.
@@ -26,7 +26,10 @@ import importlib.util  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from alexnet_jax import augment, collectives, machine_settings, sharding, steps  # noqa: E402
+from alexnet_jax.data import augment  # noqa: E402
+from alexnet_jax.parallel import collectives, sharding
+from alexnet_jax.platform import machine_settings
+from alexnet_jax.train import steps
 
 # (label, mesh, model_parallel)
 SCHEMES = (
@@ -55,7 +58,7 @@ def compiled_collectives(config, mesh_spec, model_parallel) -> list[collectives.
 
     def init():
         params = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)["params"]
-        from alexnet_jax import optim
+        from alexnet_jax.train import optim
 
         tx = optim.make_optimizer(config.optimizer, tx_steps)
         return steps.TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=optim.PlateauState.create())

@@ -25,19 +25,20 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax import layers, machine_settings, models
-from alexnet_jax.cpu_info import cpu_description
+from alexnet_jax.model import layers, network
+from alexnet_jax.platform import machine_settings
+from alexnet_jax.platform.cpu_info import cpu_description
 from bench.step_workers import best_ms, worker_gemm, worker_jax
 
 PAPER_INPUT = 224
 POOL_WINDOW, POOL_STRIDE = 3, 2
 
 
-def conv_shapes(batch: int) -> list[tuple[models.ConvLayer, tuple[int, ...], int, object]]:
+def conv_shapes(batch: int) -> list[tuple[network.ConvLayer, tuple[int, ...], int, object]]:
     """(layer, input shape, output side, padding) of each paper convolution."""
     side, channels, shapes = PAPER_INPUT, 3, []
-    for layer in models.conv_stack():
-        padding, out = models.conv_padding(side, layer.kernel, layer.stride)
+    for layer in network.conv_stack():
+        padding, out = network.conv_padding(side, layer.kernel, layer.stride)
         shapes.append((layer, (batch, side, side, channels), out, padding))
         side, channels = out, layer.filters
         if layer.pool:

@@ -27,7 +27,8 @@ if __name__ == "__main__":  # quiet TensorFlow's C++ start-up lines (read when i
 
 import numpy as np  # noqa: E402
 
-from alexnet_jax import machine_settings, synthetic_data  # noqa: E402  (synthetic_data: ImageNet's training-set size)
+from alexnet_jax.data import synthetic
+from alexnet_jax.platform import machine_settings  # noqa: E402  synthetic_data: ImageNet's training-set size
 from bench.step_workers import time_calls  # noqa: E402
 
 
@@ -43,8 +44,8 @@ def _images_per_sec(make_batches, passes: int) -> float:
 
 
 def host_rows(num_images: int, passes: int, data_dir: str) -> list[tuple[str, float, str]]:
-    from alexnet_jax import data_cache, input_pipeline
-    from alexnet_jax.sharding import DataPart
+    from alexnet_jax.data import data_cache, pipeline
+    from alexnet_jax.parallel.sharding import DataPart
     from bench.photos_dataset import BenchPhotos
 
     BenchPhotos.num_images = num_images
@@ -53,11 +54,11 @@ def host_rows(num_images: int, passes: int, data_dir: str) -> list[tuple[str, fl
     rows = []
     for fmt in ("none", "jpeg", "png", "raw"):
         start = time.perf_counter()
-        input_pipeline._source(builder, "train", 256, fmt, DataPart(0, 1))  # writes the cache once
+        pipeline._source(builder, "train", 256, fmt, DataPart(0, 1))  # writes the cache once
         prepare_s = time.perf_counter() - start
 
         def batches(fmt=fmt):
-            return input_pipeline.full_split_batches(builder, "train", 256, batch_size=128, cache_format=fmt)
+            return pipeline.full_split_batches(builder, "train", 256, batch_size=128, cache_format=fmt)
 
         rate = _images_per_sec(batches, passes)
         if fmt == "none":
@@ -73,7 +74,7 @@ def host_rows(num_images: int, passes: int, data_dir: str) -> list[tuple[str, fl
         info = data_cache.read_info(path)
         per_image = info["image_bytes"] / info["num_examples"]
         note = (
-            f"{per_image / 1e3:.1f} kB/img = {per_image * synthetic_data.TRAIN_EXAMPLES / 1e9:.0f} GB "
+            f"{per_image / 1e3:.1f} kB/img = {per_image * synthetic.TRAIN_EXAMPLES / 1e9:.0f} GB "
             "for ImageNet train; "
             f"made at {num_images / prepare_s:.0f} img/s"
         )
@@ -85,7 +86,7 @@ def augment_seconds(batch: int, repeats: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from alexnet_jax import augment
+    from alexnet_jax.data import augment
 
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8))

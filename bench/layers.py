@@ -5,7 +5,7 @@
 Prints one table, variants of a layer measured back to back in the same run:
   - LRN at conv1's output size: the textbook form left to autodiff with
     `pow(d, -0.75)` (exp/log) and with `rsqrt(d) * sqrt(rsqrt(d))`, and
-    alexnet_jax.layers' (the rsqrt form with a hand-written backward pass);
+    alexnet_jax.model.layers' (the rsqrt form with a hand-written backward pass);
   - conv1 (11x11/4, 3 -> 96 channels, the 2012 code's far-edge padding):
     the direct strided `lax.conv` vs `TowerConv(space_to_depth=True)` (a 3x3/1
     conv of 4x4-pixel blocks, 48 channels), gradient w.r.t. the parameters
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from alexnet_jax import layers, machine_settings, models, pooling
+from alexnet_jax.model import layers, network, pooling
+from alexnet_jax.platform import machine_settings
 from bench.step_workers import best_ms
 
 
@@ -113,7 +114,7 @@ def main() -> None:
         ("paper, kernel gradients as GEMMs", {"conv_wgrad": "gemm"}),
         ("paper, max-pooling by select-and-scatter", {"pool_impl": "xla"}),
     ]:
-        model = models.AlexNet(**{"conv1_impl": "direct", "conv_wgrad": "xla", **fields}, dtype=args.dtype)
+        model = network.AlexNet(**{"conv1_impl": "direct", "conv_wgrad": "xla", **fields}, dtype=args.dtype)
         params = model.init(key, images[:1], train=False)
 
         def loss(p, model=model):

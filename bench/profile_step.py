@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from alexnet_jax import machine_settings
+from alexnet_jax.platform import machine_settings
 from bench.step_workers import jax_step, synthetic_batch
 
 

@@ -1,7 +1,7 @@
 """How long destroying a tf.data iterator takes, with autotuning on and off.
 
 One table from one run: tf.data's default (autotuning on) against the
-project's iterators (alexnet_jax.tf_data_iteration: autotuning off).
+project's iterators (alexnet_jax.data.tf_iteration: autotuning off).
 
     python -m bench.tf_data_teardown                  # 20 iterators per row, 2 s each
     python -m bench.tf_data_teardown --life 8 --rounds 10
@@ -10,7 +10,7 @@ Each round makes an iterator over the same pipeline (a parallel map of
 64x64x3 images, batches of 32), reads from it for `--life` seconds at about
 100 batches/s, and times `del` on it. With autotuning on, the iterator's
 model thread can miss its cancellation and sleep out its timer while the
-destructor waits (alexnet_jax/tf_data_iteration.py says why); the rows count
+destructor waits (alexnet_jax/tf_iteration.py says why); the rows count
 how often a destruction took over 0.1 s (_STALL_S), and the longest.
 """
 
@@ -27,8 +27,8 @@ if __name__ == "__main__":  # quiet TensorFlow's C++ start-up lines (read when i
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from alexnet_jax import tf_data_iteration  # noqa: E402
-from alexnet_jax.cpu_info import cpu_description  # noqa: E402
+from alexnet_jax.data import tf_iteration  # noqa: E402
+from alexnet_jax.platform.cpu_info import cpu_description  # noqa: E402
 
 _STALL_S = 0.1  # a destruction slower than this waited for a thread
 
@@ -45,7 +45,7 @@ def _autotuned():
 
 
 def _fixed():
-    return tf_data_iteration.numpy_iterator(_pipeline(tf_data_iteration.parallel_calls()), prefetch=2)
+    return tf_iteration.numpy_iterator(_pipeline(tf_iteration.parallel_calls()), prefetch=2)
 
 
 def teardown_seconds(make_iterator, life: float, rounds: int) -> list[float]:

@@ -1,7 +1,7 @@
 """The PyTorch peer for bench/train_step.py: the same AlexNet, step and optimiser.
 
 Only the benchmark imports this (torch is in requirements-bench.txt, never a
-project dependency). The network matches alexnet_jax.models.AlexNet with
+project dependency). The network matches alexnet_jax.model.network.AlexNet with
 `within_channel_norm=False` (PyTorch has no such layer): conv1 padded to 55x55
 outputs as the 2012 code, LRN1 on conv1's output before ReLU, LRN within each
 tower (`nn.LocalResponseNorm(5, 1e-4, 0.75, 2)` is the as-trained alpha / n

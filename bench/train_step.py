@@ -21,10 +21,10 @@ table (BENCHMARKS.md): glibc's malloc as it comes (`ALEXNET_JAX_MALLOC=glibc`;
 `--no-before` skips it), and a row runs the defaults with the opt-in
 malloc settings (`ALEXNET_JAX_MALLOC=reuse`, alexnet_jax/host_malloc.py).
 The jax worker restarts itself with huge pages where the defaults would
-(alexnet_jax.machine_settings, as `python -m alexnet_jax.main` does).
+(alexnet_jax.platform.machine_settings, as `python -m alexnet_jax.main` does).
 The default rows: `--micro_batch -1,32` on CPU. Before the rounds, each -1
 row resolves its size as `python -m alexnet_jax.main` would: read from
-alexnet_jax.micro_batch_tuning's record, or timed once and recorded.
+alexnet_jax.train.micro_batch's record, or timed once and recorded.
 
 PyTorch runs eager, and as a user tuning it for speed would run it
 (`torch.compile` with inductor and channels_last memory; compile time is
@@ -60,8 +60,8 @@ import statistics
 import subprocess
 import sys
 
-from alexnet_jax import host_malloc, machine_settings
-from alexnet_jax.cpu_info import cpu_description, cpu_has_amx
+from alexnet_jax.platform import host_malloc, machine_settings
+from alexnet_jax.platform.cpu_info import cpu_description, cpu_has_amx
 from bench.step_workers import worker_fit, worker_gemm, worker_jax, worker_torch
 
 # docs/paper.md: about 4.1 GFLOP per 224x224 image for a training step.
@@ -72,7 +72,7 @@ PAPER_GFLOP_PER_IMAGE = 4.1
 PYTORCH_AS_RUN = ("torch:eager", "torch:compiled")
 
 # The environment of each CPU row's malloc settings (host_malloc.py):
-# "reuse" is set by each worker's machine settings (alexnet_jax.machine_settings); "before",
+# "reuse" is set by each worker's machine settings (alexnet_jax.platform.machine_settings); "before",
 # the previous table's defaults, is glibc's malloc as it comes; "hugepages"
 # gives PyTorch the tunable alexnet_jax's defaults restart with.
 MALLOC_ENV = {
@@ -117,7 +117,7 @@ def _label(contender: str, result: dict | None = None) -> str:
 def _resolve_defaults(args, contenders: list[str], settings: list[tuple[str, str, int]]) -> None:
     """Lets each default row (micro_batch_size=-1) time its micro-batch sizes
     now, where this machine has no measured choice yet
-    (alexnet_jax.micro_batch_tuning), so no round's process does it before
+    (alexnet_jax.train.micro_batch), so no round's process does it before
     its timed steps."""
     for contender in (c for c in contenders if c.startswith("jax:-1")):
         env = MALLOC_ENV.get(contender.rpartition(":")[2], {})

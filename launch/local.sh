@@ -34,7 +34,7 @@ fi
 
 pids=()
 # SIGTERM or SIGINT (Ctrl-C) here: every process saves the step it is at and
-# exits with status 3 (alexnet_jax/preemption.py). Forwarded as SIGTERM, so a
+# exits with status 3 (alexnet_jax/train/preemption.py). Forwarded as SIGTERM, so a
 # Ctrl-C that also reached the processes from the terminal counts once; a
 # second Ctrl-C reaches them from the terminal and stops them at once.
 signalled=0

@@ -26,25 +26,33 @@ runs only variant I (a SLURM array task: see launch/sweep_array.sbatch).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import itertools
 import json
 import os
+import pathlib
 import re
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from alexnet_jax import config_overrides, errors, paths, run_config
+import alexnet_jax
+from alexnet_jax import errors
+from alexnet_jax.runs import config_file, overrides
+from alexnet_jax.runs.sweep_status import (  # launch.report and the tests read them here too
+    DONE,
+    MANIFEST,
+    Run,
+    Variant,
+    check_local,
+    finished_args,
+    is_finished,
+    split_overrides,
+)
 
-Variant = dict[str, Any]
-
-MANIFEST = "sweep.json"
-DONE = "sweep_done.json"
 LOG = "sweep.log"
 
 
@@ -59,18 +67,6 @@ def product(*variant_lists: Sequence[Variant]) -> list[Variant]:
     return [{k: v for variant in combo for k, v in variant.items()} for combo in itertools.product(*variant_lists)]
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-    name: str
-    overrides: Variant
-    workdir: str
-    args: list[str]  # everything after the python executable
-
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, *self.args]
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, its usage errors one line `error: ...` with exit status 2 (the README's table),
     a misspelt flag named as the entry points name it. `--config.FIELD=VALUE` is left to the caller."""
@@ -81,7 +77,7 @@ class ArgumentParser(argparse.ArgumentParser):
         for arg in args:
             name = arg.split("=", 1)[0].lstrip("-") if arg.startswith("--") else ""
             if name and not name.startswith("config.") and not any(k.startswith(name) for k in known):
-                raise errors.UsageError(config_overrides.unknown_flag(name, known))
+                raise errors.UsageError(overrides.unknown_flag(name, known))
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
@@ -89,7 +85,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _load_module(path: str, what: str):
-    missing = config_overrides.missing_config_file([f"--{what}={path}"])
+    missing = overrides.missing_config_file([f"--{what}={path}"])
     if missing:
         raise errors.ConfigError(missing)
     spec = importlib.util.spec_from_file_location(f"_sweep_{what}", path)
@@ -106,7 +102,7 @@ def load_variants(sweep_path: str, config_path: str) -> list[Variant]:
         raise errors.ConfigError(f"{sweep_path}: get_sweep() must return a non-empty list of dicts")
     for i, variant in enumerate(variants):
         for field in variant:
-            unknown = config_overrides.unknown_field(field, config.to_dict())
+            unknown = overrides.unknown_field(field, config.to_dict())
             if unknown:
                 raise errors.UsageError(
                     f"{sweep_path}: variant {i} ({variant_name(variant)}) sets {field!r}, "
@@ -145,7 +141,7 @@ def plan(
         if not arg.startswith("--config.") or "=" not in arg:
             raise errors.UsageError(f"unexpected argument {arg!r}: only --config.FIELD=VALUE passes to the runs")
         field = _override_field(arg)
-        unknown = config_overrides.unknown_field(field)
+        unknown = overrides.unknown_field(field)
         if unknown:
             raise errors.UsageError(unknown)  # as alexnet_jax.main says it
         if any(field in v for v in variants):
@@ -157,8 +153,8 @@ def plan(
             raise errors.ConfigError(f"{sweep_path}: variants {seen[name]} and {variant} are both named {name!r}")
         seen[name] = variant
         run_dir = os.path.join(workdir, name)
-        overrides = [f"--config.{k}={_flag_value(v)}" for k, v in variant.items()]
-        args = [*entry_point, f"--config={config_path}", f"--workdir={run_dir}", *overrides, *extra]
+        variant_args = [f"--config.{k}={_flag_value(v)}" for k, v in variant.items()]
+        args = [*entry_point, f"--config={config_path}", f"--workdir={run_dir}", *variant_args, *extra]
         runs.append(Run(name, variant, run_dir, args))
     return runs
 
@@ -180,99 +176,10 @@ def write_manifest(workdir: str, config_path: str, sweep_path: str, extra: Seque
     os.replace(tmp, os.path.join(workdir, MANIFEST))
 
 
-FINISHED = "finished"
-NOT_FINISHED = "not finished (killed, or still running)"
-
-
-def run_status(run: Run) -> str:
-    """How a variant stands against its command in the manifest, from its
-    `sweep_done.json` (the exact command it last completed) and config.json's
-    `last_exit` (how the run last ended): the one source of launch.sweep's
-    skipping, launch.report's status column and `--sweep`'s members.
-
-    `FINISHED` (the only status is_finished accepts), "failed at step N
-    (error)", "stopped at step N (a signal; resumable)", "interrupted at
-    step N (resumable)", "not started",
-    "finished another command (...)", or `NOT_FINISHED`.
-    """
-    if not os.path.isdir(run.workdir):
-        return "not started"
-    try:
-        record = run_config.load(run.workdir) or {}
-    except ValueError as error:
-        return f"not finished: {error}"
-    last_exit = record.get("last_exit") or {}
-    if last_exit.get("status") == "failed":
-        return f"failed at step {last_exit['step']} ({last_exit['error']})"
-    if last_exit.get("status") == "stopped":  # preempted, saved: rerunning the sweep resumes it
-        return f"stopped at step {last_exit['step']} (a signal; resumable)"
-    if last_exit.get("status") == "interrupted":  # a second Ctrl-C or a kill after the signal
-        return f"interrupted at step {last_exit['step']} (resumable)"
-    restarts = record.get("restarts") or []
-    if last_exit and restarts and restarts[-1].get("time", "") > last_exit.get("time", ""):
-        return NOT_FINISHED  # e.g. being extended with more steps, or killed while it was
-    done = _finished_args(run)
-    if done is None:
-        if last_exit.get("status") == FINISHED:
-            return f"finished at step {last_exit['step']} outside launch.sweep (no {DONE}): rerun the sweep"
-        return NOT_FINISHED
-    if done != run.args:
-        (old_rest, old), (new_rest, new) = _split_overrides(done), _split_overrides(run.args)
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        what = ", ".join(f"--config.{k}" for k in changed) if changed and old_rest == new_rest else "its arguments"
-        return f"finished another command ({what} differ from the sweep's): rerun the sweep"
-    return FINISHED
-
-
-def is_finished(run: Run) -> bool:
-    return run_status(run) == FINISHED
-
-
-def check_local(directory: str, flag: str) -> None:
-    """One-line ValueError naming `flag` for a URI (gs://...): a sweep runs
-    local processes and keeps their logs, markers and reports in local files."""
-    if paths.is_remote(directory):
-        raise errors.ConfigError(
-            f"{flag} {directory} is a URI, but sweeps and their reports use local files (logs, sweep.json): "
-            "use a local directory"
-        )
-
-
-def manifest_runs(workdir: str, manifest: Mapping[str, Any]) -> list[Run]:
-    """The runs a sweep's manifest names, with the commands it last planned."""
-    return [
-        Run(entry["name"], entry["overrides"], os.path.join(workdir, entry["name"]), shlex.split(entry["command"])[1:])
-        for entry in manifest["runs"]
-    ]
-
-
-def finished_workdirs(workdir: str, skipped: Callable[[str, str], None] | None = None) -> list[str]:
-    """The workdirs of the sweep's variants that finished with the command
-    the manifest names (in the sweep's order): an ensemble's members.
-    `skipped(workdir, status)` is called for every other variant."""
-    check_local(workdir, "--sweep")
-    path = os.path.join(workdir, MANIFEST)
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except OSError:
-        raise errors.ConfigError(f"{path} not found: --sweep takes a launch.sweep --workdir") from None
-    finished = []
-    for run in manifest_runs(workdir, manifest):
-        status = run_status(run)
-        if status == FINISHED:
-            finished.append(run.workdir)
-        elif skipped is not None:
-            skipped(run.workdir, status)
-    if not finished:
-        raise errors.RunError(f"no variant of the sweep in {workdir} has finished: run or resume it first")
-    return finished
-
-
 # An absl log line: level, date, time, thread, source file:line], message. TensorFlow's and XLA's C++ logs
 # share the form (`I0000 00:00:... cpu_feature_guard.cc:227]`).
 _LOG_LINE = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ ([\w.-]+):\d+\] (.*)")
-_OWN_SOURCES = frozenset(name for name in os.listdir(os.path.dirname(run_config.__file__)) if name.endswith(".py"))
+_OWN_SOURCES = frozenset(path.name for path in pathlib.Path(alexnet_jax.__file__).parent.rglob("*.py"))
 
 
 def is_own_line(line: str) -> bool:
@@ -315,29 +222,14 @@ def execute(run: Run) -> int:
     return returncode
 
 
-def _finished_args(run: Run) -> list[str] | None:
-    """The command a variant last finished with, or None."""
-    try:
-        with open(os.path.join(run.workdir, DONE)) as f:
-            return json.load(f)["args"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _split_overrides(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """(the other arguments, {field: value} of the --config.FIELD=VALUE ones)."""
-    overrides = dict(arg.removeprefix("--config.").split("=", 1) for arg in args if arg.startswith("--config."))
-    return [arg for arg in args if not arg.startswith("--config.")], overrides
-
-
 def only_restart_changes(old_args: Sequence[str], new_args: Sequence[str]) -> bool:
     """Whether a finished variant's new command changes only fields a
-    restart may change (run_config.MAY_CHANGE: more steps, logging, ...),
+    restart may change (config_file.MAY_CHANGE: more steps, logging, ...),
     so resuming it extends the same run."""
-    old_rest, old_overrides = _split_overrides(old_args)
-    new_rest, new_overrides = _split_overrides(new_args)
+    old_rest, old_overrides = split_overrides(old_args)
+    new_rest, new_overrides = split_overrides(new_args)
     changed = {k for k in old_overrides.keys() | new_overrides.keys() if old_overrides.get(k) != new_overrides.get(k)}
-    return old_rest == new_rest and changed <= run_config.MAY_CHANGE.keys()
+    return old_rest == new_rest and changed <= config_file.MAY_CHANGE.keys()
 
 
 def _move_aside(run: Run) -> str:
@@ -360,7 +252,7 @@ def run_all(runs: list[Run]) -> int:
         if is_finished(run):
             print(f"[{i + 1}/{len(runs)}] {run.name}: finished before, skipped", flush=True)
             continue
-        previous = _finished_args(run)
+        previous = finished_args(run)
         if previous is not None and not only_restart_changes(previous, run.args):
             aside = _move_aside(run)
             print(f"[{i + 1}/{len(runs)}] {run.name}: its command changed since it finished; moved to {aside}")
@@ -401,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from alexnet_jax import machine_settings
+    from alexnet_jax.platform import machine_settings
 
     machine_settings.apply_machine_settings(absl_app=False, runs_jax=False)  # checks ALEXNET_JAX_MALLOC
     sys.exit(main())

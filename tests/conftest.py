@@ -21,7 +21,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
-from alexnet_jax import xla_cpu_flags  # noqa: E402
+from alexnet_jax.platform import xla_cpu_flags  # noqa: E402
 
 # The project's XLA:CPU flag, applied as its entry points apply it (importing
 # alexnet_jax changes nothing): XLA's own convolution kernels make the CPU
@@ -34,7 +34,7 @@ def digits_data_dir(tmp_path_factory) -> str:
     """A tfds data_dir with the embedded digits prepared once per session."""
     import tensorflow_datasets as tfds
 
-    from alexnet_jax import digits_dataset  # noqa: F401
+    from alexnet_jax.data import digits  # noqa: F401
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     tfds.builder("sklearn_digits", data_dir=data_dir).download_and_prepare()
@@ -68,7 +68,8 @@ def tiny_config(digits_data_dir):
 def final_state():
     """restore(workdir, config) -> (state, step): a workdir's newest train
     state, restored onto one device whatever layout saved it."""
-    from alexnet_jax import checkpointing, sharding, steps
+    from alexnet_jax.parallel import sharding
+    from alexnet_jax.train import checkpointing, steps
 
     def restore(workdir, config):
         template = steps.create_train_state(config, steps.create_model(config), 89, sharding.make_mesh((1, 1)))

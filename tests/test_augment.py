@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import augment, data_stats, steps
+from alexnet_jax.data import augment, data_stats
+from alexnet_jax.train import steps
 
 
 def _coordinate_images(batch: int, size: int) -> jnp.ndarray:
@@ -136,7 +137,7 @@ def _pca():
 def test_colour_noise_stops_at_its_end_epoch(tiny_config):
     """Run #145 turned the colour noise off at epoch 67: from the end step on,
     the step's inputs are those of a run without noise (same crops, flips)."""
-    from alexnet_jax import sharding
+    from alexnet_jax.parallel import sharding
 
     config = tiny_config.copy_and_resolve_references()
     config.pca_noise_end_epoch = 2.5

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from alexnet_jax import config_overrides, errors, reading
+from alexnet_jax import errors
+from alexnet_jax.runs import overrides, reading
 from launch import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,12 +26,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ],
 )
 def test_unknown_fields_name_the_closest_ones(field, message):
-    assert config_overrides.unknown_field(field) == message
+    assert overrides.unknown_field(field) == message
 
 
 def test_override_names_in_every_flag_form():
     argv = ["--config=c.py", "--config.a.b=1", "--config.c", "2", "--noconfig.d", "-config.e=3", "--workdir=x"]
-    assert config_overrides.override_names([*argv, "--", "--config.f=4"]) == ["a.b", "c", "d", "e"]
+    assert overrides.override_names([*argv, "--", "--config.f=4"]) == ["a.b", "c", "d", "e"]
 
 
 @pytest.mark.parametrize(
@@ -102,16 +103,16 @@ def test_the_reading_flags_refuse_a_misspelt_field_before_they_are_defined(monke
     ],
 )
 def test_config_files_in_every_flag_form(argv, files):
-    assert config_overrides.config_files(argv) == files
+    assert overrides.config_files(argv) == files
 
 
 def test_a_missing_config_file_is_named_with_the_closest_files(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    assert config_overrides.missing_config_file(["--config=configs/digits.py"]) is None
-    assert config_overrides.missing_config_file(["--config", "configs/digit.py"]) == (
+    assert overrides.missing_config_file(["--config=configs/digits.py"]) is None
+    assert overrides.missing_config_file(["--config", "configs/digit.py"]) == (
         "--config configs/digit.py: no such file; did you mean configs/digits.py?"
     )
-    assert config_overrides.missing_config_file([f"--config={tmp_path}/none.py"]) == (
+    assert overrides.missing_config_file([f"--config={tmp_path}/none.py"]) == (
         f"--config {tmp_path}/none.py: no such file; give a config file such as configs/digits.py"
     )
 

@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import run_config
-from alexnet_jax.config_validation import validate_config
+from alexnet_jax.runs import config_file
+from alexnet_jax.runs.validation import validate_config
 from configs import default
 
-FIELDS = sorted(run_config.flat_fields(default.get_config()))
+FIELDS = sorted(config_file.flat_fields(default.get_config()))
 
 
 def _bad_values(value):
@@ -27,11 +27,11 @@ def _bad_values(value):
 @functools.cache
 def _builds(model_fields: str) -> None:
     """Traces the model's init (shapes only) from its fields."""
-    from alexnet_jax import models
+    from alexnet_jax.model import network
 
     fields = json.loads(model_fields)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    model = models.AlexNet(**fields)
+    model = network.AlexNet(**fields)
     size = fields["input_size"]
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
 

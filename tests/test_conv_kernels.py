@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import conv_kernels
+from alexnet_jax.model import conv_kernels
 
 
 def _direct_conv(x, kernel, strides, padding):

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from alexnet_jax import cpu_info, micro_batch_tuning
+from alexnet_jax.platform import cpu_info
+from alexnet_jax.train import micro_batch
 from configs import paper
 
 
@@ -70,7 +71,7 @@ def test_each_cpu_gets_its_own_micro_batch_measurement(cpuinfo, monkeypatch):
     for name, text in (("xeon", XEON), ("epyc", EPYC)):
         path = cpuinfo(text, name)
         monkeypatch.setattr(cpu_info, "cpu_model_and_flags", lambda path=path: read(path))
-        keys[name] = micro_batch_tuning.measurement_key(config)
+        keys[name] = micro_batch.measurement_key(config)
     assert keys["xeon"]["cpu_extensions"] == ["AMX", "AVX-512 BF16", "AVX-512F", "AVX2"]
     assert keys["epyc"]["cpu_extensions"] == ["AVX-512 BF16", "AVX-512F", "AVX2"]
-    assert micro_batch_tuning._key_id(keys["xeon"]) != micro_batch_tuning._key_id(keys["epyc"])
+    assert micro_batch._key_id(keys["xeon"]) != micro_batch._key_id(keys["epyc"])

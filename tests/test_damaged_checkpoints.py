@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, sharding, steps, train
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import checkpointing, loop, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRAINED: dict[str, str] = {}  # one tiny run (checkpoints 3 and 6) per session, copied by the tests that read it
@@ -34,13 +35,13 @@ def _truncate_largest_file(step_dir: str) -> None:
 
 def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_config, tmp_path, caplog, final_state):
     uninterrupted = str(tmp_path / "uninterrupted")
-    train.train_and_evaluate(tiny_config, uninterrupted)  # checkpoints 3 and 6
+    loop.train_and_evaluate(tiny_config, uninterrupted)  # checkpoints 3 and 6
     workdir = str(tmp_path / "damaged")
     shutil.copytree(uninterrupted, workdir)
     _truncate_largest_file(os.path.join(workdir, "checkpoints", "6"))
 
     with caplog.at_level(logging.WARNING):
-        train.train_and_evaluate(tiny_config, workdir)  # resumes at 3 and saves 6 anew
+        loop.train_and_evaluate(tiny_config, workdir)  # resumes at 3 and saves 6 anew
     newest = os.path.join(workdir, "checkpoints", "6")
     assert f"Checkpoint {newest} cannot be read" in caplog.text
     aside = os.path.join(workdir, checkpointing.DAMAGED, "6")
@@ -59,13 +60,13 @@ def test_no_readable_checkpoint_is_a_one_line_error_naming_the_folder(tiny_confi
     config.checkpoint_every_steps = 1
     config.eval_every_steps = 100
     workdir = str(tmp_path / "all_damaged")
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     folder = os.path.join(workdir, "checkpoints")
     for step in os.listdir(folder):
         _truncate_largest_file(os.path.join(folder, step))
 
     with pytest.raises(ValueError) as error:
-        train.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir)
     message = str(error.value)
     assert f"no checkpoint in {folder} can be read" in message and "\n" not in message
     assert sorted(os.listdir(folder)) == ["1", "2", "3"]  # nothing moved when nothing is left to resume from
@@ -76,7 +77,7 @@ def trained(tiny_config, tmp_path_factory, tmp_path):
     """A copy of a finished tiny run: checkpoints 3 and 6 and its config.json."""
     if "workdir" not in _TRAINED:
         _TRAINED["workdir"] = str(tmp_path_factory.mktemp("trained") / "run")
-        train.train_and_evaluate(tiny_config, _TRAINED["workdir"])
+        loop.train_and_evaluate(tiny_config, _TRAINED["workdir"])
     workdir = str(tmp_path / "run")
     shutil.copytree(_TRAINED["workdir"], workdir)
     return workdir
@@ -95,7 +96,7 @@ def test_a_restart_that_does_not_fit_the_checkpoints_is_one_line_and_moves_nothi
     shorter = tiny_config.copy_and_resolve_references()
     shorter.num_train_steps = 2
     with pytest.raises(ValueError) as error:
-        train.train_and_evaluate(shorter, trained)
+        loop.train_and_evaluate(shorter, trained)
     folder = os.path.join(trained, "checkpoints")
     assert str(error.value) == (
         f"config.num_train_steps=2 is below the newest checkpoint's step 6 in {folder}: "
@@ -108,7 +109,7 @@ def test_a_restart_that_does_not_fit_the_checkpoints_is_one_line_and_moves_nothi
     frozen = tiny_config.copy_and_resolve_references()
     frozen.frozen = ("conv1",)
     with pytest.raises(ValueError) as error:
-        train.train_and_evaluate(frozen, trained)
+        loop.train_and_evaluate(frozen, trained)
     message = str(error.value)
     assert f"{folder}/6 holds another train state than this config's" in message and "\n" not in message
     assert "opt_state.inner_state." in message and "frozen, optimizer.schedule" in message
@@ -162,7 +163,9 @@ def test_transient_read_errors_are_retried_and_never_move_a_checkpoint(tiny_conf
 _ONE_PROCESS_CANNOT_READ = """
 import jax
 from absl import app
-from alexnet_jax import checkpointing, config_overrides, main
+from alexnet_jax import main
+from alexnet_jax.runs import overrides
+from alexnet_jax.train import checkpointing
 
 read = checkpointing._restore
 
@@ -172,7 +175,7 @@ def restore(manager, step, abstract):
     return read(manager, step, abstract)
 
 checkpointing._restore = restore
-app.run(main.main, flags_parser=config_overrides.parse_flags)
+app.run(main.main, flags_parser=overrides.parse_flags)
 """
 
 

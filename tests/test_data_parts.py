@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import multihost_data, sharding
-from alexnet_jax.sharding import DataPart
+from alexnet_jax.parallel import processes, sharding
+from alexnet_jax.parallel.sharding import DataPart
 
 
 class FakeDevice(NamedTuple):
@@ -100,8 +100,8 @@ class FakeStore:
 def store(monkeypatch):
     store = FakeStore()
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(multihost_data, "_client", lambda: store)
-    monkeypatch.setattr(multihost_data, "_calls", multihost_data.collections.Counter())
+    monkeypatch.setattr(processes, "_client", lambda: store)
+    monkeypatch.setattr(processes, "_calls", processes.collections.Counter())
     return store
 
 
@@ -112,11 +112,11 @@ def test_one_process_prepares_and_the_other_opens_after_its_word(store):
         prepared.append(1)
         return "written"
 
-    assert multihost_data.prepare_once("x", prepare, lambda: "opened", is_preparer=True) == "written"
+    assert processes.prepare_once("x", prepare, lambda: "opened", is_preparer=True) == "written"
     # The second call of the same name is a new key (a second preparation, e.g. the eval split's).
-    multihost_data.prepare_once("x", prepare, lambda: "opened", is_preparer=True)
-    multihost_data._calls.clear()  # the other process's view: it starts counting from zero
-    assert multihost_data.prepare_once("x", prepare, lambda: "opened", is_preparer=False) == "opened"
+    processes.prepare_once("x", prepare, lambda: "opened", is_preparer=True)
+    processes._calls.clear()  # the other process's view: it starts counting from zero
+    assert processes.prepare_once("x", prepare, lambda: "opened", is_preparer=False) == "opened"
     assert prepared == [1, 1] and sorted(store.values) == ["alexnet_jax/prepared/x/1", "alexnet_jax/prepared/x/2"]
 
 
@@ -125,15 +125,15 @@ def test_a_failure_reaches_the_waiting_process_in_one_line(store):
         raise OSError("disk full\nsecond line")
 
     with pytest.raises(OSError, match="disk full"):
-        multihost_data.prepare_once("cifar10", fail, lambda: None, is_preparer=True)
-    multihost_data._calls.clear()
+        processes.prepare_once("cifar10", fail, lambda: None, is_preparer=True)
+    processes._calls.clear()
     with pytest.raises(ValueError, match=r"^another process failed to prepare cifar10: OSError: disk full$"):
-        multihost_data.prepare_once("cifar10", fail, lambda: None, is_preparer=False, error_type=ValueError)
+        processes.prepare_once("cifar10", fail, lambda: None, is_preparer=False, error_type=ValueError)
 
 
 def test_a_wait_in_vain_ends_with_one_line(store):
     with pytest.raises(ValueError) as error:
-        multihost_data.prepare_once("cifar10", list, list, is_preparer=False, error_type=ValueError, timeout_s=2)
+        processes.prepare_once("cifar10", list, list, is_preparer=False, error_type=ValueError, timeout_s=2)
     message = str(error.value)
     assert "\n" not in message and "prepare cifar10, in vain after at most 2 s (DEADLINE_EXCEEDED" in message
 
@@ -143,8 +143,8 @@ def test_process_0_returns_once_every_process_has_prepared_its_share(store, monk
     for process in (1, 2, 0):  # process 0 last: the others' words are there when it waits
         monkeypatch.setattr(jax, "process_index", lambda process=process: process)
         monkeypatch.setattr(jax, "process_count", lambda: 3)
-        multihost_data._calls.clear()
-        assert multihost_data.prepare_everywhere("parts", lambda p=process: prepared.append(p) or p) == process
+        processes._calls.clear()
+        assert processes.prepare_everywhere("parts", lambda p=process: prepared.append(p) or p) == process
     assert prepared == [1, 2, 0] and set(store.values.values()) == {"ok"}
 
     # A failure in process 2 reaches process 0 in one line; a missing word ends its wait.
@@ -153,11 +153,11 @@ def test_process_0_returns_once_every_process_has_prepared_its_share(store, monk
 
     monkeypatch.setattr(jax, "process_index", lambda: 2)
     with pytest.raises(OSError):
-        multihost_data.prepare_everywhere("caches", fail)
+        processes.prepare_everywhere("caches", fail)
     store.values["alexnet_jax/prepared_everywhere/caches/1/1"] = "ok"  # process 1's word
     monkeypatch.setattr(jax, "process_index", lambda: 0)
-    multihost_data._calls.clear()
+    processes._calls.clear()
     with pytest.raises(ValueError, match=r"^process 2 failed to prepare caches: OSError: disk full$"):
-        multihost_data.prepare_everywhere("caches", list, error_type=ValueError)
+        processes.prepare_everywhere("caches", list, error_type=ValueError)
     with pytest.raises(ValueError, match=r"^waited for process 1 to prepare sums, in vain after at most 2 s .*log$"):
-        multihost_data.prepare_everywhere("sums", list, error_type=ValueError, timeout_s=2)
+        processes.prepare_everywhere("sums", list, error_type=ValueError, timeout_s=2)

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from etils import epath
 
-from alexnet_jax import data_cache, data_stats, input_pipeline, multihost_data
-from alexnet_jax.sharding import DataPart
+from alexnet_jax.data import data_cache, data_stats, multihost, pipeline
+from alexnet_jax.parallel.sharding import DataPart
 
 
 def _numpy_stats(images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,16 +68,16 @@ def _no_image_reads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("read the images again")
 
-    monkeypatch.setattr(input_pipeline, "full_split_batches", refuse)
+    monkeypatch.setattr(pipeline, "full_split_batches", refuse)
     monkeypatch.setattr(data_cache, "records", refuse)
 
 
 def test_statistics_come_from_the_cache_sums_without_a_pass(config, monkeypatch, caplog):
-    builder = input_pipeline.get_builder(config)
-    uncached = list(input_pipeline.full_split_batches(builder, "train", config.resize_size, 512, "none"))
+    builder = pipeline.get_builder(config)
+    uncached = list(pipeline.full_split_batches(builder, "train", config.resize_size, 512, "none"))
     mean_image, covariance = _numpy_stats(np.concatenate(uncached))
 
-    input_pipeline.prepare(config, builder)  # as train does: the caches, then the statistics
+    pipeline.prepare(config, builder)  # as train does: the caches, then the statistics
     _no_image_reads(monkeypatch)
     with caplog.at_level(logging.INFO):
         stats = data_stats.load_or_compute(config, builder)
@@ -92,11 +92,11 @@ def test_statistics_come_from_the_cache_sums_without_a_pass(config, monkeypatch,
 
 def test_two_data_parts_combine_to_the_one_part_sums(config, monkeypatch):
     config.resize_size = 15
-    builder = input_pipeline.get_builder(config)
+    builder = pipeline.get_builder(config)
     one_part, _ = data_stats.cached_sums(config, builder)  # writes the one-part cache
     for index in (1, 0):  # each part's process prepares its own; process 0 last
-        monkeypatch.setattr(multihost_data, "config_data_part", lambda config, index=index: DataPart(index, 2))
-        input_pipeline.prepare(config, builder)
+        monkeypatch.setattr(multihost, "config_data_part", lambda config, index=index: DataPart(index, 2))
+        pipeline.prepare(config, builder)
     _no_image_reads(monkeypatch)
     two_parts, why_not = data_stats.cached_sums(config, builder)
     assert why_not == "" and two_parts.count == one_part.count == 1437
@@ -108,14 +108,14 @@ def test_two_data_parts_combine_to_the_one_part_sums(config, monkeypatch):
 
 def test_a_cache_without_sums_falls_back_to_one_pass(config, monkeypatch, caplog):
     config.resize_size = 13
-    builder = input_pipeline.get_builder(config)
-    input_pipeline.prepare(config, builder)
-    path, _ = input_pipeline.cached_part(builder, "train", 13, "png", DataPart(0, 1))
+    builder = pipeline.get_builder(config)
+    pipeline.prepare(config, builder)
+    path, _ = pipeline.cached_part(builder, "train", 13, "png", DataPart(0, 1))
     from_sums = data_stats.finish(data_stats.cached_sums(config, builder)[0])
     (epath.Path(path) / data_cache.SUMS_FILE).unlink()  # as a cache written before the sums were kept
     passes = []
-    original = input_pipeline.full_split_batches
-    monkeypatch.setattr(input_pipeline, "full_split_batches", lambda *a, **k: passes.append(1) or original(*a, **k))
+    original = pipeline.full_split_batches
+    monkeypatch.setattr(pipeline, "full_split_batches", lambda *a, **k: passes.append(1) or original(*a, **k))
     with caplog.at_level(logging.INFO):
         stats = data_stats.load_or_compute(config, builder)
     assert passes == [1] and "no image sums (written before they were kept)" in caplog.text

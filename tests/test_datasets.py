@@ -13,8 +13,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from alexnet_jax import augment, input_pipeline, sharding, steps, train
-from alexnet_jax.config_validation import validate_config
+from alexnet_jax.data import augment, pipeline
+from alexnet_jax.parallel import sharding
+from alexnet_jax.runs.validation import validate_config
+from alexnet_jax.train import loop, steps
 
 SYNSETS_USED = 4  # of the 1000; each gets IMAGES_PER_SYNSET training JPEGs
 IMAGES_PER_SYNSET = 4
@@ -76,10 +78,10 @@ def _imagenet_config(tiny_config, manual_dir: str, data_dir: str):
 
 def test_imagenet2012_prepared_offline_from_the_tars_then_trained(tiny_config, imagenet_manual_dir, tmp_path):
     config = _imagenet_config(tiny_config, imagenet_manual_dir, str(tmp_path / "tfds"))
-    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["eval_num_examples"] == NUM_VAL and np.isfinite(summary["eval_loss"])
 
-    builder = input_pipeline.get_builder(config)  # prepared now: read back, nothing redone
+    builder = pipeline.get_builder(config)  # prepared now: read back, nothing redone
     assert builder.info.splits["train"].num_examples == SYNSETS_USED * IMAGES_PER_SYNSET
     assert builder.info.splits["validation"].num_examples == NUM_VAL
     assert "test" not in builder.info.splits  # no ILSVRC2012_img_test.tar: tfds skips the split
@@ -111,8 +113,8 @@ def test_missing_imagenet_tars_are_named_with_the_folder(tiny_config, tmp_path, 
         (folder / name).write_bytes(b"")
     config = _imagenet_config(tiny_config, str(folder), str(tmp_path / "tfds"))
     workdir = tmp_path / "run"
-    with pytest.raises(input_pipeline.DatasetUnavailableError) as error:
-        train.train_and_evaluate(config, str(workdir))
+    with pytest.raises(pipeline.DatasetUnavailableError) as error:
+        loop.train_and_evaluate(config, str(workdir))
     message = str(error.value)
     assert message.startswith(f"imagenet2012 is not prepared and {missing} not found in {folder}: ")
     assert "--config.manual_dir=DIR" in message and "\n" not in message
@@ -143,9 +145,9 @@ def test_mock_dataset_batches_and_a_train_step(tiny_config, mock_metadata_dir, n
     config = _imagenet_config(tiny_config, "", mock_metadata_dir)
     config.dataset, config.model.num_classes = name, classes
     with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=mock_metadata_dir):
-        builder = input_pipeline.get_builder(config)
+        builder = pipeline.get_builder(config)
         raw = [ex["image"].shape for ex in tfds.as_numpy(builder.as_dataset(split="train"))]
-        batch = next(input_pipeline.train_batches(config, builder))
+        batch = next(pipeline.train_batches(config, builder))
     if name == "imagenet2012":  # random sizes: the pipeline resizes the shorter side, then crops
         assert len(set(raw)) > 1 and any(h != w for h, w, _ in raw)
     assert batch["image"].shape == (8, config.resize_size, config.resize_size, 3)
@@ -165,7 +167,7 @@ def test_cifar10_without_a_validation_split_names_the_field_and_the_splits(tiny_
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=mock_metadata_dir):
         with pytest.raises(ValueError) as error:
-            train.train_and_evaluate(config, str(workdir))
+            loop.train_and_evaluate(config, str(workdir))
     assert str(error.value) == (
         "config.eval_split='validation' is not a split of cifar10: use one of ['test', 'train']"
     )
@@ -182,7 +184,7 @@ def test_unknown_dataset_name_is_one_line_naming_the_field(tiny_config, tmp_path
     assert message.startswith(f"config.dataset={name!r} is not a tfds dataset") and "\n" not in message
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match="is not a tfds dataset"):
-        train.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(config, str(workdir))
     assert not workdir.exists()
 
 
@@ -199,11 +201,11 @@ def test_a_dataset_that_cannot_be_downloaded_fails_fast_in_one_line(tiny_config,
     config.dataset, config.eval_split, config.data_dir = "cifar10", "test", str(tmp_path / "tfds")
     config.model.num_classes = 7
     with pytest.raises(ValueError, match="config.model.num_classes=7 but cifar10 has 10 classes"):
-        input_pipeline.get_builder(config)  # known before any download
+        pipeline.get_builder(config)  # known before any download
     config.model.num_classes = 10
     start = time.monotonic()
-    with pytest.raises(input_pipeline.DatasetUnavailableError) as error:
-        input_pipeline.get_builder(config)
+    with pytest.raises(pipeline.DatasetUnavailableError) as error:
+        pipeline.get_builder(config)
     assert time.monotonic() - start < 60
     message = str(error.value)
     assert message.startswith("cifar10 is not prepared in ") and "could not be downloaded" in message

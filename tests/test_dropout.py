@@ -21,8 +21,8 @@ import optax
 import pytest
 from flax import linen as nn
 
-from alexnet_jax import layers, models
-from alexnet_jax.config_validation import validate_config
+from alexnet_jax.model import layers, network
+from alexnet_jax.runs.validation import validate_config
 
 RATE = 0.5
 READERS = ("fc7", "fc8")  # the layers whose inputs are dropout's outputs
@@ -39,7 +39,7 @@ def _paper_and_inverted_params():
     """Paper-form parameters, and the same with fc7's and fc8's kernels
     scaled by 1 - rate (halved): the inverted form's equivalent."""
     images, _ = _images_labels()
-    params = models.AlexNet(**TINY).init(jax.random.key(0), images[:1], train=False)["params"]
+    params = network.AlexNet(**TINY).init(jax.random.key(0), images[:1], train=False)["params"]
     inverted = {
         name: {**layer, "kernel": layer["kernel"] * (1 - RATE)} if name in READERS else layer
         for name, layer in params.items()
@@ -67,7 +67,7 @@ def _dropout_outputs(model, params, images, key):
 
 
 def test_the_default_is_the_papers():
-    assert models.AlexNet().dropout_scaling == "test"
+    assert network.AlexNet().dropout_scaling == "test"
 
 
 def test_train_form_is_flax_dropout_exactly_and_test_form_uses_its_mask():
@@ -94,8 +94,8 @@ def test_train_form_is_flax_dropout_exactly_and_test_form_uses_its_mask():
 def test_same_evaluation_function_when_the_inverted_forms_fc7_fc8_are_halved():
     params, inverted = _paper_and_inverted_params()
     images, _ = _images_labels()
-    paper_logits = models.AlexNet(**TINY).apply({"params": params}, images, train=False)
-    inverted_model = models.AlexNet(**TINY, dropout_scaling="train")
+    paper_logits = network.AlexNet(**TINY).apply({"params": params}, images, train=False)
+    inverted_model = network.AlexNet(**TINY, dropout_scaling="train")
     np.testing.assert_allclose(
         inverted_model.apply({"params": inverted}, images, train=False), paper_logits, rtol=1e-6, atol=1e-7
     )
@@ -109,7 +109,7 @@ def test_with_the_same_masks_the_paper_form_gives_fc7_fc8_half_the_inverted_grad
     params, inverted = _paper_and_inverted_params()
     images, labels = _images_labels()
     key = jax.random.key(7)
-    paper, inverted_model = models.AlexNet(**TINY), models.AlexNet(**TINY, dropout_scaling="train")
+    paper, inverted_model = network.AlexNet(**TINY), network.AlexNet(**TINY, dropout_scaling="train")
     paper_loss, paper_grads = jax.value_and_grad(_loss)(params, paper, images, labels, key)
     inverted_loss, inverted_grads = jax.value_and_grad(_loss)(inverted, inverted_model, images, labels, key)
     assert float(paper_loss) == pytest.approx(float(inverted_loss), rel=1e-6)  # same masks, same function

@@ -11,7 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import augment, checkpointing, data_stats, ensemble, input_pipeline, run_config, steps, train
+from alexnet_jax.data import augment, data_stats, pipeline
+from alexnet_jax.inference import ensemble
+from alexnet_jax.runs import config_file
+from alexnet_jax.train import checkpointing, loop, steps
 from launch import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +26,7 @@ def _train(config, workdir, **fields):
     short.eval_every_steps = 2
     for field, value in fields.items():
         setattr(short, field, value)
-    train.train_and_evaluate(short, workdir)
+    loop.train_and_evaluate(short, workdir)
     return short
 
 
@@ -31,10 +34,10 @@ def _independent_probs(config, workdir):
     """The centre crop's softmax, from the model's apply and the eval pipeline's images."""
     model = steps.create_model(config)
     params, _ = checkpointing.restore_params(workdir, steps.abstract_params(config, model, _mesh()))
-    builder = input_pipeline.get_builder(config)
+    builder = pipeline.get_builder(config)
     stats = data_stats.load_or_compute(config, builder)
     probs = []
-    for batch in input_pipeline.eval_batches(config, builder):
+    for batch in pipeline.eval_batches(config, builder):
         crops = augment.center_crop(batch["image"].astype(np.float32) - np.asarray(stats.mean), 64)
         logits = model.apply({"params": params}, crops, train=False)
         probs.append(np.asarray(jax.nn.softmax(logits))[batch["mask"].astype(bool)])
@@ -42,7 +45,7 @@ def _independent_probs(config, workdir):
 
 
 def _mesh():
-    from alexnet_jax import sharding
+    from alexnet_jax.parallel import sharding
 
     return sharding.make_mesh((1, 1))
 
@@ -74,7 +77,7 @@ def test_ensemble_is_the_mean_of_its_members(tiny_config, tmp_path):
 
     # A member with another class count is refused before anything is evaluated.
     other = tmp_path / "eleven"
-    record = run_config.record_of(configs[0])
+    record = config_file.record_of(configs[0])
     record["config"]["model"]["num_classes"] = 11
     other.mkdir()
     (other / "config.json").write_text(json.dumps(record))

@@ -19,8 +19,12 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from alexnet_jax import checkpointing, errors, folder_lock, image_folder, input_pipeline, run_config, train
-from alexnet_jax.config_validation import validate_config
+from alexnet_jax import errors
+from alexnet_jax.data import image_folder, pipeline
+from alexnet_jax.files import folder_lock
+from alexnet_jax.runs import config_file
+from alexnet_jax.runs.validation import validate_config
+from alexnet_jax.train import checkpointing, loop
 from launch import report, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,13 +139,13 @@ def _out_of_range(ctx):
 def _trained_with_another_value(ctx):
     config, workdir = ctx.config(), ctx.tmp / "run"
     config.model.activation = "tanh"
-    run_config.check_restart(config, workdir, 0.0)  # the first start writes config.json
+    config_file.check_restart(config, workdir, 0.0)  # the first start writes config.json
     config.model.activation = "relu"
-    yield ctx.in_process("a restart", run_config.check_restart, config, workdir, 0.0)
+    yield ctx.in_process("a restart", config_file.check_restart, config, workdir, 0.0)
 
 
 def _workdir_not_writable(ctx):
-    yield ctx.in_process("check_writable", run_config.check_writable, ctx.blocker() / "run")
+    yield ctx.in_process("check_writable", config_file.check_writable, ctx.blocker() / "run")
 
 
 def _out_not_writable(ctx):
@@ -158,7 +162,7 @@ def _workdir_does_not_exist(ctx):
 def _no_config_json(ctx):
     from configs import default
 
-    yield ctx.in_process("a reader", run_config.config_for_reading, ctx.tmp, default.get_config(), {}, False)
+    yield ctx.in_process("a reader", config_file.config_for_reading, ctx.tmp, default.get_config(), {}, False)
 
 
 def _imagenet_not_prepared(ctx):
@@ -166,13 +170,13 @@ def _imagenet_not_prepared(ctx):
 
     config = paper.get_config()
     config.data_dir = str(ctx.tmp / "tfds")
-    yield ctx.in_process("get_builder", input_pipeline.get_builder, config)
+    yield ctx.in_process("get_builder", pipeline.get_builder, config)
 
 
 def _not_a_split(ctx):
     config = ctx.config()
     config.eval_split = "validation"
-    yield ctx.in_process("check_dataset", lambda: train.check_dataset(config, input_pipeline.get_builder(config)))
+    yield ctx.in_process("check_dataset", lambda: loop.check_dataset(config, pipeline.get_builder(config)))
 
 
 def _unsplit_image_folder(ctx):
@@ -183,7 +187,7 @@ def _unsplit_image_folder(ctx):
 
 def _diverged(ctx):
     nan_loss = types.SimpleNamespace(loss=types.SimpleNamespace(compute=lambda: float("nan")))
-    yield ctx.in_process("the NaN guard", train._check_finite, 12, nan_loss)
+    yield ctx.in_process("the NaN guard", loop._check_finite, 12, nan_loss)
 
 
 TRIGGERS = {
@@ -237,11 +241,11 @@ def test_main_makes_only_the_projects_errors_one_line(tiny_config, tmp_path, mon
     try:
         with flagsaver.flagsaver(config=tiny_config, workdir=str(tmp_path)):
             for library_error in (ValueError("a bug in flax"), FloatingPointError("a bug in jax")):
-                monkeypatch.setattr(train, "train_and_evaluate", raising(library_error))
+                monkeypatch.setattr(loop, "train_and_evaluate", raising(library_error))
                 with pytest.raises(type(library_error)) as raised:
                     main.main(["main"])
                 assert raised.value is library_error
-            monkeypatch.setattr(train, "train_and_evaluate", raising(errors.RunError("the workdir holds another run")))
+            monkeypatch.setattr(loop, "train_and_evaluate", raising(errors.RunError("the workdir holds another run")))
             with pytest.raises(SystemExit) as stop:
                 main.main(["main"])
             assert stop.value.code == "error: the workdir holds another run"

@@ -1,4 +1,4 @@
-"""Jobs that share a folder (alexnet_jax.folder_lock): a lock refused while
+"""Jobs that share a folder (alexnet_jax.files.folder_lock): a lock refused while
 its holder lives, taken over when the holder's process is gone or its
 heartbeat stopped; the run's workdir lock and the data_dir's preparation
 locks in use."""
@@ -14,8 +14,11 @@ import time
 
 import pytest
 
-from alexnet_jax import folder_lock, input_pipeline, run_config, train
-from alexnet_jax.preemption import Preempted
+from alexnet_jax.data import pipeline
+from alexnet_jax.files import folder_lock
+from alexnet_jax.runs import config_file
+from alexnet_jax.train import loop
+from alexnet_jax.train.preemption import Preempted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,22 +112,22 @@ def test_a_job_waits_for_a_data_dir_preparation_and_says_so_when_the_wait_expire
     lock_file = tmp_path / "data" / folder_lock.PREPARE_LOCK
     with folder_lock.FolderLock(lock_file, "another job's preparation"):
         with pytest.raises(folder_lock.FolderInUseError) as expired:
-            input_pipeline.get_builder(config)
+            pipeline.get_builder(config)
     message = str(expired.value)
     assert "\n" not in message and str(lock_file) in message and f"pid {os.getpid()}" in message
     assert sorted(os.listdir(tmp_path / "data")) == []  # nothing prepared meanwhile
     # Free again: this job prepares the data, and its cache under the cache's own lock.
-    builder = input_pipeline.get_builder(config)
-    path, _ = input_pipeline.cached_part(builder, "train", config.resize_size, config.cache_format, _part())
+    builder = pipeline.get_builder(config)
+    path, _ = pipeline.cached_part(builder, "train", config.resize_size, config.cache_format, _part())
     with folder_lock.FolderLock(f"{path}.lock", "another job's cache"):
         with pytest.raises(folder_lock.FolderInUseError, match="cache"):
-            input_pipeline.ensure_cached(builder, "train", config.resize_size, config.cache_format, _part())
-    input_pipeline.ensure_cached(builder, "train", config.resize_size, config.cache_format, _part())
+            pipeline.ensure_cached(builder, "train", config.resize_size, config.cache_format, _part())
+    pipeline.ensure_cached(builder, "train", config.resize_size, config.cache_format, _part())
     assert not any(name.endswith(".lock") for name in os.listdir(os.path.dirname(path)))
 
 
 def _part():
-    from alexnet_jax import sharding
+    from alexnet_jax.parallel import sharding
 
     return sharding.DataPart(0, 1)
 
@@ -144,15 +147,15 @@ def test_a_run_takes_over_a_dead_runs_lock_and_releases_it_when_it_stops(tmp_pat
         holders.append(json.loads(lock_file.read_text())["pid"])
         raise stop
 
-    monkeypatch.setattr(run_config, "check_restart", check_restart)
+    monkeypatch.setattr(config_file, "check_restart", check_restart)
     with pytest.raises(type(stop)):
-        train.train_and_evaluate(tiny_config, workdir)
+        loop.train_and_evaluate(tiny_config, workdir)
     assert holders == [os.getpid()] and os.listdir(workdir) == []  # released on failure
 
 
 _HOLD = """
 import sys, time
-from alexnet_jax import folder_lock
+from alexnet_jax.files import folder_lock
 lock = folder_lock.FolderLock(sys.argv[1], "the first run")
 lock.acquire()
 print("held", flush=True)
@@ -219,7 +222,7 @@ from tensorflow_datasets.core import dataset_builder
 prepare = dataset_builder.DatasetBuilder.download_and_prepare
 dataset_builder.DatasetBuilder.download_and_prepare = lambda self, **kw: (arrived("prepare"), prepare(self, **kw))[1]
 try:
-    from alexnet_jax import folder_lock
+    from alexnet_jax.files import folder_lock
 
     acquire = folder_lock.FolderLock.acquire
 

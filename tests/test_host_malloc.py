@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from alexnet_jax import host_malloc
+from alexnet_jax.platform import host_malloc
 
 # Runs a jitted step with a 64 MiB output (beyond glibc's largest mmap
 # threshold) CALLS times and prints the page faults of each call after the
@@ -25,7 +25,7 @@ CALLS = 24
 _STEPS = textwrap.dedent(
     f"""
     import json, resource
-    from alexnet_jax import machine_settings
+    from alexnet_jax.platform import machine_settings
     machine_settings.apply_machine_settings(absl_app=False)  # as the entry points do, before JAX starts
     import jax, jax.numpy as jnp
 
@@ -191,7 +191,7 @@ def _clean_environ(**env) -> dict:
 _RESTART = textwrap.dedent(
     """
     import os, sys
-    from alexnet_jax import host_malloc
+    from alexnet_jax.platform import host_malloc
 
     print("started with", os.environ.get("GLIBC_TUNABLES"), flush=True)
     host_malloc.restart_with_huge_pages(sys.argv[1])

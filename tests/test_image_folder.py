@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_jax import image_folder, input_pipeline, train
-from alexnet_jax.config_validation import validate_config
+from alexnet_jax.data import image_folder, pipeline
+from alexnet_jax.runs.validation import validate_config
+from alexnet_jax.train import loop
 
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 BROKEN = "train/cat/broken.jpg"  # a JPEG header, then garbage
@@ -65,11 +66,11 @@ def _bad_file_warnings(caplog) -> list[str]:
 def test_corrupt_file_is_named_counted_excluded_and_the_rest_trains(tiny_config, pets, tmp_path, caplog):
     config = _folder_config(tiny_config, pets, str(tmp_path / "tfds"))
     with caplog.at_level(logging.WARNING):
-        summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+        summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
 
     [warning] = _bad_file_warnings(caplog)
     assert warning.startswith(f"2 unreadable image file(s) in {pets} were excluded")
-    builder = input_pipeline.get_builder(config)
+    builder = pipeline.get_builder(config)
     bad = dict(image_folder.bad_files(builder))
     assert sorted(bad) == [BROKEN, NOTES]
     assert bad[NOTES] == "not an image type TensorFlow or PIL can decode"
@@ -85,7 +86,7 @@ def test_prepared_once_warned_every_run_and_redone_when_the_folder_changes(
     tiny_config, pets, tmp_path, caplog, monkeypatch
 ):
     config = _folder_config(tiny_config, pets, str(tmp_path / "tfds"))
-    first = input_pipeline.get_builder(config)
+    first = pipeline.get_builder(config)
 
     def fail(*args, **kwargs):
         raise AssertionError("prepared again although the folder did not change")
@@ -94,13 +95,13 @@ def test_prepared_once_warned_every_run_and_redone_when_the_folder_changes(
         patch.setattr(image_folder.UserImageFolder, "download_and_prepare", fail)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            again = input_pipeline.get_builder(config)
+            again = pipeline.get_builder(config)
         assert again.data_dir == first.data_dir
         assert len(_bad_file_warnings(caplog)) == 1  # from the cached list, nothing decoded
 
     _write_image(os.path.join(pets, "train", "dog", "new.png"), np.random.default_rng(1), "PNG")
     try:
-        changed = input_pipeline.get_builder(config)
+        changed = pipeline.get_builder(config)
         assert changed.data_dir != first.data_dir
         assert changed.info.splits["train"].num_examples == 21
     finally:
@@ -109,10 +110,10 @@ def test_prepared_once_warned_every_run_and_redone_when_the_folder_changes(
 
 def test_batches_are_resized_squares(tiny_config, pets, tmp_path):
     config = _folder_config(tiny_config, pets, str(tmp_path / "tfds"))
-    builder = input_pipeline.get_builder(config)
+    builder = pipeline.get_builder(config)
     raw_shapes = {tuple(ex["image"].shape) for ex in builder.as_dataset(split="validation")}
     assert len(raw_shapes) > 1 and all(shape[-1] == 3 for shape in raw_shapes)
-    batch = next(input_pipeline.train_batches(config, builder))
+    batch = next(pipeline.train_batches(config, builder))
     assert batch["image"].shape == (8, config.resize_size, config.resize_size, 3)
     assert batch["image"].dtype == np.uint8
 
@@ -141,7 +142,7 @@ def _expect_config_error(config, workdir, message: str) -> None:
         validate_config(config)
     assert message in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ValueError, match="config.image_folder"):
-        train.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(config, str(workdir))
     assert not workdir.exists()
 
 
@@ -172,7 +173,7 @@ def test_bad_layout_names_the_folder(layout, message, tmp_path):
 
 
 def test_predict_names_the_folder_classes(tiny_config, pets, tmp_path):
-    from alexnet_jax import run_stats
+    from alexnet_jax.runs import run_stats
 
     config = _folder_config(tiny_config, pets, str(tmp_path / "tfds"))
     assert run_stats.class_names(config, None) == ("cat", "dog")  # a workdir from before data_stats.npz
@@ -190,7 +191,7 @@ def test_a_split_with_no_readable_file_stops_before_the_workdir(tiny_config, tmp
     config = _folder_config(tiny_config, str(root), str(tmp_path / "tfds"))
     workdir = tmp_path / "run"
     with pytest.raises(ValueError) as error:
-        train.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(config, str(workdir))
     assert str(error.value) == (
         f"config.image_folder='{root}': none of the 1 files of split 'validation' could be decoded "
         f"(e.g. validation/c0/x.jpg): replace them or remove the split folder"

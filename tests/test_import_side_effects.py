@@ -42,7 +42,8 @@ _IMPORT_EVERYTHING = textwrap.dedent(
                 skipped.append(module.name)  # an optional library (torch, for bench.torch_alexnet)
                 continue
             imported.append(module.name)
-    from alexnet_jax import host_malloc, xla_cpu_flags  # noqa: F401
+    from alexnet_jax.platform import host_malloc  # noqa: F401
+    from alexnet_jax.platform import xla_cpu_flags
     changed = {k: [before.get(k), os.environ.get(k)] for k in {*before, *os.environ}}
     changed = {k: values for k, values in changed.items() if values[0] != values[1]}
     print(json.dumps({"imported": imported, "skipped": skipped, "changed": changed,
@@ -114,7 +115,7 @@ _ENTRY_POINT = textwrap.dedent(
     """
     import json, os
     from absl import app
-    from alexnet_jax import host_malloc, machine_settings
+    from alexnet_jax.platform import host_malloc, machine_settings
 
     machine_settings.apply_machine_settings()
     app.run(lambda argv: print(json.dumps({"xla_flags": os.environ["XLA_FLAGS"], "malloc_set": host_malloc.applied})))
@@ -141,7 +142,7 @@ def test_the_entry_point_applies_the_settings_and_logs_one_line_naming_them():
 
 def test_a_launcher_only_checks_and_says_so(capsys):
     """launch.sweep runs no JAX: it changes nothing, each variant applies its own."""
-    from alexnet_jax import machine_settings
+    from alexnet_jax.platform import machine_settings
 
     before = dict(os.environ)
     line = machine_settings.apply_machine_settings(absl_app=False, runs_jax=False)

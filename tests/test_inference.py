@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import data_stats, input_pipeline, predict, retrieval, run_stats, train
+from alexnet_jax import retrieval
+from alexnet_jax.data import data_stats, pipeline
+from alexnet_jax.inference import predictions
+from alexnet_jax.runs import run_stats
+from alexnet_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +22,7 @@ def _train(config, workdir):
     short = config.copy_and_resolve_references()
     short.num_train_steps = 2
     short.eval_every_steps = 2
-    train.train_and_evaluate(short, workdir)
+    loop.train_and_evaluate(short, workdir)
     return short
 
 
@@ -47,28 +51,28 @@ def _fresh_digits(digits_data_dir, dest) -> str:
 def test_restore_predict_embed_retrieve_and_the_predict_command(tiny_config, tmp_path):
     workdir = str(tmp_path / "run")
     with pytest.raises(ValueError, match="no finished checkpoint in .*: train first"):
-        predict.restore_params(tiny_config, workdir)
+        predictions.restore_params(tiny_config, workdir)
     config = _train(tiny_config, workdir)
-    model, params, step = predict.restore_params(config, workdir)
+    model, params, step = predictions.restore_params(config, workdir)
     assert step == 2
 
     _digit_png(tmp_path / "zero.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    image = predict.load_image(str(tmp_path / "zero.png"), config.resize_size)
+    image = predictions.load_image(str(tmp_path / "zero.png"), config.resize_size)
     assert image.shape == (72, 72, 3) and image.dtype == np.uint8
     with pytest.raises(ValueError, match=r"notes.txt: not an image PIL can read"):
-        predict.load_image(str(tmp_path / "notes.txt"), config.resize_size)
+        predictions.load_image(str(tmp_path / "notes.txt"), config.resize_size)
     run = run_stats.for_reading(config, workdir)  # the statistics the run trained with, from its workdir
     assert run.saved and run.source["data_stats"] == "computed" and run.source["split"] == "train"
-    stats = data_stats.load_or_compute(config, input_pipeline.get_builder(config))
+    stats = data_stats.load_or_compute(config, pipeline.get_builder(config))
     np.testing.assert_array_equal(run.stats.mean, stats.mean)
-    probs = predict.probabilities(model, params, np.stack([image, image]), config, stats)
+    probs = predictions.probabilities(model, params, np.stack([image, image]), config, stats)
     assert probs.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
-    ids = predict.top_k(probs)
+    ids = predictions.top_k(probs)
     assert ids.shape == (2, 5) and np.all(np.diff(np.take_along_axis(probs, ids, axis=1), axis=1) <= 0)
     assert len(set(ids[0].tolist())) == 5 and run.class_names == tuple(str(d) for d in range(10))
 
-    builder = input_pipeline.get_builder(config)
+    builder = pipeline.get_builder(config)
     features, labels = retrieval.embed(model, params, stats, config, builder, "test", limit=70)
     assert features.shape == (70, 512) and labels.shape == (70,)  # fc7 of width 1/8: 4096 / 8
     assert np.all(features >= 0)  # after the ReLU
@@ -128,7 +132,7 @@ def test_evaluate_a_checkpoint_centre_and_ten_view(tiny_config, tmp_path, digits
 
     workdir = str(tmp_path / "run")
     config = _train(tiny_config, workdir)
-    summary = train.train_and_evaluate(config, workdir)  # resumed a finished run: evaluates the restored state
+    summary = loop.train_and_evaluate(config, workdir)  # resumed a finished run: evaluates the restored state
     centre, step = evaluate.evaluate_checkpoint(config, workdir)
     assert step == 2 and centre["eval_num_examples"] == 360
     assert centre["eval_top1_error"] == pytest.approx(summary["eval_top1_error"])  # the training loop's evaluation

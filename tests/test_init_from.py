@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, init_from, sharding, steps, train
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import checkpointing, init_from, loop, steps
 
 
 def _params(workdir, config):
@@ -36,7 +37,7 @@ def source(tiny_config, tmp_path):
     config.num_train_steps = 2
     config.eval_every_steps = 2
     workdir = str(tmp_path / "source")
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     return workdir, config
 
 
@@ -68,14 +69,14 @@ def test_a_shape_mismatch_is_refused_naming_the_layer_before_anything_is_written
     other.init_from = workdir
     new_workdir = tmp_path / "finetune"
     with pytest.raises(ValueError) as error:
-        train.train_and_evaluate(other, str(new_workdir))
+        loop.train_and_evaluate(other, str(new_workdir))
     message = str(error.value)
     assert message.startswith("layer conv1 has shapes {") and "(11, 11, 3, 12)" in message and "\n" not in message
     assert "(11, 11, 3, 24)" in message and "in this run: add 'conv1' to config.init_reset" in message
     assert not new_workdir.exists()
     other.init_from = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="config.init_from=.*nowhere' is neither a checkpoint step directory"):
-        train.train_and_evaluate(other, str(new_workdir))
+        loop.train_and_evaluate(other, str(new_workdir))
 
 
 def test_fine_tuning_with_frozen_convolutions_then_resuming_its_own_checkpoint(source, tmp_path, caplog):
@@ -90,7 +91,7 @@ def test_fine_tuning_with_frozen_convolutions_then_resuming_its_own_checkpoint(s
     tune.checkpoint_every_steps = 3
     finetune = str(tmp_path / "finetune")
     with caplog.at_level(logging.INFO):
-        train.train_and_evaluate(tune, finetune)
+        loop.train_and_evaluate(tune, finetune)
     taken = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Parameters from ")]
     assert taken == [
         f"Parameters from {tune.init_from}: conv1, conv2, conv3, conv4, conv5, fc6, fc7 taken; fc8 initialised afresh; "
@@ -111,7 +112,7 @@ def test_fine_tuning_with_frozen_convolutions_then_resuming_its_own_checkpoint(s
     longer.num_train_steps = 5
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        train.train_and_evaluate(longer, finetune)
+        loop.train_and_evaluate(longer, finetune)
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("Resumed from the checkpoint of step 3") for m in messages)
     assert not any(m.startswith("Parameters from ") for m in messages)
@@ -122,7 +123,7 @@ def test_fine_tuning_with_frozen_convolutions_then_resuming_its_own_checkpoint(s
 def test_a_restart_before_the_first_checkpoint_starts_from_the_recorded_step(source, tmp_path, caplog):
     """config.json notes the step the run started from; a restart before
     the run's first checkpoint takes it again, not the source's newer one."""
-    from alexnet_jax import run_config
+    from alexnet_jax.runs import config_file
 
     workdir, config = source
     tune = config.copy_and_resolve_references()  # the fine-tuning above's step (compiled once)
@@ -132,19 +133,19 @@ def test_a_restart_before_the_first_checkpoint_starts_from_the_recorded_step(sou
     finetune = str(tmp_path / "finetune")
     # Its first start found step 2 the newest, wrote config.json, then died before saving;
     # the source has saved step 4 since.
-    run_config.check_restart(tune, finetune, 0.0, True, {"initialised_from": step2})
+    config_file.check_restart(tune, finetune, 0.0, True, {"initialised_from": step2})
     shutil.copytree(step2, os.path.join(workdir, "checkpoints", "4"))
     with caplog.at_level(logging.INFO):
-        train.train_and_evaluate(tune, finetune)
+        loop.train_and_evaluate(tune, finetune)
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("Parameters from")] == [
         f"Parameters from {step2}"
     ]
-    assert run_config.load(finetune)["initialised_from"] == step2
+    assert config_file.load(finetune)["initialised_from"] == step2
 
     gone = str(tmp_path / "gone")  # a recorded step the source no longer has: one line
-    run_config.check_restart(tune, gone, 0.0, True, {"initialised_from": step2[:-1] + "3"})
+    config_file.check_restart(tune, gone, 0.0, True, {"initialised_from": step2[:-1] + "3"})
     with pytest.raises(ValueError, match=r"this run started from .*checkpoints/3' \(its config.json\), which is gone"):
-        train.train_and_evaluate(tune, gone)
+        loop.train_and_evaluate(tune, gone)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +157,7 @@ def test_a_restart_before_the_first_checkpoint_starts_from_the_recorded_step(sou
     ],
 )
 def test_layer_names_are_validated(tiny_config, field, value, message):
-    from alexnet_jax.config_validation import validate_config
+    from alexnet_jax.runs.validation import validate_config
 
     config = tiny_config.copy_and_resolve_references()
     config[field] = value

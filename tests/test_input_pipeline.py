@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import data_cache, input_pipeline, multihost_data, sharding, tf_data_iteration
-from alexnet_jax.sharding import DataPart
+from alexnet_jax.data import data_cache, multihost, pipeline, tf_iteration
+from alexnet_jax.parallel import sharding
+from alexnet_jax.parallel.sharding import DataPart
 
 
 @pytest.fixture
 def builder(tiny_config):
-    return input_pipeline.get_builder(tiny_config)
+    return pipeline.get_builder(tiny_config)
 
 
 def _fingerprints(images: np.ndarray) -> list[str]:
@@ -24,7 +25,7 @@ def _fingerprints(images: np.ndarray) -> list[str]:
 
 def test_eval_counts_every_example_once(tiny_config, builder):
     tiny_config.eval_batch_size = 64  # 360 test digits: 5 full batches and one of 40
-    batches = list(input_pipeline.eval_batches(tiny_config, builder))
+    batches = list(pipeline.eval_batches(tiny_config, builder))
     assert len(batches) == 6 and all(b["image"].shape[0] == 64 for b in batches)
     masks = np.concatenate([b["mask"] for b in batches])
     assert masks.sum() == 360 and masks[:360].all() and not masks[360:].any()
@@ -34,53 +35,53 @@ def test_eval_counts_every_example_once(tiny_config, builder):
 
 def test_every_iterator_runs_without_tf_data_autotuning(tiny_config, builder, monkeypatch, tmp_path):
     """Autotuning's model thread can make an iterator's destruction sleep out
-    its timer (alexnet_jax.tf_data_iteration): the training stream, every
+    its timer (alexnet_jax.data.tf_iteration): the training stream, every
     evaluation, the statistics' pass and a cache being written all run with
     it off, and still read what they should."""
-    autotuned, as_numpy = [], tf_data_iteration.tfds.as_numpy
+    autotuned, as_numpy = [], tf_iteration.tfds.as_numpy
     monkeypatch.setattr(
-        tf_data_iteration.tfds, "as_numpy", lambda ds: autotuned.append(ds.options().autotune.enabled) or as_numpy(ds)
+        tf_iteration.tfds, "as_numpy", lambda ds: autotuned.append(ds.options().autotune.enabled) or as_numpy(ds)
     )
-    assert next(input_pipeline.train_batches(tiny_config, builder))["image"].shape[0] == tiny_config.batch_size
-    assert sum(b["mask"].sum() for b in input_pipeline.eval_batches(tiny_config, builder)) == 360
-    assert sum(len(b) for b in input_pipeline.full_split_batches(builder, "test", 16, batch_size=100)) == 360
-    source = input_pipeline._tfds_source(builder, "test", 16)
-    data_cache.write(str(tmp_path / "cache"), input_pipeline._decoded(source), 360, "raw", {})
+    assert next(pipeline.train_batches(tiny_config, builder))["image"].shape[0] == tiny_config.batch_size
+    assert sum(b["mask"].sum() for b in pipeline.eval_batches(tiny_config, builder)) == 360
+    assert sum(len(b) for b in pipeline.full_split_batches(builder, "test", 16, batch_size=100)) == 360
+    source = pipeline._tfds_source(builder, "test", 16)
+    data_cache.write(str(tmp_path / "cache"), pipeline._decoded(source), 360, "raw", {})
     assert len(autotuned) >= 4 and not any(autotuned)  # (and the caches the first reads wrote)
 
 
 def test_numpy_iterator_yields_what_tf_data_yields():
     ds = tf.data.Dataset.range(10).map(lambda i: {"x": i * i, "y": tf.fill([2], i)})
-    ours = list(tf_data_iteration.numpy_iterator(ds, prefetch=3))
+    ours = list(tf_iteration.numpy_iterator(ds, prefetch=3))
     theirs = list(ds.as_numpy_iterator())
     assert len(ours) == 10 and all(a["x"] == b["x"] and (a["y"] == b["y"]).all() for a, b in zip(ours, theirs))
-    assert tf_data_iteration.parallel_calls() == len(os.sched_getaffinity(0))
+    assert tf_iteration.parallel_calls() == len(os.sched_getaffinity(0))
 
 
 def test_two_data_parts_are_disjoint_complete_halves(tiny_config, builder, monkeypatch):
     seen = []
     for index in (0, 1):
-        monkeypatch.setattr(multihost_data, "config_data_part", lambda config, index=index: DataPart(index, 2))
-        batches = list(input_pipeline.eval_batches(tiny_config, builder))
+        monkeypatch.setattr(multihost, "config_data_part", lambda config, index=index: DataPart(index, 2))
+        batches = list(pipeline.eval_batches(tiny_config, builder))
         images = np.concatenate([b["image"][b["mask"] == 1] for b in batches])
         seen.append(_fingerprints(images))
     monkeypatch.undo()
-    everything = np.concatenate([b["image"][b["mask"] == 1] for b in input_pipeline.eval_batches(tiny_config, builder)])
+    everything = np.concatenate([b["image"][b["mask"] == 1] for b in pipeline.eval_batches(tiny_config, builder)])
     assert len(seen[0]) == len(seen[1]) == 180
     assert sorted(seen[0] + seen[1]) == sorted(_fingerprints(everything))
 
 
 def _stream(config, builder, position=None, count=1):
-    position = position or input_pipeline.StreamPosition()
-    batches = input_pipeline.train_batches(config, builder, position)
+    position = position or pipeline.StreamPosition()
+    batches = pipeline.train_batches(config, builder, position)
     return [next(batches) for _ in range(count)]
 
 
 def test_resumed_stream_continues_across_an_epoch_boundary(tiny_config, builder):
-    steps = input_pipeline.steps_per_epoch(tiny_config, builder)
+    steps = pipeline.steps_per_epoch(tiny_config, builder)
     assert steps == 1437 // 16 == 89
     from_start = _stream(tiny_config, builder, count=steps + 3)
-    resumed = _stream(tiny_config, builder, input_pipeline.StreamPosition.at_step(steps - 2, steps), count=5)
+    resumed = _stream(tiny_config, builder, pipeline.StreamPosition.at_step(steps - 2, steps), count=5)
     for offset, batch in enumerate(resumed):
         np.testing.assert_array_equal(batch["image"], from_start[steps - 2 + offset]["image"])
         np.testing.assert_array_equal(batch["label"], from_start[steps - 2 + offset]["label"])
@@ -105,7 +106,7 @@ def test_resume_skips_the_consumed_examples_before_decoding(tiny_config, builder
         return fn
 
     monkeypatch.setattr(data_cache, "decode", counting_decode)
-    position = input_pipeline.StreamPosition(epoch=1, batch=80)
+    position = pipeline.StreamPosition(epoch=1, batch=80)
     batch = _stream(tiny_config, builder, position)[0]
     time.sleep(1.0)  # let the prefetching settle
     assert 16 <= len(decoded) < 640, len(decoded)
@@ -116,7 +117,7 @@ def test_resume_skips_the_consumed_examples_before_decoding(tiny_config, builder
 
 def _in_order(config, builder, split="train"):
     """Every image of `split` in the source's fixed order (no shuffling)."""
-    batches = input_pipeline.full_split_batches(
+    batches = pipeline.full_split_batches(
         builder, split, config.resize_size, batch_size=512, cache_format=config.cache_format
     )
     return np.concatenate(list(batches))
@@ -135,8 +136,8 @@ def test_png_and_raw_caches_are_lossless_and_jpeg_close(tiny_config, builder):
     jpeg.cache_format = "jpeg"
     error = np.abs(_in_order(jpeg, builder).astype(np.int32) - reference).mean()
     assert error < 2.0, error  # quality 95: about a grey level on average
-    eval_cached = list(input_pipeline.eval_batches(tiny_config, builder))
-    eval_plain = list(input_pipeline.eval_batches(uncached, builder))
+    eval_cached = list(pipeline.eval_batches(tiny_config, builder))
+    eval_plain = list(pipeline.eval_batches(uncached, builder))
     for a, b in zip(eval_cached, eval_plain, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
@@ -221,10 +222,10 @@ def test_prefetch_to_device_runs_two_batches_ahead(tiny_config):
 def test_resume_checks_the_data_parts_and_reads_older_positions(tiny_config):
     """A position names examples of its data parts; positions saved before
     `data_parts` was recorded had one part per process."""
-    record = input_pipeline.position_record(tiny_config, input_pipeline.StreamPosition(0, 5), 5, 89)
+    record = pipeline.position_record(tiny_config, pipeline.StreamPosition(0, 5), 5, 89)
     assert record["data_parts"] == 1 and record["local_batch_size"] == 16
     older = {k: v for k, v in record.items() if k != "data_parts"}
-    assert input_pipeline.resume_position(tiny_config, older, 5, 89) == input_pipeline.StreamPosition(0, 5)
+    assert pipeline.resume_position(tiny_config, older, 5, 89) == pipeline.StreamPosition(0, 5)
     for saved in ({**older, "process_count": 2}, {**record, "data_parts": 2}):
         with pytest.raises(ValueError, match=r"data_parts=2 but the number of data parts .* is now 1"):
-            input_pipeline.resume_position(tiny_config, saved, 5, 89)
+            pipeline.resume_position(tiny_config, saved, 5, 89)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import layers
+from alexnet_jax.model import layers
 
 
 def lrn_reference(a, towers, k, n, alpha, beta, alpha_over_n):

@@ -4,7 +4,7 @@ and to the whole batch elsewhere (the update it gives is tested in test_sharding
 
 import pytest
 
-from alexnet_jax import machine_defaults
+from alexnet_jax.platform import machine_defaults
 from configs import digits, paper
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import models
+from alexnet_jax.model import network
 
 
 def _param_shapes(model, size=224):
@@ -17,12 +17,12 @@ def _param_shapes(model, size=224):
 
 
 def test_paper_parameter_count():
-    params = _param_shapes(models.AlexNet())
+    params = _param_shapes(network.AlexNet())
     assert sum(x.size for x in jax.tree.leaves(params)) == 60_965_224
 
 
 def test_paper_layer_table():
-    params = _param_shapes(models.AlexNet())
+    params = _param_shapes(network.AlexNet())
     shapes = {name: layer["kernel"].shape for name, layer in params.items()}
     assert shapes == {
         "conv1": (11, 11, 3, 96),
@@ -37,25 +37,25 @@ def test_paper_layer_table():
 
 
 def test_ungrouped_variant_reads_all_channels():
-    params = _param_shapes(models.AlexNet(towers=1))
+    params = _param_shapes(network.AlexNet(towers=1))
     assert params["conv2"]["kernel"].shape == (5, 5, 96, 256)
     assert sum(x.size for x in jax.tree.leaves(params)) == 62_378_344
 
 
 def test_paper_output_shape():
     out = jax.eval_shape(
-        lambda: models.AlexNet().init_with_output(jax.random.key(0), jnp.zeros((2, 224, 224, 3)), train=False)[0]
+        lambda: network.AlexNet().init_with_output(jax.random.key(0), jnp.zeros((2, 224, 224, 3)), train=False)[0]
     )
     assert out.shape == (2, 1000) and out.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("pool_window", [2, 3])
 def test_feature_map_is_6x6_for_both_poolings(pool_window):
-    assert models.final_feature_side(224, pool_window) == 6
+    assert network.final_feature_side(224, pool_window) == 6
 
 
 def test_initialisation_as_trained():
-    model = models.AlexNet(num_classes=10, input_size=64, width=0.5)
+    model = network.AlexNet(num_classes=10, input_size=64, width=0.5)
     params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)["params"]
     for name, std in [
         ("conv1", 0.01),
@@ -73,15 +73,15 @@ def test_initialisation_as_trained():
 
 
 def test_printed_initialisation_is_001_everywhere():
-    model = models.AlexNet(num_classes=10, input_size=64, width=0.5, init_scheme="printed")
+    model = network.AlexNet(num_classes=10, input_size=64, width=0.5, init_scheme="printed")
     params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)["params"]
     assert np.std(params["conv4"]["kernel"]) == pytest.approx(0.01, rel=0.1)
 
 
 def test_fan_in_matching_is_identity_at_paper_size():
-    a = _param_shapes(models.AlexNet())
-    plain = models.AlexNet().init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
-    matched = models.AlexNet(init_match_fan_in=True).init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    a = _param_shapes(network.AlexNet())
+    plain = network.AlexNet().init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    matched = network.AlexNet(init_match_fan_in=True).init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
     assert jax.tree.structure(a) == jax.tree.structure(plain["params"])
     for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(matched)):
         np.testing.assert_allclose(x, y, rtol=1e-6)
@@ -107,7 +107,7 @@ SMALL = dict(num_classes=10, input_size=64, width=0.25)
     ],
 )
 def test_switches_run(switches):
-    model = models.AlexNet(**SMALL, **switches)
+    model = network.AlexNet(**SMALL, **switches)
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
     variables = model.init(jax.random.key(0), x, train=False)
     logits = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
@@ -117,8 +117,8 @@ def test_switches_run(switches):
 
 def test_tower_impls_agree():
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
-    split = models.AlexNet(**SMALL, tower_impl="split")
-    grouped = models.AlexNet(**SMALL, tower_impl="grouped")
+    split = network.AlexNet(**SMALL, tower_impl="split")
+    grouped = network.AlexNet(**SMALL, tower_impl="grouped")
     variables = split.init(jax.random.key(0), x, train=False)
     np.testing.assert_allclose(
         split.apply(variables, x, train=False), grouped.apply(variables, x, train=False), rtol=1e-4, atol=1e-5
@@ -129,9 +129,9 @@ def test_conv1_space_to_depth_gives_the_same_logits():
     """At the paper's input size (conv1's far-edge padding) with the same
     parameters: only conv1's order of summation differs."""
     x = jax.random.normal(jax.random.key(1), (2, 224, 224, 3)) * 50
-    direct = models.AlexNet(num_classes=10, width=0.25, conv1_impl="direct")
+    direct = network.AlexNet(num_classes=10, width=0.25, conv1_impl="direct")
     variables = direct.init(jax.random.key(0), x, train=False)
-    s2d = models.AlexNet(num_classes=10, width=0.25, conv1_impl="space_to_depth")
+    s2d = network.AlexNet(num_classes=10, width=0.25, conv1_impl="space_to_depth")
     want = direct.apply(variables, x, train=False)
     np.testing.assert_allclose(s2d.apply(variables, x, train=False), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
@@ -143,7 +143,7 @@ def _assert_same_gradients(plain: dict, switched: dict) -> None:
     labels = jnp.array([1, 7])
     grads = []
     for fields in (plain, switched):
-        model = models.AlexNet(**{**SMALL, **fields})
+        model = network.AlexNet(**{**SMALL, **fields})
         variables = model.init(jax.random.key(0), x, train=False)
 
         def loss(params, model=model):
@@ -177,7 +177,7 @@ def test_pooling_auto_takes_taps_on_cpu(pool_impl, scatters):
     """On the CPU backend the default pooling gradient is max_pool_taps': the
     compiled gradient has no select-and-scatter (nn.max_pool's has one)."""
     x = jnp.zeros((2, 64, 64, 3))
-    model = models.AlexNet(**SMALL, pool_impl=pool_impl)
+    model = network.AlexNet(**SMALL, pool_impl=pool_impl)
     params = model.init(jax.random.key(0), x, train=False)["params"]
     grad = jax.jit(jax.grad(lambda p: model.apply({"params": p}, x, train=False).sum()))
     assert ("select-and-scatter" in grad.lower(params).as_text(dialect="hlo")) == scatters
@@ -185,15 +185,15 @@ def test_pooling_auto_takes_taps_on_cpu(pool_impl, scatters):
 
 def test_lrn_switch_changes_output():
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
-    with_lrn = models.AlexNet(**SMALL)
+    with_lrn = network.AlexNet(**SMALL)
     variables = with_lrn.init(jax.random.key(0), x, train=False)
-    without = models.AlexNet(**SMALL, use_lrn=False)
+    without = network.AlexNet(**SMALL, use_lrn=False)
     assert not np.allclose(with_lrn.apply(variables, x, train=False), without.apply(variables, x, train=False))
 
 
 def test_wrong_input_size_is_rejected():
     with pytest.raises(ValueError, match="input_size=64"):
-        models.AlexNet(**SMALL).init(jax.random.key(0), jnp.zeros((1, 72, 72, 3)), train=False)
+        network.AlexNet(**SMALL).init(jax.random.key(0), jnp.zeros((1, 72, 72, 3)), train=False)
 
 
 def _count(params) -> int:
@@ -202,7 +202,7 @@ def _count(params) -> int:
 
 def test_one_gpu_net_of_section_3_2():
     """Half the kernels in each convolution except the last, one tower, same dense layers."""
-    params = _param_shapes(models.AlexNet(towers=1, filters=(48, 128, 192, 192, 256)))
+    params = _param_shapes(network.AlexNet(towers=1, filters=(48, 128, 192, 192, 256)))
     # Counted by hand: kernels k*k*in*out plus out biases, every layer reading all channels.
     convs = [(11, 3, 48), (5, 48, 128), (3, 128, 192), (3, 192, 192), (3, 192, 256)]
     expected = sum(k * k * cin * cout + cout for k, cin, cout in convs)
@@ -212,14 +212,14 @@ def test_one_gpu_net_of_section_3_2():
 
 
 def test_no_cross_tower_makes_conv3_read_its_own_tower():
-    params = _param_shapes(models.AlexNet(cross_tower=False))
+    params = _param_shapes(network.AlexNet(cross_tower=False))
     assert params["conv3"]["kernel"].shape == (3, 3, 128, 384)  # 256 channels, two towers
     assert _count(params) == 60_965_224 - 3 * 3 * 128 * 384
 
 
 def test_extra_conv6_over_the_last_pooling_layer():
-    params = _param_shapes(models.AlexNet(extra_conv6=True))
+    params = _param_shapes(network.AlexNet(extra_conv6=True))
     assert params["conv6"]["kernel"].shape == (3, 3, 128, 256)  # grouped like conv5: our choice
     assert params["fc6"]["kernel"].shape == (9216, 4096)  # SAME padding keeps pool5's 6x6
     assert _count(params) == 60_965_224 + 3 * 3 * 128 * 256 + 256
-    assert models.LAYERS == ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8")
+    assert network.LAYERS == ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8")

@@ -13,11 +13,13 @@ from unittest import mock
 import jax
 import numpy as np
 
-from alexnet_jax import input_pipeline, sharding, train
+from alexnet_jax.data import pipeline
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import loop
 
 # The unpatched reader: the single-process run below replaces
-# input_pipeline.train_batches with a two-process emulation that calls this.
-_TRAIN_BATCHES = input_pipeline.train_batches
+# pipeline.train_batches with a two-process emulation that calls this.
+_TRAIN_BATCHES = pipeline.train_batches
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -75,8 +77,8 @@ def _two_process_global_batches(config, builder, position=None):
     streams = []
     for index in range(2):
         part = sharding.DataPart(index, 2)
-        with mock.patch.object(input_pipeline.multihost_data, "config_data_part", return_value=part):
-            streams.append(_TRAIN_BATCHES(config, builder, position or input_pipeline.StreamPosition()))
+        with mock.patch.object(pipeline.multihost_data, "config_data_part", return_value=part):
+            streams.append(_TRAIN_BATCHES(config, builder, position or pipeline.StreamPosition()))
     for local_batches in zip(*streams):
         yield {k: np.concatenate([b[k] for b in local_batches]) for k in local_batches[0]}
 
@@ -104,8 +106,8 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digi
     config.checkpoint_every_steps = 2
     config.mesh = (2, 2)
     single = str(tmp_path / "one")
-    with mock.patch.object(train.input_pipeline, "train_batches", _two_process_global_batches):
-        train.train_and_evaluate(config, single)
+    with mock.patch.object(loop.input_pipeline, "train_batches", _two_process_global_batches):
+        loop.train_and_evaluate(config, single)
 
     state_two, step_two = final_state(workdir, config)
     state_one, step_one = final_state(single, config)
@@ -132,7 +134,7 @@ def test_two_processes_of_one_device_hold_one_model_pair(tiny_config, tmp_path, 
     config.num_train_steps = num_steps
     config.eval_every_steps = 100
     config.mesh = (1, 2)  # the same two towers, on two of this process's devices
-    summary = train.train_and_evaluate(config, str(tmp_path / "one"))
+    summary = loop.train_and_evaluate(config, str(tmp_path / "one"))
     assert summary["eval_num_examples"] == 360
     eval_losses = [float(x) for x in re.findall(r"eval_loss=([\d.]+)", log)]
     np.testing.assert_allclose(eval_losses, [summary["eval_loss"]] * 2, rtol=1e-5)

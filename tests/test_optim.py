@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import optim
+from alexnet_jax.train import optim
 from configs import default
 
 
@@ -152,7 +152,7 @@ def test_every_schedule_turns_a_fractional_epoch_into_the_same_step():
     """At epoch 0.7 of 5 steps (3.5): the learning-rate drop, conv1's change
     and the colour noise's end all apply from update 4, the first that starts
     after epoch 0.7 (int() put the drop at 3, round() the others at 4)."""
-    from alexnet_jax import steps as steps_module
+    from alexnet_jax.train import steps as steps_module
 
     opt = _opt_config(drop_epochs=(0.7,), layer_lr_changes=(("conv1", 0.7, 0.5),), momentum=0.0, weight_decay=0.0)
     params = {layer: {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)} for layer in ("conv1", "fc8")}

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import pooling
+from alexnet_jax.model import pooling
 
 
 def _max_pool_reference(x: np.ndarray, window: int, stride: int, grad_out: np.ndarray):

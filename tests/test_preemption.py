@@ -17,7 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, preemption, sharding, steps, train
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import checkpointing, loop, preemption, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 20  # a margin: tiny steps take ~30 ms and the test may be slow to react
@@ -103,7 +104,7 @@ def _assert_identical(state_a, state_b) -> None:
 def test_sigterm_saves_the_step_it_stopped_at_and_the_restart_matches(tiny_config, tmp_path, final_state):
     config = _stoppable_config(tiny_config)
     uninterrupted = str(tmp_path / "uninterrupted")
-    train.train_and_evaluate(config, uninterrupted)
+    loop.train_and_evaluate(config, uninterrupted)
 
     workdir = str(tmp_path / "stopped")
     command = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/digits.py", f"--workdir={workdir}"]
@@ -116,7 +117,7 @@ def test_sigterm_saves_the_step_it_stopped_at_and_the_restart_matches(tiny_confi
     with open(os.path.join(workdir, "config.json")) as f:  # what launch.report reads
         assert json.load(f)["last_exit"]["status"] == "stopped"
 
-    train.train_and_evaluate(config, workdir)  # resumes at `stopped`
+    loop.train_and_evaluate(config, workdir)  # resumes at `stopped`
     state_a, step_a = final_state(uninterrupted, config)
     state_b, step_b = final_state(workdir, config)
     assert step_a == step_b == TOTAL_STEPS
@@ -179,7 +180,7 @@ def test_a_second_sigint_ends_at_once_is_recorded_and_the_next_start_removes_tem
     # What a second Ctrl-C mid-save leaves: orbax's temporary folder of that step.
     leftover = os.path.join(workdir, "checkpoints", "7.orbax-checkpoint-tmp-1700000000000000")
     os.makedirs(os.path.join(leftover, "state"))
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(TOTAL_STEPS)]
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["last_exit"]["status"] == "finished"

@@ -15,8 +15,12 @@ import pytest
 from etils import epath
 from etils.epath import backend, gpath
 
-from alexnet_jax import checkpointing, datasets, evaluate, init_from, paths, run_config, train
-from alexnet_jax.config_validation import validate_config
+from alexnet_jax import evaluate
+from alexnet_jax.data import datasets
+from alexnet_jax.files import paths
+from alexnet_jax.runs import config_file
+from alexnet_jax.runs.validation import validate_config
+from alexnet_jax.train import checkpointing, init_from, loop
 from launch import report, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,26 +68,26 @@ def test_the_in_memory_file_system_stands_in_for_a_bucket(ram_dir):
 
 def test_config_json_on_a_remote_workdir(tiny_config, ram_dir):
     workdir = f"{ram_dir}/runs/digits"
-    run_config.check_writable(workdir)  # creates the workdir, leaves no probe
+    config_file.check_writable(workdir)  # creates the workdir, leaves no probe
     assert list(epath.Path(workdir).iterdir()) == []
-    run_config.check_restart(tiny_config, workdir, 0.0)  # the first start writes config.json
+    config_file.check_restart(tiny_config, workdir, 0.0)  # the first start writes config.json
     assert [p.name for p in epath.Path(workdir).iterdir()] == ["config.json"]  # no temporary file left
-    record = run_config.load(workdir)
-    assert run_config.flat_fields(record["config"]) == run_config.flat_fields(tiny_config)
+    record = config_file.load(workdir)
+    assert config_file.flat_fields(record["config"]) == config_file.flat_fields(tiny_config)
 
     longer = tiny_config.copy_and_resolve_references()
     longer.num_train_steps = 9  # a restart may change it: taken and recorded
-    run_config.check_restart(longer, workdir, 0.1)
-    assert run_config.load(workdir)["restarts"][0]["changed"] == {"num_train_steps": {"from": 6, "to": 9}}
+    config_file.check_restart(longer, workdir, 0.1)
+    assert config_file.load(workdir)["restarts"][0]["changed"] == {"num_train_steps": {"from": 6, "to": 9}}
     other = longer.copy_and_resolve_references()
     other.seed = 1
     with pytest.raises(ValueError) as refused:
-        run_config.check_restart(other, workdir, 0.1)
+        config_file.check_restart(other, workdir, 0.1)
     assert f"({workdir}/config.json); use a new --workdir" in str(refused.value) and "\n" not in str(refused.value)
 
-    run_config.record_exit(workdir, "finished", 9)
-    assert run_config.load(workdir)["last_exit"]["status"] == "finished"
-    read = run_config.config_for_reading(workdir, tiny_config, {"eval_views": "ten_view"}, config_file_given=False)
+    config_file.record_exit(workdir, "finished", 9)
+    assert config_file.load(workdir)["last_exit"]["status"] == "finished"
+    read = config_file.config_for_reading(workdir, tiny_config, {"eval_views": "ten_view"}, config_file_given=False)
     assert read.num_train_steps == 9 and read.eval_views == "ten_view"
     assert checkpointing.latest_step(workdir) == 0  # no checkpoints yet, nothing created
     assert not (epath.Path(workdir) / "checkpoints").exists()
@@ -93,7 +97,7 @@ def test_a_damaged_remote_config_json_is_named_in_one_line(ram_dir):
     (epath.Path(ram_dir) / "config.json").parent.mkdir(parents=True, exist_ok=True)
     (epath.Path(ram_dir) / "config.json").write_text("{half")
     with pytest.raises(ValueError, match=rf"^{ram_dir}/config.json cannot be read \(.*\): restore it"):
-        run_config.load(ram_dir)
+        config_file.load(ram_dir)
 
 
 def test_checkpoint_steps_and_init_from_on_a_remote_workdir(ram_dir):
@@ -142,7 +146,7 @@ def test_the_preprocessed_cache_and_its_sums_on_a_remote_data_dir(ram_dir):
     import numpy as np
     import tensorflow as tf
 
-    from alexnet_jax import data_cache, data_stats
+    from alexnet_jax.data import data_cache, data_stats
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (20, 8, 8, 3), np.uint8)
@@ -194,15 +198,15 @@ def test_a_run_on_a_path_like_workdir_checkpoints_resumes_and_is_evaluated(tiny_
     config = tiny_config.copy_and_resolve_references()
     config.data_dir = os.fspath(epath.Path(tiny_config.data_dir))
     config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = 2, 2, 2
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     assert checkpointing.latest_step(workdir) == 2
     config.num_train_steps = 3  # a restart may extend the run: resumes at 2
-    summary = train.train_and_evaluate(config, workdir)
+    summary = loop.train_and_evaluate(config, workdir)
     assert checkpointing.latest_step(tmp_path / "run") == 3 and summary["eval_num_examples"] == 360
-    assert run_config.load(workdir)["restarts"][0]["changed"]["num_train_steps"] == {"from": 2, "to": 3}
+    assert config_file.load(workdir)["restarts"][0]["changed"]["num_train_steps"] == {"from": 2, "to": 3}
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "run"))
 
-    read = run_config.config_for_reading(workdir, tiny_config, {}, config_file_given=False)
+    read = config_file.config_for_reading(workdir, tiny_config, {}, config_file_given=False)
     evaluated, step = evaluate.evaluate_checkpoint(read, workdir)
     assert step == 3 and evaluated["eval_num_examples"] == 360
     assert evaluated["eval_top1_error"] == pytest.approx(summary["eval_top1_error"], abs=1e-6)
@@ -210,7 +214,7 @@ def test_a_run_on_a_path_like_workdir_checkpoints_resumes_and_is_evaluated(tiny_
 
 def test_a_lock_file_on_a_remote_workdir(ram_dir, monkeypatch):
     """No create-if-absent through epath: written when absent, read back (best effort)."""
-    from alexnet_jax import folder_lock
+    from alexnet_jax.files import folder_lock
 
     monkeypatch.setattr(folder_lock, "_REMOTE_SETTLE_S", 0.01)
     path = epath.Path(ram_dir) / "run" / folder_lock.RUN_LOCK

@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import augment, data_stats, ensemble, paths, predict, run_stats, steps, train
+from alexnet_jax.data import augment, data_stats
+from alexnet_jax.files import paths
+from alexnet_jax.inference import ensemble, predictions
+from alexnet_jax.runs import run_stats
+from alexnet_jax.train import loop, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +36,7 @@ def _missing_warnings(caplog) -> list[str]:
 
 def test_a_restart_and_the_readers_use_the_runs_own_statistics(config, tmp_path, monkeypatch, caplog):
     workdir = str(tmp_path / "run")
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     shared = data_stats.cache_path(config, None)
     computed = paths.read_npz(shared)
     run = run_stats.load(workdir)
@@ -57,7 +61,7 @@ def test_a_restart_and_the_readers_use_the_runs_own_statistics(config, tmp_path,
     make_eval_fn = steps.make_eval_fn
     monkeypatch.setattr(steps, "make_eval_fn", lambda *args: used.append(args[-1]) or make_eval_fn(*args))
     config.num_train_steps = 3
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     np.testing.assert_array_equal(used[0].mean, computed["mean_image"])  # the run's own, not the file's now
 
     # A workdir from before the file: the statistics as before (the data_dir's), one warning, then saved.
@@ -111,9 +115,10 @@ def test_the_file_round_trips_and_another_runs_file_is_refused(tiny_config, tmp_
 def test_the_polarity_note():
     dark = augment.DataStats(np.full((4, 4, 3), 78.0), np.eye(3), np.ones(3))  # the digits' mean: white on black
     light_image, dark_image = np.full((9, 9, 3), 220, np.uint8), np.full((9, 9, 3), 60, np.uint8)
-    note = predict.polarity_note(light_image, dark)
+    note = predictions.polarity_note(light_image, dark)
     assert note.startswith("mostly light (mean 220 of 255) but the run's training images are mostly dark (mean 78)")
-    assert predict.polarity_note(dark_image, dark) is None
+    assert predictions.polarity_note(dark_image, dark) is None
     photos = augment.published_stats((123.7, 116.3, 103.5))  # near mid-grey: never a note
-    assert predict.polarity_note(light_image, photos) is None and predict.polarity_note(dark_image, photos) is None
-    assert "mostly dark" in predict.polarity_note(dark_image, augment.DataStats(np.full(3, 200.0), None, None))
+    assert predictions.polarity_note(light_image, photos) is None
+    assert predictions.polarity_note(dark_image, photos) is None
+    assert "mostly dark" in predictions.polarity_note(dark_image, augment.DataStats(np.full(3, 200.0), None, None))

@@ -7,8 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import augment, collectives, machine_defaults, sharding, steps
-from alexnet_jax.config_validation import validate_config
+from alexnet_jax.data import augment
+from alexnet_jax.parallel import collectives, sharding
+from alexnet_jax.platform import machine_defaults
+from alexnet_jax.runs.validation import validate_config
+from alexnet_jax.train import steps
 
 TOWER_LOCAL = {"conv1", "conv2", "conv4", "conv5"}
 EXCHANGE = {"conv3", "fc6", "fc7", "fc8"}

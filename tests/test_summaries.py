@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alexnet_jax import steps, summaries, train
+from alexnet_jax.train import loop, steps, summaries
 
 
 def test_kernel_grids_split_towers_and_keep_colour():
@@ -43,7 +43,7 @@ def test_run_writes_config_kernels_inputs_norms_and_histograms(tiny_config, tmp_
     from tensorboard.util import tensor_util
 
     workdir = str(tmp_path / "inspect")
-    train.train_and_evaluate(tiny_config, workdir)
+    loop.train_and_evaluate(tiny_config, workdir)
     by_plugin, events = _plugin_tags(workdir)
 
     assert "model.use_lrn = True" in tensor_util.make_ndarray(events.Tensors("config")[0].tensor_proto).item().decode()

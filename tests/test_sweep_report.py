@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from alexnet_jax import reading
+from alexnet_jax.runs import reading
 from launch import report, sweep
 
 

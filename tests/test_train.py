@@ -10,15 +10,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax import checkpointing, data_stats, input_pipeline, sharding, steps, train
-from alexnet_jax.config_validation import validate_config
+from alexnet_jax.data import data_stats, pipeline
+from alexnet_jax.parallel import sharding
+from alexnet_jax.runs.validation import validate_config
+from alexnet_jax.train import checkpointing, loop, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _first_batch(config):
-    builder = input_pipeline.get_builder(config)
-    return next(input_pipeline.train_batches(config, builder)), builder
+    builder = pipeline.get_builder(config)
+    return next(pipeline.train_batches(config, builder)), builder
 
 
 def test_one_step_golden_value(tiny_config):
@@ -79,14 +81,14 @@ def _final_params(workdir, config):
 
 def test_stop_and_resume_matches_uninterrupted_run(tiny_config, tmp_path):
     uninterrupted = str(tmp_path / "a")
-    train.train_and_evaluate(tiny_config, uninterrupted)
+    loop.train_and_evaluate(tiny_config, uninterrupted)
 
     resumed = str(tmp_path / "b")
     first_half = tiny_config.copy_and_resolve_references()
     first_half.num_train_steps = 3
-    train.train_and_evaluate(first_half, resumed)
+    loop.train_and_evaluate(first_half, resumed)
     assert _final_params(resumed, tiny_config)[1] == 3
-    summary = train.train_and_evaluate(tiny_config, resumed)  # resumes at 3, runs 4..6
+    summary = loop.train_and_evaluate(tiny_config, resumed)  # resumes at 3, runs 4..6
 
     state_a, step_a = _final_params(uninterrupted, tiny_config)
     state_b, step_b = _final_params(resumed, tiny_config)
@@ -98,7 +100,7 @@ def test_stop_and_resume_matches_uninterrupted_run(tiny_config, tmp_path):
 
 def test_checkpoint_holds_the_data_position_and_checks_it_on_resume(tiny_config, tmp_path):
     workdir = str(tmp_path / "position")
-    train.train_and_evaluate(tiny_config, workdir)
+    loop.train_and_evaluate(tiny_config, workdir)
     manager = checkpointing.make_manager(workdir, tiny_config.keep_checkpoints)
     template = steps.create_train_state(tiny_config, steps.create_model(tiny_config), 89, sharding.make_mesh((1, 1)))
     _, step, data = checkpointing.restore_latest_with_data(manager, template)
@@ -107,9 +109,9 @@ def test_checkpoint_holds_the_data_position_and_checks_it_on_resume(tiny_config,
     assert data["epoch"] == 0 and data["batch_in_epoch"] == 6 and data["examples_seen"] == 96
     assert data["local_batch_size"] == 16 and data["process_count"] == 1 and data["steps_per_epoch"] == 89
     # A position past an epoch's end rolls over; one from a checkpoint is used as saved.
-    resumed = input_pipeline.resume_position(tiny_config, {**data, "batch_in_epoch": 90}, 90, 89)
-    assert resumed == input_pipeline.StreamPosition(epoch=1, batch=1)
-    assert input_pipeline.resume_position(tiny_config, None, 95, 89) == input_pipeline.StreamPosition(1, 6)
+    resumed = pipeline.resume_position(tiny_config, {**data, "batch_in_epoch": 90}, 90, 89)
+    assert resumed == pipeline.StreamPosition(epoch=1, batch=1)
+    assert pipeline.resume_position(tiny_config, None, 95, 89) == pipeline.StreamPosition(1, 6)
 
     changed = tiny_config.copy_and_resolve_references()
     changed.batch_size = 32
@@ -117,7 +119,7 @@ def test_checkpoint_holds_the_data_position_and_checks_it_on_resume(tiny_config,
     # The saved position's own check, for workdirs without config.json (which would refuse first).
     os.remove(os.path.join(workdir, "config.json"))
     with pytest.raises(ValueError) as error:
-        train.train_and_evaluate(changed, workdir)
+        loop.train_and_evaluate(changed, workdir)
     message = str(error.value)
     assert "batch_size=16" in message and "now 32" in message and "\n" not in message
 
@@ -127,8 +129,8 @@ def test_synthetic_data_needs_no_dataset(tiny_config, tmp_path, monkeypatch):
     config.dataset = "synthetic"
     config.data_stats = "computed"  # synthetic data has none: the published ones are used
     config.num_train_steps = 2
-    monkeypatch.setattr(input_pipeline, "get_builder", lambda config: pytest.fail("synthetic data read tfds"))
-    summary = train.train_and_evaluate(config, str(tmp_path / "synthetic"))
+    monkeypatch.setattr(pipeline, "get_builder", lambda config: pytest.fail("synthetic data read tfds"))
+    summary = loop.train_and_evaluate(config, str(tmp_path / "synthetic"))
     assert summary["eval_num_examples"] == config.eval_batch_size
     assert np.isfinite(summary["eval_loss"])
 
@@ -137,7 +139,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_p
     workdir = str(tmp_path / "nan")
     good = tiny_config.copy_and_resolve_references()
     good.num_train_steps = 3
-    train.train_and_evaluate(good, workdir)
+    loop.train_and_evaluate(good, workdir)
 
     exploding = tiny_config.copy_and_resolve_references()
     exploding.num_train_steps = 12
@@ -145,7 +147,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_p
     # A changed rate is refused on a restart (config.json): this stands for a run that diverges by itself.
     os.remove(os.path.join(workdir, "config.json"))
     with pytest.raises(FloatingPointError, match=r"at step \d+"):
-        train.train_and_evaluate(exploding, workdir)
+        loop.train_and_evaluate(exploding, workdir)
 
     steps = ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).all_steps()
     assert 3 in steps
@@ -158,7 +160,7 @@ def test_tensorboard_event_files_hold_the_scalars(tiny_config, tmp_path):
     from tensorboard.util import tensor_util
 
     workdir = str(tmp_path / "tb")
-    train.train_and_evaluate(tiny_config, workdir)
+    loop.train_and_evaluate(tiny_config, workdir)
     events = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0})
     events.Reload()
     tags = set(events.Tags()["tensors"])
@@ -233,7 +235,7 @@ def test_bad_config_writes_nothing(tiny_config, tmp_path):
     config.model.num_classes = 7
     workdir = tmp_path / "never"
     with pytest.raises(ValueError, match="config.model.num_classes=7 but sklearn_digits has 10 classes"):
-        train.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(config, str(workdir))
     assert not workdir.exists()
 
 
@@ -269,11 +271,11 @@ def test_manual_dir_follows_tfds_data_dir(tmp_path, monkeypatch):
 
     config = paper.get_config()
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "shared_tfds"))
-    assert input_pipeline.manual_dir(config) == str(tmp_path / "shared_tfds" / "downloads" / "manual")
+    assert pipeline.manual_dir(config) == str(tmp_path / "shared_tfds" / "downloads" / "manual")
     config.data_dir = str(tmp_path / "mine")
-    assert input_pipeline.manual_dir(config) == str(tmp_path / "mine" / "downloads" / "manual")
+    assert pipeline.manual_dir(config) == str(tmp_path / "mine" / "downloads" / "manual")
     config.manual_dir = str(tmp_path / "tars")
-    assert input_pipeline.manual_dir(config) == str(tmp_path / "tars")
+    assert pipeline.manual_dir(config) == str(tmp_path / "tars")
 
 
 def test_unwritable_workdir_and_a_failed_save_are_one_line(tiny_config, tmp_path, monkeypatch):
@@ -281,7 +283,7 @@ def test_unwritable_workdir_and_a_failed_save_are_one_line(tiny_config, tmp_path
     mid-run names the folder, and the earlier checkpoints stay readable."""
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(ValueError, match=r"--workdir .*a_file/run is not writable \(Not a directory\)"):
-        train.train_and_evaluate(tiny_config, str(tmp_path / "a_file" / "run"))
+        loop.train_and_evaluate(tiny_config, str(tmp_path / "a_file" / "run"))
 
     workdir = str(tmp_path / "full")
     real_save = ocp.CheckpointManager.save
@@ -293,7 +295,7 @@ def test_unwritable_workdir_and_a_failed_save_are_one_line(tiny_config, tmp_path
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full_after_step_3)
     with pytest.raises(checkpointing.SaveError) as error:
-        train.train_and_evaluate(tiny_config, workdir)
+        loop.train_and_evaluate(tiny_config, workdir)
     message = str(error.value)
     assert message.startswith(f"saving the checkpoint of step 6 in {os.path.join(workdir, 'checkpoints')} failed")
     assert "No space left on device" in message and "earlier checkpoints are intact" in message
@@ -305,17 +307,17 @@ def test_inspected_gradients_are_those_the_step_applies_under_micro_batching(tin
     """micro_batch_size=-1 measured as 8: TensorBoard's gradients are the
     step's (same micro-batches, same dropout keys), not the whole batch's.
     The first update (no momentum yet) is -rate (g + decay w), -2 rate g for biases."""
-    from alexnet_jax import micro_batch_tuning, summaries
+    from alexnet_jax.train import micro_batch, summaries
 
-    monkeypatch.setattr(micro_batch_tuning, "should_measure", lambda config: True)
-    monkeypatch.setattr(micro_batch_tuning, "candidates", lambda config: (0, 8))
-    monkeypatch.setattr(micro_batch_tuning, "read_choice", lambda path, key: 8)  # "measured before"
+    monkeypatch.setattr(micro_batch, "should_measure", lambda config: True)
+    monkeypatch.setattr(micro_batch, "candidates", lambda config: (0, 8))
+    monkeypatch.setattr(micro_batch, "read_choice", lambda path, key: 8)  # "measured before"
     inspected = []
     monkeypatch.setattr(summaries, "write_inspection", lambda w, step, insp, c: inspected.append(jax.device_get(insp)))
     config = tiny_config.copy_and_resolve_references()
     config.micro_batch_size, config.num_train_steps = -1, 1
     workdir = str(tmp_path / "inspect")
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     (inspection,) = inspected
     after, _ = _final_params(workdir, config)
     rate, decay = config.optimizer.learning_rate, config.optimizer.weight_decay
@@ -336,7 +338,7 @@ def test_inspected_gradients_are_those_the_step_applies_under_micro_batching(tin
 def test_images_per_sec_counts_training_steps_only(tiny_config, tmp_path, monkeypatch):
     """On a clock where a step takes 1 s and every evaluation, inspection,
     save and the first (compiling) call 1000 s, every period reads 16 images/s."""
-    from alexnet_jax import micro_batch_tuning, summaries, throughput
+    from alexnet_jax.train import micro_batch, summaries, throughput
 
     now = [0.0]
     monkeypatch.setattr(throughput, "clock", lambda: now[0])
@@ -348,7 +350,7 @@ def test_images_per_sec_counts_training_steps_only(tiny_config, tmp_path, monkey
 
         return timed
 
-    make_train_fn = micro_batch_tuning.make_train_fn
+    make_train_fn = micro_batch.make_train_fn
 
     def train_fn(*args):
         micro, step = make_train_fn(*args)
@@ -361,8 +363,8 @@ def test_images_per_sec_counts_training_steps_only(tiny_config, tmp_path, monkey
 
         return micro, first_slow
 
-    monkeypatch.setattr(micro_batch_tuning, "make_train_fn", train_fn)
-    monkeypatch.setattr(train, "evaluate", taking(1000.0, train.evaluate))
+    monkeypatch.setattr(micro_batch, "make_train_fn", train_fn)
+    monkeypatch.setattr(loop, "evaluate", taking(1000.0, loop.evaluate))
     monkeypatch.setattr(summaries, "write_inspection", taking(1000.0, summaries.write_inspection))
     monkeypatch.setattr(checkpointing, "save", taking(1000.0, checkpointing.save))
     written, create_writer = [], summaries.create_writer
@@ -379,6 +381,6 @@ def test_images_per_sec_counts_training_steps_only(tiny_config, tmp_path, monkey
         return writer
 
     monkeypatch.setattr(summaries, "create_writer", recording_writer)
-    train.train_and_evaluate(tiny_config, str(tmp_path / "rate"))
+    loop.train_and_evaluate(tiny_config, str(tmp_path / "rate"))
     rates = [(step, scalars["images_per_sec"]) for step, scalars in written if "images_per_sec" in scalars]
     assert rates == [(2, 16.0), (4, 16.0), (6, 16.0)]  # steps 3 and 6 evaluate, inspect and save

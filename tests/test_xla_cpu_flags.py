@@ -11,19 +11,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import xla_cpu_flags
+from alexnet_jax.platform import xla_cpu_flags
 
 # Writes the model's parameter gradients to the .npz path it is given and
 # prints whether XLA handed a convolution to YNNPACK in the process running it.
 _GRADIENTS = textwrap.dedent(
     """
     import sys
-    from alexnet_jax import machine_settings
+    from alexnet_jax.platform import machine_settings
     machine_settings.apply_machine_settings(absl_app=False)  # as the entry points do, before JAX starts
     import jax, jax.numpy as jnp, numpy as np, optax
-    from alexnet_jax import models
+    from alexnet_jax.model import network
 
-    model = models.AlexNet(num_classes=10, input_size=64, width=0.25)  # conv1's 24 filters: enough for YNNPACK
+    model = network.AlexNet(num_classes=10, input_size=64, width=0.25)  # conv1's 24 filters: enough for YNNPACK
     x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3)) * 50
     labels = jnp.array([1, 7, 3, 0])
     params = model.init(jax.random.key(0), x, train=False)["params"]

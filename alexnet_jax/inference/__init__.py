@@ -1,0 +1,1 @@
+"""Using trained runs: restoring parameters, predictions, ensembles."""

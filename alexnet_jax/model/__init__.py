@@ -1,0 +1,3 @@
+"""The network: AlexNet, its layers (LRN, grouped convolutions), pooling and
+its kernels. Imports nothing of the project.
+"""

@@ -1,0 +1,1 @@
+"""The device mesh, sharding of parameters and batches, collectives."""
