@@ -67,8 +67,7 @@ def main(argv: list[str]) -> None:
                 by_size[config.resize_size] = np.stack(images)
         # The ensemble's probabilities: the mean of its runs' (one run: its own).
         members = (
-            predictions.member_probs(c, w, by_size[c.resize_size], r.stats)
-            for c, w, r in zip(configs, workdirs, runs)
+            predictions.member_probs(c, w, by_size[c.resize_size], r.stats) for c, w, r in zip(configs, workdirs, runs)
         )
         probs = sum(members) / len(workdirs)
         for path, row, top in zip(readable, probs, predictions.top_k(probs)):

@@ -27,8 +27,8 @@ if __name__ == "__main__":  # quiet TensorFlow's C++ start-up lines (read when i
 
 import numpy as np  # noqa: E402
 
-from alexnet_jax.data import synthetic
-from alexnet_jax.platform import machine_settings  # noqa: E402  synthetic_data: ImageNet's training-set size
+from alexnet_jax.data import synthetic  # noqa: E402  (synthetic: ImageNet's training-set size)
+from alexnet_jax.platform import machine_settings  # noqa: E402
 from bench.step_workers import time_calls  # noqa: E402
 
 

@@ -10,7 +10,7 @@ Each round makes an iterator over the same pipeline (a parallel map of
 64x64x3 images, batches of 32), reads from it for `--life` seconds at about
 100 batches/s, and times `del` on it. With autotuning on, the iterator's
 model thread can miss its cancellation and sleep out its timer while the
-destructor waits (alexnet_jax/tf_iteration.py says why); the rows count
+destructor waits (alexnet_jax/data/tf_iteration.py says why); the rows count
 how often a destruction took over 0.1 s (_STALL_S), and the longest.
 """
 

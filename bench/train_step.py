@@ -19,7 +19,7 @@ machine; 0 = the whole batch at once).
 On CPU a "before" row runs alexnet_jax with the defaults of the previous
 table (BENCHMARKS.md): glibc's malloc as it comes (`ALEXNET_JAX_MALLOC=glibc`;
 `--no-before` skips it), and a row runs the defaults with the opt-in
-malloc settings (`ALEXNET_JAX_MALLOC=reuse`, alexnet_jax/host_malloc.py).
+malloc settings (`ALEXNET_JAX_MALLOC=reuse`, alexnet_jax/platform/host_malloc.py).
 The jax worker restarts itself with huge pages where the defaults would
 (alexnet_jax.platform.machine_settings, as `python -m alexnet_jax.main` does).
 The default rows: `--micro_batch -1,32` on CPU. Before the rounds, each -1
@@ -213,9 +213,7 @@ def _print_table(args, contenders, settings, runs, gemm) -> None:
                 f"| {flop:.3f} | {100 * rate * flop / peaks[limit_dtype]:.1f} | {ratio} |"
             )
         if model == "paper":
-            print(
-                f"<!-- paper {dtype} batch {batch}: XLA counts {jax_flop:.3f} GFLOP/img; the table uses 4.1 -->"
-            )
+            print(f"<!-- paper {dtype} batch {batch}: XLA counts {jax_flop:.3f} GFLOP/img; the table uses 4.1 -->")
 
 
 def main() -> None:

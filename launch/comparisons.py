@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from launch import sweep
+from alexnet_jax.runs import config_file, sweep_status
 
 if TYPE_CHECKING:
     from launch.report import RunResult
 
-# Fields a restart may change (record.MAY_CHANGE) leave a run's numbers as they are, except these: the run's
+# Fields a restart may change (config_file.MAY_CHANGE) leave a run's numbers as they are, except these: the run's
 # length and schedule, what its evaluations measure, and how often (the best error is over the evaluations).
 COMPARED_MAY_CHANGE = frozenset(
     {"num_epochs", "num_train_steps", "optimizer.drop_epochs", "eval_views", "eval_every_steps"}
@@ -26,8 +26,8 @@ def compared_fields(record: dict | None, swept: set[str]) -> dict | None:
     those that leave the numbers as they are."""
     if record is None:
         return None
-    ignored = swept | {"seed"} | (record.MAY_CHANGE.keys() - COMPARED_MAY_CHANGE)
-    return {k: v for k, v in record.flat_fields(record["config"]).items() if k not in ignored}
+    ignored = swept | {"seed"} | (config_file.MAY_CHANGE.keys() - COMPARED_MAY_CHANGE)
+    return {k: v for k, v in config_file.flat_fields(record["config"]).items() if k not in ignored}
 
 
 def _short(value) -> str:
@@ -56,16 +56,16 @@ def comparable_pairs(runs: list[RunResult], baseline: list[RunResult]) -> tuple[
     reason for each run left out."""
     by_seed = {r.seed: r for r in baseline}
     paired = any(r.seed in by_seed for r in runs)
-    reference = next((r for r in baseline if r.status == sweep.FINISHED), None)
+    reference = next((r for r in baseline if r.status == sweep_status.FINISHED), None)
     pairs, left_out = [], []
     for run in runs:
         partner = by_seed.get(run.seed) if paired else reference
-        if run.status != sweep.FINISHED:
+        if run.status != sweep_status.FINISHED:
             left_out.append(f"{run_label(run)}: {run.status}")
         elif partner is None:
             reason = "the baseline has no run of this seed" if paired else "no baseline run finished"
             left_out.append(f"{run_label(run)}: {reason}")
-        elif partner.status != sweep.FINISHED:
+        elif partner.status != sweep_status.FINISHED:
             left_out.append(f"{run_label(run)}: the baseline's run {partner.status}")
         elif diff := differences(run.config, partner.config, "baseline"):
             left_out.append(f"{run_label(run)}: its config differs from the baseline's: {diff}")

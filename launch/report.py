@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from alexnet_jax import errors
-from alexnet_jax.runs import config_file
+from alexnet_jax.runs import config_file, sweep_status
 from launch import comparisons, sweep
 
 # (key, column title, is an error rate shown in percent)
@@ -49,7 +49,7 @@ class RunResult:
     name: str
     group: str  # the variant's name without its seed
     seed: int | None
-    status: str  # sweep.FINISHED, "failed at step N (...)", "stopped at step N", "not started", ...
+    status: str  # sweep_status.FINISHED, "failed at step N (...)", "stopped at step N", "not started", ...
     metrics: dict[str, float]
     curves: dict[str, tuple[np.ndarray, np.ndarray]]  # tag -> (steps, values)
     num_params: int | None
@@ -97,12 +97,12 @@ def run_metrics(scalars: dict[str, tuple[np.ndarray, np.ndarray]], target_error:
     return result
 
 
-def run_status(run: sweep.Run, scalars: dict) -> str:
-    """sweep.run_status (how launch.sweep and `--sweep` see the variant:
+def run_status(run: sweep_status.Run, scalars: dict) -> str:
+    """sweep_status.run_status (how launch.sweep and `--sweep` see the variant:
     finished, failed or stopped at step N, ...); a run that stopped without
     a word (killed) is "stopped at step N" (its last logged step) or "not started"."""
-    status = sweep.run_status(run)
-    if status != sweep.NOT_FINISHED:
+    status = sweep_status.run_status(run)
+    if status != sweep_status.NOT_FINISHED:
         return status
     if not scalars:
         return "not started"
@@ -110,14 +110,14 @@ def run_status(run: sweep.Run, scalars: dict) -> str:
 
 
 def collect(workdir: str, target_error: float) -> tuple[dict, list[RunResult]]:
-    path = os.path.join(workdir, sweep.MANIFEST)
+    path = os.path.join(workdir, sweep_status.MANIFEST)
     if not os.path.exists(path):
         raise SystemExit(f"error: {path} not found: run `python -m launch.sweep ... --workdir {workdir}` first")
     with open(path) as f:
         manifest = json.load(f)
     swept = {field for entry in manifest["runs"] for field in entry["overrides"]}
     results = []
-    for run in sweep.manifest_runs(workdir, manifest):
+    for run in sweep_status.manifest_runs(workdir, manifest):
         overrides = dict(run.overrides)
         seed = overrides.pop("seed", None)
         try:
@@ -156,7 +156,7 @@ def summarise(results: list[RunResult]) -> list[dict]:
     baseline = groups[results[0].group]
     rows = []
     for name, runs in groups.items():
-        finished = [r for r in runs if r.status == sweep.FINISHED]
+        finished = [r for r in runs if r.status == sweep_status.FINISHED]
         row = {"variant": name, "seeds": len(runs), "finished": len(finished)}
         row["num_params"] = next((r.num_params for r in runs if r.num_params), None)
         # A failed or interrupted run's numbers are partial: pooled only when no run finished.
@@ -166,7 +166,7 @@ def summarise(results: list[RunResult]) -> list[dict]:
         pairs, left_out = comparisons.comparable_pairs(runs, baseline)
         for key in DELTA_METRICS:
             if pairs and pairs[0][1] is None:  # no shared seed: the difference of the means
-                base = [r.metrics[key] for r in baseline if r.status == sweep.FINISHED]
+                base = [r.metrics[key] for r in baseline if r.status == sweep_status.FINISHED]
                 deltas = [_mean_std([r.metrics[key] for r, _ in pairs])[0] - _mean_std(base)[0]]
             else:
                 deltas = [r.metrics[key] - b.metrics[key] for r, b in pairs]
@@ -292,8 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.target_error < 1:
         raise SystemExit(f"error: --target_error={args.target_error} must be a fraction in (0, 1), e.g. 0.25")
     out = args.out or args.workdir
-    sweep.check_local(args.workdir, "--workdir")
-    sweep.check_local(out, "--out")
+    sweep_status.check_local(args.workdir, "--workdir")
+    sweep_status.check_local(out, "--out")
     config_file.check_writable(out, "--out")  # before the sweep's event files are read
     manifest, results = collect(args.workdir, args.target_error)
     if not any(r.status == "finished" for r in results):

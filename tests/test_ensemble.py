@@ -13,7 +13,7 @@ import pytest
 
 from alexnet_jax.data import augment, data_stats, pipeline
 from alexnet_jax.inference import ensemble
-from alexnet_jax.runs import config_file
+from alexnet_jax.runs import config_file, sweep_status
 from alexnet_jax.train import checkpointing, loop, steps
 from launch import sweep
 
@@ -109,16 +109,21 @@ def test_members_must_share_the_task():
 def test_sweep_members_are_exactly_the_finished_variants(tmp_path):
     workdir = str(tmp_path / "sweep")
     runs = [
-        sweep.Run(name, {"seed": i}, os.path.join(workdir, name), ["-m", "alexnet_jax.main", f"--config.seed={i}"])
+        sweep_status.Run(
+            name, {"seed": i}, os.path.join(workdir, name), ["-m", "alexnet_jax.main", f"--config.seed={i}"]
+        )
         for i, name in enumerate(["seed=0", "seed=1", "seed=2", "seed=3"])
     ]
     sweep.write_manifest(workdir, "configs/digits.py", "s.py", [], runs)
     for run, args in [(runs[0], runs[0].args), (runs[1], [*runs[1].args, "--config.num_train_steps=9"])]:
         os.makedirs(run.workdir)
-        with open(os.path.join(run.workdir, sweep.DONE), "w") as f:
+        with open(os.path.join(run.workdir, sweep_status.DONE), "w") as f:
             json.dump({"args": args}, f)
     os.makedirs(runs[2].workdir)  # started, not finished; runs[3] never started
-    assert sweep.finished_workdirs(workdir) == [runs[0].workdir]
-    assert shlex.split(json.load(open(os.path.join(workdir, sweep.MANIFEST)))["runs"][0]["command"])[1:] == runs[0].args
+    assert sweep_status.finished_workdirs(workdir) == [runs[0].workdir]
+    assert (
+        shlex.split(json.load(open(os.path.join(workdir, sweep_status.MANIFEST)))["runs"][0]["command"])[1:]
+        == runs[0].args
+    )
     with pytest.raises(ValueError, match="sweep.json not found"):
-        sweep.finished_workdirs(str(tmp_path / "nothing"))
+        sweep_status.finished_workdirs(str(tmp_path / "nothing"))

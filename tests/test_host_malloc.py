@@ -1,4 +1,4 @@
-"""The opt-in malloc settings (alexnet_jax/host_malloc.py): when they
+"""The opt-in malloc settings (alexnet_jax/platform/host_malloc.py): when they
 apply, that a user's own choice is kept, and, in fresh processes, that
 repeated CPU steps stop faulting in their buffers' memory while computing
 the same numbers."""

@@ -1,7 +1,7 @@
 """Importing the project changes nothing in the process: every module of
 alexnet_jax, configs, launch and bench leaves os.environ, malloc and XLA's
 flags as they were, whatever ALEXNET_JAX_MALLOC says. The entry points apply
-the machine settings (alexnet_jax/machine_settings.py), say so in one log
+the machine settings (alexnet_jax/platform/machine_settings.py), say so in one log
 line, and stop on a bad ALEXNET_JAX_MALLOC in one line with exit status 2."""
 
 import json

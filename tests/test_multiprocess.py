@@ -77,7 +77,7 @@ def _two_process_global_batches(config, builder, position=None):
     streams = []
     for index in range(2):
         part = sharding.DataPart(index, 2)
-        with mock.patch.object(pipeline.multihost_data, "config_data_part", return_value=part):
+        with mock.patch.object(pipeline.multihost, "config_data_part", return_value=part):
             streams.append(_TRAIN_BATCHES(config, builder, position or pipeline.StreamPosition()))
     for local_batches in zip(*streams):
         yield {k: np.concatenate([b[k] for b in local_batches]) for k in local_batches[0]}
@@ -106,7 +106,7 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digi
     config.checkpoint_every_steps = 2
     config.mesh = (2, 2)
     single = str(tmp_path / "one")
-    with mock.patch.object(loop.input_pipeline, "train_batches", _two_process_global_batches):
+    with mock.patch.object(loop.pipeline, "train_batches", _two_process_global_batches):
         loop.train_and_evaluate(config, single)
 
     state_two, step_two = final_state(workdir, config)

@@ -66,7 +66,7 @@ def test_first_start_writes_config_json_once_and_atomically(tiny_config, tmp_pat
         f.write('{"config": {')
         raise OSError("disk full")
 
-    monkeypatch.setattr(record.json, "dump", broken_dump)
+    monkeypatch.setattr(config_file.json, "dump", broken_dump)
     with pytest.raises(OSError, match="disk full"):
         config_file.record_exit(workdir, "failed", 3, "test")
     assert open(config_file.path(workdir)).read() == before

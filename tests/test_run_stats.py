@@ -79,12 +79,14 @@ def test_a_restart_and_the_readers_use_the_runs_own_statistics(config, tmp_path,
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     code = (
         "from absl import app\n"
-        "from alexnet_jax import config_overrides, input_pipeline, predict, reading\n"
+        "from alexnet_jax import predict\n"
+        "from alexnet_jax.data import pipeline\n"
+        "from alexnet_jax.runs import overrides, reading\n"
         "def unavailable(config):\n"
-        "    raise input_pipeline.DatasetUnavailableError(f'{config.dataset} cannot be prepared here')\n"
-        "input_pipeline.get_builder = unavailable\n"
+        "    raise pipeline.DatasetUnavailableError(f'{config.dataset} cannot be prepared here')\n"
+        "pipeline.get_builder = unavailable\n"
         "reading.define_flags(several_workdirs=True)\n"
-        "app.run(predict.main, flags_parser=config_overrides.parse_flags)\n"
+        "app.run(predict.main, flags_parser=overrides.parse_flags)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, f"--workdir={workdir}", str(image)],

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import errors
+from alexnet_jax.runs import sweep_status
 from launch import report, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +131,7 @@ def test_rerun_skips_finished_variants_and_retries_failed_or_changed_ones(tmp_pa
 
     assert run() == 1  # seed 1 fails; the others still run
     assert calls() == ["seed=0", "seed=1", "seed=2"]
-    assert not os.path.exists(os.path.join(workdir, "seed=1", sweep.DONE))
+    assert not os.path.exists(os.path.join(workdir, "seed=1", sweep_status.DONE))
     assert "$ " in open(os.path.join(workdir, "seed=1", sweep.LOG)).read()
 
     (tmp_path / "fail").unlink()
@@ -206,14 +207,14 @@ def _fake_run(run_dir, eval_top1, train_top1, images_per_sec=(50.0, 100.0, 110.0
         writer.write_scalars(step, {"train_top1_error": train_top1[i], "images_per_sec": images_per_sec[i]})
         writer.write_scalars(step, {"eval_top1_error": eval_top1[i], "eval_top5_error": eval_top1[i] / 2})
     writer.close()
-    with open(os.path.join(run_dir, sweep.DONE), "w") as f:
+    with open(os.path.join(run_dir, sweep_status.DONE), "w") as f:
         json.dump({"args": []}, f)
 
 
 def test_report_numbers_from_known_event_files(tmp_path):
     workdir = str(tmp_path / "sweep")
     runs = [
-        sweep.Run(sweep.variant_name(v), v, os.path.join(workdir, sweep.variant_name(v)), [])
+        sweep_status.Run(sweep.variant_name(v), v, os.path.join(workdir, sweep.variant_name(v)), [])
         for v in sweep.grid({"model.use_lrn": [True, False], "seed": [0, 1]})
     ]
     sweep.write_manifest(workdir, "configs/digits.py", "s.py", [], runs)
@@ -247,7 +248,7 @@ def test_report_says_where_a_run_failed_and_pools_finished_runs_rates(tmp_path):
 
     workdir = str(tmp_path / "sweep")
     runs = [
-        sweep.Run(sweep.variant_name(v), v, os.path.join(workdir, sweep.variant_name(v)), [])
+        sweep_status.Run(sweep.variant_name(v), v, os.path.join(workdir, sweep.variant_name(v)), [])
         for v in sweep.grid({"seed": [0, 1, 2]})
     ]
     sweep.write_manifest(workdir, "configs/digits.py", "s.py", [], runs)
@@ -274,7 +275,7 @@ def test_report_says_where_a_run_failed_and_pools_finished_runs_rates(tmp_path):
 
 def test_report_of_a_sweep_where_no_run_finished_fails_in_one_line(tmp_path):
     workdir = str(tmp_path / "sweep")
-    runs = [sweep.Run(f"seed={i}", {"seed": i}, os.path.join(workdir, f"seed={i}"), []) for i in (0, 1)]
+    runs = [sweep_status.Run(f"seed={i}", {"seed": i}, os.path.join(workdir, f"seed={i}"), []) for i in (0, 1)]
     sweep.write_manifest(workdir, "configs/digits.py", "s.py", [], runs)
     with pytest.raises(SystemExit) as error:
         report.main(["--workdir", workdir])

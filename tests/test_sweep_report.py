@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from alexnet_jax.runs import reading
+from alexnet_jax.runs import reading, sweep_status
 from launch import report, sweep
 
 
@@ -22,7 +22,7 @@ def _make_sweep(tmp_path, variants, extra=()):
     for variant in variants:
         name = sweep.variant_name(variant)
         args = ["-m", "alexnet_jax.main", *(f"--config.{k}={v}" for k, v in variant.items()), *extra]
-        runs.append(sweep.Run(name, variant, os.path.join(workdir, name), args))
+        runs.append(sweep_status.Run(name, variant, os.path.join(workdir, name), args))
     sweep.write_manifest(workdir, "configs/digits.py", "s.py", list(extra), runs)
     return workdir, runs
 
@@ -45,7 +45,7 @@ def _fake_run(run, final_top1, config=None, last_exit="finished", done_args=None
     with open(os.path.join(run.workdir, "config.json"), "w") as f:
         json.dump(record, f)
     if done_args is not False:
-        with open(os.path.join(run.workdir, sweep.DONE), "w") as f:
+        with open(os.path.join(run.workdir, sweep_status.DONE), "w") as f:
             json.dump({"args": run.args if done_args is None else done_args}, f)
 
 
@@ -77,12 +77,12 @@ def test_a_variant_extended_then_failed_is_failed_for_every_reader(tmp_path):
     _fake_run(run, 0.4, last_exit=_failed(25), done_args=[*run.args[:-1], "--config.num_train_steps=20"])
     status = "failed at step 25 (FloatingPointError: loss is nan)"
     _, (result,) = report.collect(workdir, target_error=0.25)
-    assert result.status == status and not sweep.is_finished(run)
+    assert result.status == status and not sweep_status.is_finished(run)
     # The same after a failed extension outside the sweep: sweep_done.json names the sweep's command.
-    os.remove(os.path.join(run.workdir, sweep.DONE))
-    with open(os.path.join(run.workdir, sweep.DONE), "w") as f:
+    os.remove(os.path.join(run.workdir, sweep_status.DONE))
+    with open(os.path.join(run.workdir, sweep_status.DONE), "w") as f:
         json.dump({"args": run.args}, f)
-    assert not sweep.is_finished(run) and report.collect(workdir, target_error=0.25)[1][0].status == status
+    assert not sweep_status.is_finished(run) and report.collect(workdir, target_error=0.25)[1][0].status == status
 
 
 def test_a_variant_rerun_at_another_length_is_left_out_of_the_difference_and_said(tmp_path):
@@ -144,7 +144,7 @@ print("I0000 00:00:1796183995.652059    8219 cpu_feature_guard.cc:227] This Tens
       file=sys.stderr)
 print("To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow", file=sys.stderr)
 print("I1202 04:00:01.561102 139815067016064 xla_bridge.py:849] Unable to initialize backend 'tpu'", file=sys.stderr)
-print("I1202 04:00:12.786483 139815067016064 train.py:142] AlexNet with 325114 parameters", file=sys.stderr)
+print("I1202 04:00:12.786483 139815067016064 loop.py:142] AlexNet with 325114 parameters", file=sys.stderr)
 print("I1202 04:00:12.793857 139812414088896 logging_writer.py:80] [Hyperparameters] {'batch_size': 16}",
       file=sys.stderr)
 print("I1202 04:00:31.552977 139812414088896 logging_writer.py:48] [1] train_loss=2.50127", file=sys.stderr)
@@ -158,13 +158,13 @@ def test_a_sweep_keeps_start_up_chatter_in_each_variants_log(tmp_path, capsys):
     trainer = tmp_path / "chatty_main.py"
     trainer.write_text(CHATTY_TRAINER)
     workdir, runs = _make_sweep(tmp_path, sweep.grid({"seed": [0, 1]}))
-    runs = [sweep.Run(r.name, r.overrides, r.workdir, [str(trainer), *r.args[2:]]) for r in runs]
+    runs = [sweep_status.Run(r.name, r.overrides, r.workdir, [str(trainer), *r.args[2:]]) for r in runs]
     assert sweep.run_all(runs) == 1
     out = capsys.readouterr().out
     for chatter in ("absl::InitializeLog", "cpu_feature_guard", "To enable", "xla_bridge", "Hyperparameters"):
         assert chatter not in out
         assert chatter in open(os.path.join(runs[0].workdir, sweep.LOG)).read()
-    assert "[seed=0] I1202 04:00:12.786483 139815067016064 train.py:142] AlexNet with 325114 parameters" in out
+    assert "[seed=0] I1202 04:00:12.786483 139815067016064 loop.py:142] AlexNet with 325114 parameters" in out
     assert "[seed=0] I1202 04:00:31.552977 139812414088896 logging_writer.py:48] [1] train_loss=2.50127" in out
     assert "[seed=0] test top-1 accuracy: 10.0% (360 examples)" in out
     assert "[seed=1] RuntimeError: a bug, with its traceback" in out  # a failure's last line
@@ -172,8 +172,8 @@ def test_a_sweep_keeps_start_up_chatter_in_each_variants_log(tmp_path, capsys):
 
 
 def test_an_interrupted_variant_is_not_finished_and_says_so(tmp_path):
-    """A second Ctrl-C leaves last_exit "interrupted" (alexnet_jax/preemption.py): resumable, not finished."""
+    """A second Ctrl-C leaves last_exit "interrupted" (alexnet_jax/train/preemption.py): resumable, not finished."""
     workdir, (run,) = _make_sweep(tmp_path, [{"seed": 0}])
     interrupted = {"status": "interrupted", "step": 6, "error": "SIGINT received", "time": "2026-12-01T11:00:00"}
     _fake_run(run, 0.4, last_exit=interrupted, done_args=False)
-    assert sweep.run_status(run) == "interrupted at step 6 (resumable)" and not sweep.is_finished(run)
+    assert sweep_status.run_status(run) == "interrupted at step 6 (resumable)" and not sweep_status.is_finished(run)

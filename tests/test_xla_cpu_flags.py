@@ -1,4 +1,4 @@
-"""The XLA:CPU flag the project sets (alexnet_jax/xla_cpu_flags.py): added
+"""The XLA:CPU flag the project sets (alexnet_jax/platform/xla_cpu_flags.py): added
 by the entry points before JAX starts, a user's own value kept, and the same
 gradients as XLA's default (YNNPACK) convolutions, computed in a fresh process."""
 

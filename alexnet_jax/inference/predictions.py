@@ -97,5 +97,3 @@ def polarity_note(image_uint8: np.ndarray, stats: augment.DataStats) -> str | No
         f"{tone(trained)} (mean {trained:.0f}), e.g. the embedded digits are white on black: "
         f"invert the image if its classes look wrong"
     )
-
-

@@ -18,7 +18,8 @@ from alexnet_jax.runs.validation import validate_config
 FLAGS = flags.FLAGS
 # Without --config the reading tools start from every field's default (the
 # workdir's config.json then replaces them); --config.FIELD=VALUE still works.
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+# The schema module is itself a config file (it defines get_config).
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaults.py")
 
 
 def define_flags(several_workdirs: bool = False) -> None:
