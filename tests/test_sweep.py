@@ -158,7 +158,7 @@ def test_one_variant_trains_for_real_and_the_report_reads_it(digits_data_dir, tm
     assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0  # as SLURM array task 1 would
     first = capsys.readouterr().out
     assert "[activation=tanh] test top-1 accuracy:" in first
-    assert " train.py:" in first and "[Hyperparameters]" not in first  # its own lines, not the chatter
+    assert " loop.py:" in first and "[Hyperparameters]" not in first  # its own lines, not the chatter
     assert "[Hyperparameters]" in open(os.path.join(workdir, "activation=tanh", sweep.LOG)).read()
     assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0
     assert "finished before, skipped" in capsys.readouterr().out
