@@ -10,7 +10,7 @@ import pytest
 
 from alexnet_jax import errors
 from alexnet_jax.runs import sweep_status
-from launch import report, sweep
+from launch import report, report_tables, run_results, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "digits.py")
@@ -223,8 +223,8 @@ def test_report_numbers_from_known_event_files(tmp_path):
     _fake_run(runs[2].workdir, eval_top1=(0.5, 0.4, 0.3), train_top1=(0.9, 0.8, 0.7))
     _fake_run(runs[3].workdir, eval_top1=(0.5, 0.5, 0.5), train_top1=(0.9, 0.8, 0.2))
 
-    _, results = report.collect(workdir, target_error=0.25)
-    baseline, no_lrn = report.summarise(results)
+    _, results = run_results.collect(workdir, target_error=0.25)
+    baseline, no_lrn = report_tables.summarise(results)
     assert baseline["variant"] == "use_lrn=True" and no_lrn["variant"] == "use_lrn=False"
     assert baseline["final_top1"] == pytest.approx(0.25) and baseline["final_top1_std"] == pytest.approx(0.0707, 1e-3)
     assert baseline["best_top1"] == pytest.approx(0.2) and baseline["best_top5"] == pytest.approx(0.1)
@@ -236,7 +236,7 @@ def test_report_numbers_from_known_event_files(tmp_path):
         np.std([0.1, 0.2], ddof=1)
     )
     assert no_lrn["steps_to_target_n"] == 1 and no_lrn["steps_to_target"] == 30.0  # seed 0 never got there
-    table = report.markdown(
+    table = report_tables.markdown(
         {"config": "c", "sweep": "s", "extra_overrides": [], "baseline": "b"}, [baseline, no_lrn], 0.25, "T", "w"
     )
     assert "| `use_lrn=False` | 2/2 | 40.00 ± 14.14 | +15.00 ± 7.07 |" in table
@@ -267,9 +267,9 @@ def test_report_says_where_a_run_failed_and_pools_finished_runs_rates(tmp_path):
     writer.write_scalars(7, {"images_per_sec": 3.0})  # interrupted (killed) after step 7's log
     writer.close()
 
-    _, results = report.collect(workdir, target_error=0.25)
+    _, results = run_results.collect(workdir, target_error=0.25)
     assert [r.status for r in results] == ["finished", f"failed at step 12 ({error})", "stopped at step 7"]
-    (row,) = report.summarise(results)
+    (row,) = report_tables.summarise(results)
     assert row["finished"] == 1 and row["images_per_sec"] == pytest.approx(105.0)  # the finished run's alone
 
 
