@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -158,7 +159,9 @@ def test_one_variant_trains_for_real_and_the_report_reads_it(digits_data_dir, tm
     assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0  # as SLURM array task 1 would
     first = capsys.readouterr().out
     assert "[activation=tanh] test top-1 accuracy:" in first
-    assert " train.py:" in first and "[Hyperparameters]" not in first  # its own lines, not the chatter
+    # Its own lines, not the chatter: log lines of the project's modules (and clu's scalars) only.
+    echoed_sources = set(re.findall(r" ([\w.-]+\.py):\d+\] ", first)) - {"logging_writer.py"}
+    assert echoed_sources and echoed_sources <= sweep._OWN_SOURCES and "[Hyperparameters]" not in first
     assert "[Hyperparameters]" in open(os.path.join(workdir, "activation=tanh", sweep.LOG)).read()
     assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0
     assert "finished before, skipped" in capsys.readouterr().out
