@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from alexnet_jax.runs import config_file, sweep_status
 
 if TYPE_CHECKING:
-    from launch.report import RunResult
+    from launch.run_results import RunResult
 
 # Fields a restart may change (config_file.MAY_CHANGE) leave a run's numbers as they are, except these: the run's
 # length and schedule, what its evaluations measure, and how often (the best error is over the evaluations).

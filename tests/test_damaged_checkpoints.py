@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.parallel import sharding
-from alexnet_jax.train import checkpointing, loop, steps
+from alexnet_jax.train import checkpoint_reads, checkpointing, loop, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRAINED: dict[str, str] = {}  # one tiny run (checkpoints 3 and 6) per session, copied by the tests that read it
@@ -127,8 +127,8 @@ def test_a_restart_that_does_not_fit_the_checkpoints_is_one_line_and_moves_nothi
 
 
 def test_transient_read_errors_are_retried_and_never_move_a_checkpoint(tiny_config, trained, monkeypatch, caplog):
-    monkeypatch.setattr(checkpointing, "READ_BACKOFF_S", 0.0, raising=False)  # no waits
-    read, failures = checkpointing._restore, []
+    monkeypatch.setattr(checkpoint_reads, "READ_BACKOFF_S", 0.0)  # no waits
+    read, failures = checkpoint_reads._restore, []
 
     def flaky(manager, step, abstract):  # the storage fails the first read, as a bucket's 503 or an OOM would
         if not failures:
@@ -136,7 +136,7 @@ def test_transient_read_errors_are_retried_and_never_move_a_checkpoint(tiny_conf
             raise MemoryError("out of memory while restoring")
         return read(manager, step, abstract)
 
-    monkeypatch.setattr(checkpointing, "_restore", flaky)
+    monkeypatch.setattr(checkpoint_reads, "_restore", flaky)
     template = steps.create_train_state(tiny_config, steps.create_model(tiny_config), 89, sharding.make_mesh((1, 1)))
     manager = checkpointing.make_manager(trained, tiny_config.keep_checkpoints)
     before = _listing(trained)
@@ -148,7 +148,7 @@ def test_transient_read_errors_are_retried_and_never_move_a_checkpoint(tiny_conf
     def unavailable(manager, step, abstract):
         raise ValueError("UNAVAILABLE: HTTP response code: 503")  # as tensorstore words a bucket's answer
 
-    monkeypatch.setattr(checkpointing, "_restore", unavailable)
+    monkeypatch.setattr(checkpoint_reads, "_restore", unavailable)
     with pytest.raises(ValueError) as error:
         checkpointing.restore_latest_with_data(manager, template)
     manager.close()
@@ -165,16 +165,16 @@ import jax
 from absl import app
 from alexnet_jax import main
 from alexnet_jax.runs import overrides
-from alexnet_jax.train import checkpointing
+from alexnet_jax.train import checkpoint_reads
 
-read = checkpointing._restore
+read = checkpoint_reads._restore
 
 def restore(manager, step, abstract):
     if step == 6 and jax.process_index() == 1:
         raise ValueError("OUT_OF_RANGE: Error reading ...: this process cannot read step 6 (the test's doing)")
     return read(manager, step, abstract)
 
-checkpointing._restore = restore
+checkpoint_reads._restore = restore
 app.run(main.main, flags_parser=overrides.parse_flags)
 """
 

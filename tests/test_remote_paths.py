@@ -214,9 +214,9 @@ def test_a_run_on_a_path_like_workdir_checkpoints_resumes_and_is_evaluated(tiny_
 
 def test_a_lock_file_on_a_remote_workdir(ram_dir, monkeypatch):
     """No create-if-absent through epath: written when absent, read back (best effort)."""
-    from alexnet_jax.files import folder_lock
+    from alexnet_jax.files import folder_lock, lock_file
 
-    monkeypatch.setattr(folder_lock, "_REMOTE_SETTLE_S", 0.01)
+    monkeypatch.setattr(lock_file, "_REMOTE_SETTLE_S", 0.01)
     path = epath.Path(ram_dir) / "run" / folder_lock.RUN_LOCK
     with folder_lock.FolderLock(path, "--workdir run", heartbeat_s=0.02):
         with pytest.raises(folder_lock.FolderInUseError, match=f"lock file {path}"):

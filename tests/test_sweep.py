@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 
 from alexnet_jax import errors
 from alexnet_jax.runs import sweep_status
-from launch import report, sweep
+from launch import report, report_tables, run_results, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "digits.py")
@@ -158,7 +159,9 @@ def test_one_variant_trains_for_real_and_the_report_reads_it(digits_data_dir, tm
     assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0  # as SLURM array task 1 would
     first = capsys.readouterr().out
     assert "[activation=tanh] test top-1 accuracy:" in first
-    assert " loop.py:" in first and "[Hyperparameters]" not in first  # its own lines, not the chatter
+    # Its own lines, not the chatter: log lines of the project's modules (and clu's scalars) only.
+    echoed_sources = set(re.findall(r" ([\w.-]+\.py):\d+\] ", first)) - {"logging_writer.py"}
+    assert echoed_sources and echoed_sources <= sweep._OWN_SOURCES and "[Hyperparameters]" not in first
     assert "[Hyperparameters]" in open(os.path.join(workdir, "activation=tanh", sweep.LOG)).read()
     assert sweep.main([*argv, "--config.num_train_steps=2"]) == 0
     assert "finished before, skipped" in capsys.readouterr().out
@@ -223,8 +226,8 @@ def test_report_numbers_from_known_event_files(tmp_path):
     _fake_run(runs[2].workdir, eval_top1=(0.5, 0.4, 0.3), train_top1=(0.9, 0.8, 0.7))
     _fake_run(runs[3].workdir, eval_top1=(0.5, 0.5, 0.5), train_top1=(0.9, 0.8, 0.2))
 
-    _, results = report.collect(workdir, target_error=0.25)
-    baseline, no_lrn = report.summarise(results)
+    _, results = run_results.collect(workdir, target_error=0.25)
+    baseline, no_lrn = report_tables.summarise(results)
     assert baseline["variant"] == "use_lrn=True" and no_lrn["variant"] == "use_lrn=False"
     assert baseline["final_top1"] == pytest.approx(0.25) and baseline["final_top1_std"] == pytest.approx(0.0707, 1e-3)
     assert baseline["best_top1"] == pytest.approx(0.2) and baseline["best_top5"] == pytest.approx(0.1)
@@ -236,7 +239,7 @@ def test_report_numbers_from_known_event_files(tmp_path):
         np.std([0.1, 0.2], ddof=1)
     )
     assert no_lrn["steps_to_target_n"] == 1 and no_lrn["steps_to_target"] == 30.0  # seed 0 never got there
-    table = report.markdown(
+    table = report_tables.markdown(
         {"config": "c", "sweep": "s", "extra_overrides": [], "baseline": "b"}, [baseline, no_lrn], 0.25, "T", "w"
     )
     assert "| `use_lrn=False` | 2/2 | 40.00 ± 14.14 | +15.00 ± 7.07 |" in table
@@ -267,9 +270,9 @@ def test_report_says_where_a_run_failed_and_pools_finished_runs_rates(tmp_path):
     writer.write_scalars(7, {"images_per_sec": 3.0})  # interrupted (killed) after step 7's log
     writer.close()
 
-    _, results = report.collect(workdir, target_error=0.25)
+    _, results = run_results.collect(workdir, target_error=0.25)
     assert [r.status for r in results] == ["finished", f"failed at step 12 ({error})", "stopped at step 7"]
-    (row,) = report.summarise(results)
+    (row,) = report_tables.summarise(results)
     assert row["finished"] == 1 and row["images_per_sec"] == pytest.approx(105.0)  # the finished run's alone
 
 

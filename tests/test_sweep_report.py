@@ -12,7 +12,7 @@ import types
 import pytest
 
 from alexnet_jax.runs import reading, sweep_status
-from launch import report, sweep
+from launch import report_curves, report_tables, run_results, sweep
 
 
 def _make_sweep(tmp_path, variants, extra=()):
@@ -61,12 +61,12 @@ def test_differences_pair_only_seeds_where_both_runs_finished(tmp_path):
     for run, top1 in zip(runs, (0.40, 0.40, 0.90, 0.42, 0.42, 0.42)):
         failed = run.name == "use_lrn=True,seed=2"
         _fake_run(run, top1, last_exit=_failed(100) if failed else "finished", done_args=False if failed else None)
-    manifest, results = report.collect(workdir, target_error=0.25)
-    baseline, variant = report.summarise(results)
+    manifest, results = run_results.collect(workdir, target_error=0.25)
+    baseline, variant = report_tables.summarise(results)
     assert baseline["final_top1"] == pytest.approx(0.40)  # its finished runs
     assert variant["final_top1_delta"] == pytest.approx(0.02) and variant["final_top1_delta_std"] == pytest.approx(0)
     assert variant["delta_runs"] == 2
-    table = report.markdown(manifest, [baseline, variant], 0.25, "T", workdir)
+    table = report_tables.markdown(manifest, [baseline, variant], 0.25, "T", workdir)
     assert "| `use_lrn=False` † | 3/3 | 42.00 ± 0.00 | +2.00 ± 0.00 |" in table
     assert "Δ over 2 of 3 runs; left out: seed 2: the baseline's run failed at step 100 (FloatingPointError" in table
 
@@ -76,13 +76,13 @@ def test_a_variant_extended_then_failed_is_failed_for_every_reader(tmp_path):
     # It finished 20 steps (sweep_done.json says so), then failed extending to 30.
     _fake_run(run, 0.4, last_exit=_failed(25), done_args=[*run.args[:-1], "--config.num_train_steps=20"])
     status = "failed at step 25 (FloatingPointError: loss is nan)"
-    _, (result,) = report.collect(workdir, target_error=0.25)
+    _, (result,) = run_results.collect(workdir, target_error=0.25)
     assert result.status == status and not sweep_status.is_finished(run)
     # The same after a failed extension outside the sweep: sweep_done.json names the sweep's command.
     os.remove(os.path.join(run.workdir, sweep_status.DONE))
     with open(os.path.join(run.workdir, sweep_status.DONE), "w") as f:
         json.dump({"args": run.args}, f)
-    assert not sweep_status.is_finished(run) and report.collect(workdir, target_error=0.25)[1][0].status == status
+    assert not sweep_status.is_finished(run) and run_results.collect(workdir, target_error=0.25)[1][0].status == status
 
 
 def test_a_variant_rerun_at_another_length_is_left_out_of_the_difference_and_said(tmp_path):
@@ -92,10 +92,10 @@ def test_a_variant_rerun_at_another_length_is_left_out_of_the_difference_and_sai
     # Re-run with another rate and length (and, not to be flagged, other logging and data_dir, and the swept field).
     rerun = {"num_train_steps": 60, "optimizer": {"learning_rate": 0.02}, "log_every_steps": 5, "data_dir": "/b"}
     _fake_run(runs[1], 0.30, config={**rerun, "model": {"use_lrn": False}})
-    manifest, results = report.collect(workdir, target_error=0.25)
-    rows = report.summarise(results)
+    manifest, results = run_results.collect(workdir, target_error=0.25)
+    rows = report_tables.summarise(results)
     assert math.isnan(rows[1]["final_top1_delta"]) and rows[1]["delta_runs"] == 0
-    table = report.markdown(manifest, rows, 0.25, "T", workdir)
+    table = report_tables.markdown(manifest, rows, 0.25, "T", workdir)
     (note,) = [line for line in table.splitlines() if line.startswith("- † `use_lrn=False`")]
     assert note == (
         "- † `use_lrn=False`: Δ over 0 of 1 runs; left out: seed 0: its config differs from the baseline's: "
@@ -127,12 +127,12 @@ def test_single_evaluations_are_drawn_as_points(tmp_path, monkeypatch):
     workdir, runs = _make_sweep(tmp_path, sweep.grid({"seed": [0, 1]}))
     for run in runs:
         _fake_run(run, 0.4, eval_steps=(30,))
-    _, results = report.collect(workdir, target_error=0.25)
+    _, results = run_results.collect(workdir, target_error=0.25)
     import matplotlib.figure
 
     saved = []
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *_, **__: saved.append(figure))
-    report.plot_curves(results, 0.25, str(tmp_path / "curves.png"))
+    report_curves.plot_curves(results, 0.25, str(tmp_path / "curves.png"))
     (line,) = saved[0].axes[1].lines  # the validation panel
     assert line.get_marker() == "o" and line.get_xydata().tolist() == [[30.0, pytest.approx(40.0)]]
 

@@ -4,12 +4,8 @@ shared data_dir while the others wait, then find it prepared.
 
 A lock is a small JSON file beside what it guards naming its holder (host,
 pid, since when) and a heartbeat: a daemon thread of the holder rewrites the
-time in it every `HEARTBEAT_S`. It is created atomically on a local or
-network file system (a hard link of a complete file, which fails if the name
-exists, also over NFS; O_EXCL where hard links are missing). Through a URI
-(gs://...) epath has no create-if-absent: the lock is written when absent and
-read back after `_REMOTE_SETTLE_S`, which tells two starts apart unless they
-write within that time of each other (best effort).
+time in it every `HEARTBEAT_S`. It is created atomically, also on a network
+file system, and best effort through a URI (alexnet_jax.files.lock_file).
 
 A lock left by a killed run (kill -9, a lost node) is stale and taken over:
 on the holder's host when its process is gone (pid, and on Linux the
@@ -24,7 +20,6 @@ Of several jobs that find one stale lock, the one that creates
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import logging
@@ -39,7 +34,8 @@ import jax
 from etils import epath
 
 from alexnet_jax import errors
-from alexnet_jax.files import paths
+from alexnet_jax.files import lock_file, paths
+from alexnet_jax.files.lock_file import Holder
 from alexnet_jax.parallel import processes
 
 HEARTBEAT_S = 30.0
@@ -48,86 +44,11 @@ STALE_AFTER_S = 300.0  # ten missed heartbeats
 PREPARE_WAIT_S = processes.PREPARE_TIMEOUT_S
 RUN_LOCK = ".alexnet_jax_run.lock"  # in the workdir
 PREPARE_LOCK = ".alexnet_jax_prepare.lock"  # in the data_dir: preparing the tfds dataset
-_REMOTE_SETTLE_S = 2.0
 _POLL_S = 2.0
 
 
 class FolderInUseError(errors.RunError):
     """Another live job holds the lock (one line naming it and the lock file)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Holder:
-    """Who holds a lock, as its file says."""
-
-    host: str
-    pid: int
-    since: str
-    heartbeat: float  # time.time() of the holder's last heartbeat
-    token: str  # unique per acquisition
-    started: str | None = None  # the process's boot and start time, where the OS tells it
-
-    def describe(self) -> str:
-        age = max(0.0, time.time() - self.heartbeat)
-        return f"host {self.host}, pid {self.pid}, since {self.since}, heartbeat {age:.0f} s ago"
-
-
-def _process_start(pid: int) -> str | None:
-    """Boot id and start time of process `pid` (Linux /proc), None elsewhere or if it is gone."""
-    try:
-        boot = epath.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        stat = epath.Path(f"/proc/{pid}/stat").read_text()
-        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, after the command's parentheses
-    except (OSError, IndexError):
-        return None
-
-
-def _alive_here(holder: Holder) -> bool:
-    """Whether the holder's process runs (called on the holder's host)."""
-    try:
-        os.kill(holder.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return holder.started is None or _process_start(holder.pid) in (None, holder.started)
-
-
-def _read(path: epath.Path) -> Holder | None:
-    """The lock's holder; None when the file is gone or not (yet) a whole record."""
-    try:
-        record = json.loads(path.read_text())
-        return Holder(**{f.name: record[f.name] for f in dataclasses.fields(Holder) if f.name in record})
-    except Exception:  # OSError, a partial record, or tf.errors.* of a remote file system
-        return None
-
-
-def _create_exclusive(path: epath.Path, text: str) -> bool:
-    """Creates `path` holding `text` unless it exists; whether this call created it."""
-    if paths.is_remote(path):
-        if path.exists():
-            return False
-        path.write_text(text)
-        time.sleep(_REMOTE_SETTLE_S)  # a concurrent writer's object lands, or has landed
-        return _read(path) is not None and path.read_text() == text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    try:
-        os.link(tmp, path)  # atomic, whole file, fails if `path` exists (NFS too)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # no hard links on this file system
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class FolderLock:
@@ -169,7 +90,7 @@ class FolderLock:
             "since": since,
             "heartbeat": time.time(),
             "token": self._token,
-            "started": _process_start(pid),
+            "started": lock_file.process_start(pid),
             "what": self.what,
         }
 
@@ -185,9 +106,9 @@ class FolderLock:
         watched: dict[str, tuple[float, float]] = {}  # token -> (heartbeat, when first seen at it)
         said, unreadable_since = False, None
         while True:
-            if _create_exclusive(self.path, json.dumps(self._record(since))):
+            if lock_file.create_exclusive(self.path, json.dumps(self._record(since))):
                 break
-            holder = _read(self.path)
+            holder = lock_file.read(self.path)
             if holder is None:  # released meanwhile, or being written (or a wreck: then stale in time)
                 unreadable_since = unreadable_since or time.monotonic()
                 if time.monotonic() - unreadable_since > self.stale_after_s:
@@ -235,7 +156,7 @@ class FolderLock:
     def _stale_because(self, holder: Holder, first: tuple[float, float]) -> str:
         """Why `holder`'s lock is stale ("" while it may be live)."""
         if holder.host == socket.gethostname():
-            return "" if _alive_here(holder) else f"its process {holder.pid} is gone"
+            return "" if lock_file.alive_here(holder) else f"its process {holder.pid} is gone"
         if time.time() - holder.heartbeat > self.stale_after_s:
             return f"no heartbeat for {time.time() - holder.heartbeat:.0f} s"
         if holder.heartbeat == first[0] and time.monotonic() - first[1] > self.stale_after_s:
@@ -246,14 +167,14 @@ class FolderLock:
         """Removes `holder`'s stale lock, one job at a time: the one that
         creates `<lock>.<token>.break` (itself stale by the same rules)."""
         breaker = self.path.with_name(f"{self.path.name}.{holder.token}.break")
-        if not _create_exclusive(breaker, json.dumps(self._record(""))):
-            other = _read(breaker)
+        if not lock_file.create_exclusive(breaker, json.dumps(self._record(""))):
+            other = lock_file.read(breaker)
             if other is not None and self._stale_because(other, (other.heartbeat, time.monotonic())):
                 breaker.unlink(missing_ok=True)
             time.sleep(0.05)
             return
         try:
-            current = _read(self.path)
+            current = lock_file.read(self.path)
             if current is not None and (current.token, current.heartbeat) == (holder.token, holder.heartbeat):
                 logging.warning("Taking over the stale lock %s of %s (%s)", self.path, holder.describe(), why)
                 self.path.unlink(missing_ok=True)
@@ -261,7 +182,7 @@ class FolderLock:
             breaker.unlink(missing_ok=True)
 
     def _holds(self) -> bool:
-        holder = _read(self.path)
+        holder = lock_file.read(self.path)
         return holder is not None and holder.token == self._token
 
     def _beat(self, since: str) -> None:

@@ -10,22 +10,11 @@ only the primary host writes metadata and the JSON item. The workdir may be
 a local path or a URI (gs://...): orbax is given an `epath.Path`
 (paths.as_path).
 
-Restoring tells three failures apart (`_classify`), newest step first:
-- DIFFERENT: the step's metadata reads, but its tree paths or shapes are not
-  the train state's (another `frozen`, schedule, per-layer changes or
-  network): one ValueError naming the items and the fields, nothing moved.
-  Decided from the metadata before any data is read, not from error text.
-- UNAVAILABLE: the storage or the machine failed, not the files: MemoryError,
-  an OSError other than a missing file (a timeout, a refused connection, a
-  permission), tensorstore's and TensorFlow's UNAVAILABLE /
-  DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED / ABORTED / PERMISSION_DENIED /
-  UNAUTHENTICATED (a 503 or 429 from a bucket). Retried `READ_ATTEMPTS`
-  times with a doubling wait, then one ValueError; nothing moved.
-- DAMAGED: anything else while reading the data or metadata of a step whose
-  structure matched, or whose metadata cannot be read (a truncated file:
-  tensorstore's OUT_OF_RANGE / DATA_LOSS / FAILED_PRECONDITION; a deleted
-  one: NOT_FOUND, FileNotFoundError): the older step is tried, and once one
-  is read the damaged ones are moved to `<workdir>/damaged_checkpoints/`.
+Restoring reads the newest step first (alexnet_jax.train.checkpoint_reads
+tells a step that holds another train state, one the storage failed to
+deliver and a damaged one apart): the first two raise one RunError, nothing
+moved; a damaged step makes the older one tried, and once one is read the
+damaged ones are moved to `<workdir>/damaged_checkpoints/`.
 Several processes: each reads with a manager of its own (no barriers inside
 a read that may fail on one process only), then all exchange their outcome
 of that step (a tiny all-gather) and act alike: all restore the step only
@@ -37,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 import jax
@@ -48,13 +36,11 @@ from jax.experimental import multihost_utils
 
 from alexnet_jax import errors
 from alexnet_jax.files import paths
+from alexnet_jax.train import checkpoint_reads
+from alexnet_jax.train.checkpoint_reads import DATA, DIFFERENT, READ, STATE, UNAVAILABLE
 
 PyTree = Any
-STATE, DATA = "state", "data"
 DAMAGED = "damaged_checkpoints"  # in the workdir: checkpoints that could not be read
-# A transient failure to read a step is retried this many times in all, after
-# waits of READ_BACKOFF_S, then twice that, ...: seconds, not a long outage.
-READ_ATTEMPTS, READ_BACKOFF_S = 3, 2.0
 
 
 def directory(workdir: str | os.PathLike) -> epath.Path:
@@ -94,15 +80,10 @@ def wait_until_finished(manager: ocp.CheckpointManager) -> None:
         raise _save_error(manager, error) from error
 
 
-def _first_line(error: Exception) -> str:
-    """An orbax or tensorstore error's first line: its message is often pages long."""
-    return str(error).strip().split("\n")[0][:300]
-
-
 def _save_error(manager: ocp.CheckpointManager, error: Exception, step: int | None = None) -> SaveError:
     which = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
     return SaveError(
-        f"saving {which} in {manager.directory} failed ({type(error).__name__}: {_first_line(error)}); "
+        f"saving {which} in {manager.directory} failed ({type(error).__name__}: {checkpoint_reads.first_line(error)}); "
         "the earlier checkpoints are intact: free the disk (or fix the path) and rerun to resume"
     )
 
@@ -125,7 +106,7 @@ def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> 
     damaged: list[int] = []
     try:
         while step := _agreed_step([s for s in manager.all_steps() if not damaged or s < damaged[-1]]):
-            outcome, restored, message = _read_step(reader, step, abstract)
+            outcome, restored, message = checkpoint_reads.read_step(reader, step, abstract)
             outcomes = _gather(outcome)
             if set(outcomes) == {READ}:
                 if damaged:
@@ -147,104 +128,10 @@ def restore_latest_with_data(manager: ocp.CheckpointManager, target: PyTree) -> 
     return target, 0, None
 
 
-# A step's outcome on one process, exchanged between processes as an integer.
-READ, DAMAGED_STEP, DIFFERENT, UNAVAILABLE = 0, 1, 2, 3
-
-_UNAVAILABLE_CODES = (
-    "UNAVAILABLE",
-    "DEADLINE_EXCEEDED",
-    "RESOURCE_EXHAUSTED",
-    "ABORTED",
-    "PERMISSION_DENIED",
-    "UNAUTHENTICATED",
-)
-_UNAVAILABLE_TF = {"UnavailableError", "DeadlineExceededError", "ResourceExhaustedError", "AbortedError"}
-_UNAVAILABLE_TF |= {"PermissionDeniedError", "UnauthenticatedError"}
-_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
-
-
-def _classify(error: BaseException) -> int:
-    """UNAVAILABLE or DAMAGED_STEP for an error raised reading a step (the
-    module docstring says which is which), from it and the errors it came from."""
-    seen = 0
-    while error is not None and seen < 10:  # orbax wraps tensorstore's error in its own
-        if isinstance(error, MemoryError) or type(error).__name__ in _UNAVAILABLE_TF:
-            return UNAVAILABLE
-        if isinstance(error, OSError) and not isinstance(error, _MISSING):
-            return UNAVAILABLE
-        if str(error).lstrip().startswith(_UNAVAILABLE_CODES):  # tensorstore: "<CODE>: <message>"
-            return UNAVAILABLE
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return DAMAGED_STEP
-
-
-def _read_step(
-    reader: ocp.CheckpointManager, step: int, abstract: PyTree
-) -> tuple[int, tuple[PyTree, dict | None] | None, str | None]:
-    """(outcome, (state, data) if READ, this process's one-line message if not)."""
-    folder = _step_dir(reader, step)
-    for attempt in range(1, READ_ATTEMPTS + 1):
-        try:
-            if difference := _difference(_saved_shapes(reader, step), _shapes(abstract)):
-                return DIFFERENT, None, _mismatch_message(folder, difference)
-            return READ, _restore(reader, step, abstract), None
-        except Exception as error:  # orbax, tensorstore, OS and memory errors alike: classified
-            kind, reason = _classify(error), f"{type(error).__name__}: {_first_line(error)}"
-        if kind == DAMAGED_STEP:
-            logging.warning("Checkpoint %s cannot be read (%s)", folder, reason)
-            return DAMAGED_STEP, None, None
-        if attempt < READ_ATTEMPTS:
-            wait = READ_BACKOFF_S * 2 ** (attempt - 1)
-            logging.warning("Reading checkpoint %s failed (%s): retrying in %g s", folder, reason, wait)
-            time.sleep(wait)
-    message = (
-        f"reading {folder} failed {READ_ATTEMPTS} times ({reason}): the storage or the machine, not the files "
-        "(nothing was moved); rerun when it answers"
-    )
-    return UNAVAILABLE, None, message
-
-
 def _elsewhere(manager: ocp.CheckpointManager, step: int, kind: int) -> str:
     what = "holds another train state" if kind == DIFFERENT else "could not be read for a transient reason"
-    return f"{_step_dir(manager, step)} {what} on another process (its log says more); nothing was moved"
-
-
-def _step_dir(manager: ocp.CheckpointManager, step: int) -> epath.Path:
-    return manager.directory / str(step)
-
-
-def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
-    """{"opt_state.inner_state.0.trace.conv1.kernel": shape, ...}: orbax's names for the leaves."""
-    return {".".join(path): tuple(leaf.shape) for path, leaf in ocp.tree.to_flat_dict(tree).items()}
-
-
-def _saved_shapes(manager: ocp.CheckpointManager, step: int) -> dict[str, tuple[int, ...]]:
-    """The stored state's leaves and shapes, from its metadata alone."""
-    item = _step_dir(manager, step) / (STATE if _has_items(manager, step) else "default")
-    handler = ocp.StandardCheckpointHandler()
-    try:
-        return _shapes(handler.metadata(item))
-    finally:
-        handler.close()
-
-
-def _difference(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[str]:
-    only_saved = [f"{k} only in the checkpoint" for k in saved if k not in wanted]
-    only_wanted = [f"{k} only in this config's state" for k in wanted if k not in saved]
-    shapes = [f"{k} {saved[k]} saved, {wanted[k]} now" for k in wanted if k in saved and saved[k] != wanted[k]]
-    return shapes + only_saved + only_wanted
-
-
-def _mismatch_message(folder: epath.Path, difference: list[str]) -> str:
-    shown = "; ".join(difference[:3]) + ("; ..." if len(difference) > 3 else "")
-    if any(item.startswith("params.") for item in difference):  # the optimiser's state follows the network's
-        fields = "the network's model.* fields: width, num_classes, towers, filters, extra_conv6, ..."
-    else:
-        fields = "frozen, optimizer.schedule, optimizer.layer_lr_changes"
-    return (
-        f"{folder} holds another train state than this config's ({len(difference)} items differ: {shown}); "
-        f"nothing was moved: pass the values the run was trained with ({fields}), or use a new --workdir"
-    )
+    folder = checkpoint_reads.step_dir(manager, step)
+    return f"{folder} {what} on another process (its log says more); nothing was moved"
 
 
 def _reader(manager: ocp.CheckpointManager) -> ocp.CheckpointManager:
@@ -270,21 +157,6 @@ def _gather(value: int) -> list[int]:
     if jax.process_count() == 1:
         return [value]
     return [int(v) for v in multihost_utils.process_allgather(np.int32(value))]
-
-
-def _has_items(manager: ocp.CheckpointManager, step: int) -> bool:
-    """Whether `step` holds the "state" and "data" items; checkpoints from
-    before the data position was saved hold one "default" item, the state."""
-    return (manager.directory / str(step) / STATE).exists()
-
-
-def _restore(manager: ocp.CheckpointManager, step: int, abstract: PyTree) -> tuple[PyTree, dict | None]:
-    if not _has_items(manager, step):
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract)), None
-    restored = manager.restore(
-        step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract), DATA: ocp.args.JsonRestore()})
-    )
-    return restored[STATE], restored[DATA]
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
@@ -354,7 +226,7 @@ def restore_params(workdir: str | os.PathLike, abstract_params: PyTree) -> tuple
     restore = ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
     )
-    if _has_items(manager, step):
+    if checkpoint_reads.has_items(manager, step):
         restored = manager.restore(step, args=ocp.args.Composite(**{STATE: restore}))[STATE]
     else:
         restored = manager.restore(step, args=restore)
