@@ -1,6 +1,6 @@
 """The jitted steps: train-state creation, gradients (whole batch or
-micro-batches), the train, eval and inspection steps, and their jitted,
-sharded forms. Pure JAX/Flax: no input pipeline or TensorFlow import, so the
+micro-batches), the train and eval steps, and their jitted, sharded forms
+(the inspection step is alexnet_jax.train.inspection's). Pure JAX/Flax: no input pipeline or TensorFlow import, so the
 benchmarks run them on machines with neither."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,7 +21,6 @@ from alexnet_jax.platform import machine_defaults
 from alexnet_jax.train import metrics, optim
 
 Batch = dict[str, jax.Array]
-NUM_INPUT_IMAGES = 8  # augmented inputs an inspection shows
 
 
 class TrainState(train_state.TrainState):
@@ -77,7 +75,7 @@ def _pca_std(std: float, step: jax.Array, end_step: int | None) -> float | jax.A
     return jnp.where(step < end_step, std, 0.0)
 
 
-def _step_keys(base_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+def step_keys(base_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(augmentation, dropout) keys of a step: a function of the step alone."""
     augment_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, step))
     return augment_key, dropout_key
@@ -98,9 +96,9 @@ def gradients(
 
         Randomness (crops, flips, colour noise, dropout) comes from
         `fold_in(base_key, step)`, so a resumed run draws exactly what an
-        uninterrupted one would, and `inspect_step` sees the step's own draws.
+        uninterrupted one would, and `inspection.inspect_step` sees the step's own draws.
     """
-    augment_key, dropout_key = _step_keys(base_key, state.step)
+    augment_key, dropout_key = step_keys(base_key, state.step)
     images = augment.train_inputs(
         batch["image"],
         augment_key,
@@ -170,56 +168,6 @@ def train_step(
         learning_rate=optim.current_learning_rate(new_state.opt_state),
     )
     return new_state, step_metrics
-
-
-@flax.struct.dataclass
-class Inspection:
-    """Device-side extras of one training step (see `inspect_step`)."""
-
-    images: jax.Array  # the first augmented inputs with the subtracted mean added back (pixels), NHWC float
-    params: Any  # the weights going into the step
-    grads: Any  # the step's gradients, shaped like the params
-    param_norms: dict[str, jax.Array]  # per parameter, keyed "conv1/kernel"
-    grad_norms: dict[str, jax.Array]
-
-
-def layer_norms(tree: Any) -> dict[str, jax.Array]:
-    """The L2 norm of every leaf, keyed by its path ("fc6/kernel")."""
-    flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
-    return {path: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))) for path, x in flat.items()}
-
-
-def inspect_step(
-    state: TrainState,
-    batch: Batch,
-    base_key: jax.Array,
-    *,
-    config: ml_collections.ConfigDict,
-    stats: augment.DataStats,
-    noise_end_step: int | None = None,
-) -> Inspection:
-    """What TensorBoard shows of the step `train_step(state, batch, base_key)`
-    is about to take: its first inputs, its gradients and the norms, computed
-    from the same batch and keys (one extra forward/backward pass). `config`
-    must be the step's, its micro_batch_size resolved as the step's was
-    (micro_batch_tuning.with_micro_batch_size): dropout's stream depends on it."""
-    images, grads, _ = gradients(state, batch, base_key, config, stats, noise_end_step)
-    # The run's own statistics (mean image or per-channel), not a fixed mean.
-    means = augment.train_input_means(
-        batch["image"].shape,
-        _step_keys(base_key, state.step)[0],
-        stats,
-        crop=config.model.input_size,
-        flip=config.random_flip,
-        chunk=config.crop_chunk,
-    )
-    return Inspection(
-        images=(images + means)[:NUM_INPUT_IMAGES],
-        params=state.params,
-        grads=grads,
-        param_norms=layer_norms(state.params),
-        grad_norms=layer_norms(grads),
-    )
 
 
 def eval_probs(
@@ -297,24 +245,6 @@ def make_eval_fn(
     return jax.jit(
         sharding.partitioned(
             functools.partial(eval_step, config=config, model=model, stats=stats), mesh, config.model_parallel
-        ),
-        out_shardings=sharding.replicated(mesh),
-    )
-
-
-def make_inspect_fn(
-    config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh,
-    stats: augment.DataStats,
-    noise_end: int | None = None,
-):
-    """The jitted `inspect_step`; its outputs are replicated, so every process
-    (process 0 writes them) holds them whole, however the model is sharded."""
-    return jax.jit(
-        sharding.partitioned(
-            functools.partial(inspect_step, config=config, stats=stats, noise_end_step=noise_end),
-            mesh,
-            config.model_parallel,
         ),
         out_shardings=sharding.replicated(mesh),
     )
