@@ -228,8 +228,10 @@ class AlexNet(nn.Module):
                 x = x.reshape(x.shape[0], -1)  # fc6 flattens the last conv output (paper: 6*6*256)
                 x = nn.Dense(
                     hidden,
-                    kernel_init=self._init(0.01, paper_fan_in, x.shape[-1]),
-                    bias_init=nn.initializers.ones,
+                    kernel_init=layers.with_logical_axes(
+                        self._init(0.01, paper_fan_in, x.shape[-1]), layers.DENSE_KERNEL_AXES
+                    ),
+                    bias_init=layers.with_logical_axes(nn.initializers.ones, layers.DENSE_BIAS_AXES),
                     dtype=dtype,
                     param_dtype=jnp.float32,
                     name=name,
@@ -243,7 +245,8 @@ class AlexNet(nn.Module):
         with jax.named_scope("fc8"):
             logits = nn.Dense(
                 self.num_classes,
-                kernel_init=self._init(0.01, _HIDDEN, x.shape[-1]),
+                kernel_init=layers.with_logical_axes(self._init(0.01, _HIDDEN, x.shape[-1]), layers.DENSE_KERNEL_AXES),
+                bias_init=layers.with_logical_axes(nn.initializers.zeros, layers.DENSE_BIAS_AXES),
                 dtype=dtype,
                 param_dtype=jnp.float32,
                 name="fc8",

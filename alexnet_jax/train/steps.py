@@ -1,17 +1,20 @@
 """The jitted steps: train-state creation, gradients (whole batch or
 micro-batches), the train and eval steps, and their jitted, sharded forms
-(the inspection step is alexnet_jax.train.inspection's). Pure JAX/Flax: no input pipeline or TensorFlow import, so the
-benchmarks run them on machines with neither."""
+(the inspection step is alexnet_jax.train.inspection's). Pure JAX/Flax: no
+input pipeline or TensorFlow import, so the benchmarks run them on machines
+with neither."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import linen as nn
 from flax.training import train_state
 
 from alexnet_jax.data import augment
@@ -24,13 +27,57 @@ Batch = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-    """Params, optimiser state and step, plus the plateau schedule's bookkeeping."""
+    """Params, optimiser state and step, plus the plateau schedule's bookkeeping.
+
+    `param_axes` (static: no leaf, not checkpointed) are the parameters'
+    logical axes, read from the layers when the state is created, from which
+    `sharding.state_shardings` lays out the parameters and their optimiser
+    buffers under any scheme.
+    """
 
     plateau: optim.PlateauState
+    param_axes: sharding.ParamAxes = flax.struct.field(pytree_node=False)
 
 
 def create_model(config: ml_collections.ConfigDict) -> network.AlexNet:
     return network.AlexNet(**config.model.to_dict())
+
+
+def _boxed_params(model: network.AlexNet, size: int, seed: int) -> Any:
+    """The model's initial parameters, boxed with their logical axes (traced
+    under `sharding.with_logical_rules`)."""
+    return model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3), jnp.float32), train=False)["params"]
+
+
+def _state_init(config: ml_collections.ConfigDict, model: network.AlexNet, steps_per_epoch: int):
+    """() -> the initial TrainState from `config.seed`; its parameters are
+    unboxed here, so checkpoints, optax's masks and summaries see plain arrays."""
+    tx = optim.make_optimizer(config.optimizer, steps_per_epoch, tuple(config.frozen))
+
+    def init() -> TrainState:
+        boxed = _boxed_params(model, config.model.input_size, config.seed)
+        return TrainState.create(
+            apply_fn=model.apply,
+            params=nn.unbox(boxed),
+            tx=tx,
+            plateau=optim.PlateauState.create(),
+            param_axes=sharding.param_axes(boxed),
+        )
+
+    return sharding.with_logical_rules(init, config.model_parallel)
+
+
+def _placed(abstract: Any, mesh: jax.sharding.Mesh, scheme: str, axes: sharding.ParamAxes | None = None) -> Any:
+    """`abstract`'s shapes and dtypes with their shardings (`sharding.state_shardings`)."""
+    shardings = sharding.state_shardings(abstract, mesh, scheme, axes)
+    return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, shardings)
+
+
+def abstract_train_state(
+    config: ml_collections.ConfigDict, model: network.AlexNet, steps_per_epoch: int, mesh: jax.sharding.Mesh
+) -> TrainState:
+    """The initial train state's shapes, dtypes and shardings on `mesh`, without computing any."""
+    return _placed(jax.eval_shape(_state_init(config, model, steps_per_epoch)), mesh, config.model_parallel)
 
 
 def create_train_state(
@@ -38,14 +85,7 @@ def create_train_state(
 ) -> TrainState:
     """Initialises parameters (from `config.seed`) directly in their sharding
     (`sharding.state_shardings`: each device creates only its own part)."""
-    size = config.model.input_size
-    tx = optim.make_optimizer(config.optimizer, steps_per_epoch, tuple(config.frozen))
-
-    def init() -> TrainState:
-        dummy = jnp.zeros((1, size, size, 3), jnp.float32)
-        params = model.init(jax.random.key(config.seed), dummy, train=False)["params"]
-        return TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=optim.PlateauState.create())
-
+    init = _state_init(config, model, steps_per_epoch)
     shardings = sharding.state_shardings(jax.eval_shape(init), mesh, config.model_parallel)
     return jax.jit(init, out_shardings=shardings)()
 
@@ -53,12 +93,9 @@ def create_train_state(
 def abstract_params(config: ml_collections.ConfigDict, model: network.AlexNet, mesh: jax.sharding.Mesh) -> Any:
     """The parameters' shapes, dtypes and shardings (as the train state
     places them), without computing any: the target of a parameters-only restore."""
-    size = config.model.input_size
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False)["params"]
-    )
-    shardings = sharding.state_shardings(shapes, mesh, config.model_parallel)
-    return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), shapes, shardings)
+    init = functools.partial(_boxed_params, model, config.model.input_size, 0)
+    boxed = jax.eval_shape(sharding.with_logical_rules(init, config.model_parallel))
+    return _placed(nn.unbox(boxed), mesh, config.model_parallel, sharding.param_axes(boxed))
 
 
 def noise_end_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int | None:
