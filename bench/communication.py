@@ -53,19 +53,8 @@ def compiled_collectives(config, mesh_spec, model_parallel) -> list[collectives.
     config.mesh, config.model_parallel = mesh_spec, model_parallel
     mesh = sharding.make_mesh(mesh_spec)
     model = steps.create_model(config)
-    size = config.model.input_size
-    tx_steps = 10_000  # steps per epoch: only shapes the schedule, not the program's collectives
-
-    def init():
-        params = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)["params"]
-        from alexnet_jax.train import optim
-
-        tx = optim.make_optimizer(config.optimizer, tx_steps)
-        return steps.TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=optim.PlateauState.create())
-
-    abstract = jax.eval_shape(init)
-    shardings = sharding.state_shardings(abstract, mesh, model_parallel)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    # 10_000 steps per epoch: only shapes the schedule, not the program's collectives.
+    state = steps.abstract_train_state(config, model, 10_000, mesh)
     train_fn, _ = steps.make_step_fns(config, model, mesh, state, augment.published_stats(config.mean_rgb))
     batch_sharding = sharding.batch_sharding(mesh)
     side = config.resize_size

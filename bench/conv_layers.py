@@ -25,7 +25,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax.model import layers, network
+from alexnet_jax.model import layer_table, layers
 from alexnet_jax.platform import machine_settings
 from alexnet_jax.platform.cpu_info import cpu_description
 from bench.step_workers import best_ms, worker_gemm, worker_jax
@@ -34,11 +34,11 @@ PAPER_INPUT = 224
 POOL_WINDOW, POOL_STRIDE = 3, 2
 
 
-def conv_shapes(batch: int) -> list[tuple[network.ConvLayer, tuple[int, ...], int, object]]:
+def conv_shapes(batch: int) -> list[tuple[layer_table.ConvLayer, tuple[int, ...], int, object]]:
     """(layer, input shape, output side, padding) of each paper convolution."""
     side, channels, shapes = PAPER_INPUT, 3, []
-    for layer in network.conv_stack():
-        padding, out = network.conv_padding(side, layer.kernel, layer.stride)
+    for layer in layer_table.conv_stack():
+        padding, out = layer_table.conv_padding(side, layer.kernel, layer.stride)
         shapes.append((layer, (batch, side, side, channels), out, padding))
         side, channels = out, layer.filters
         if layer.pool:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.data import augment, data_stats
-from alexnet_jax.train import steps
+from alexnet_jax.train import inspection, steps
 
 
 def _coordinate_images(batch: int, size: int) -> jnp.ndarray:
@@ -153,9 +153,10 @@ def test_colour_noise_stops_at_its_end_epoch(tiny_config):
 
     def inputs(config, step, end):
         at_step = state.replace(step=jnp.asarray(step, state.step.dtype))
-        return np.asarray(
-            steps.inspect_step(at_step, batch, jax.random.key(0), config=config, stats=stats, noise_end_step=end).images
+        inspected = inspection.inspect_step(
+            at_step, batch, jax.random.key(0), config=config, stats=stats, noise_end_step=end
         )
+        return np.asarray(inspected.images)
 
     assert not np.allclose(inputs(config, 9, 10), inputs(quiet, 9, 10))  # still noisy
     np.testing.assert_allclose(inputs(config, 10, 10), inputs(quiet, 10, 10))  # off from step 10

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alexnet_jax.train import loop, steps, summaries
+from alexnet_jax.train import inspection, loop, steps, summaries
 
 
 def test_kernel_grids_split_towers_and_keep_colour():
@@ -57,7 +57,7 @@ def test_run_writes_config_kernels_inputs_norms_and_histograms(tiny_config, tmp_
         "train_inputs": [1, 3, 6],
     }
     images = tensor_util.make_ndarray(events.Tensors("train_inputs")[0].tensor_proto)
-    assert len(images) == 2 + steps.NUM_INPUT_IMAGES  # width, height, then one PNG per image
+    assert len(images) == 2 + inspection.NUM_INPUT_IMAGES  # width, height, then one PNG per image
     for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
         for kind in ("weight_norm", "grad_norm"):
             assert f"{kind}/{layer}/kernel" in by_plugin["scalars"]

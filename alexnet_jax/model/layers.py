@@ -7,8 +7,10 @@ are laid out tower after tower: channels [0, C/towers) belong to tower a,
 convolution (`feature_group_count=towers`).
 
 Sharding is expressed with flax logical axis names (the rules that map them
-onto a device mesh live in alexnet_jax.parallel.sharding). Without a mesh and rules in
-context every annotation here is a no-op, so the layers run unsharded.
+onto a device mesh live in alexnet_jax.parallel.sharding): activations through
+logical constraints, parameters through their initialisers
+(`with_logical_axes`). Without a mesh and rules in context every annotation
+here is a no-op, so the layers run unsharded and initialise plain arrays.
 """
 
 from __future__ import annotations
@@ -38,6 +40,29 @@ CONV_BATCH, CONV_CHANNELS = "conv_batch", "conv_channels"
 DENSE_BATCH, HIDDEN = "dense_batch", "hidden"
 CONV_ACTIVATION = (CONV_BATCH, None, None, CONV_CHANNELS)
 DENSE_ACTIVATION = (DENSE_BATCH, HIDDEN)
+# The parameters' logical axes: a convolution's kernel (HWIO) and bias split
+# their output channels tower after tower, a dense layer's its outputs (each
+# device computes its share of them).
+CONV_KERNEL_AXES, CONV_BIAS_AXES = (None, None, None, CONV_CHANNELS), (CONV_CHANNELS,)
+DENSE_KERNEL_AXES, DENSE_BIAS_AXES = (None, HIDDEN), (HIDDEN,)
+
+
+def with_logical_axes(init: Initializer, axes: tuple[str | None, ...]) -> Initializer:
+    """`init`, its parameter named with the logical `axes`.
+
+    With logical axis rules in context (a train state being laid out on a
+    mesh) the value comes boxed in flax's `nn.LogicallyPartitioned`, which
+    `nn.get_partition_spec` reads and the state's creator unboxes; without
+    rules it is the plain array, so `Module.init` gives the parameters every
+    checkpoint holds. Either way the module computes with the plain array.
+    """
+    boxed = nn.with_logical_partitioning(init, axes)
+
+    @functools.wraps(init)
+    def initializer(*args, **kwargs) -> Any:
+        return boxed(*args, **kwargs) if nn.get_logical_axis_rules() else init(*args, **kwargs)
+
+    return initializer
 
 
 def tower_mesh_axis(towers: int) -> str | None:
@@ -234,8 +259,8 @@ class TowerConv(nn.Module):
                 f"TowerConv: {in_features} inputs / {self.features} outputs do not split into {self.towers} towers"
             )
         kernel_shape = (*self.kernel_size, in_features // self.towers, self.features)
-        kernel = self.param("kernel", self.kernel_init, kernel_shape, jnp.float32)
-        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        kernel = self.param("kernel", with_logical_axes(self.kernel_init, CONV_KERNEL_AXES), kernel_shape, jnp.float32)
+        bias = self.param("bias", with_logical_axes(self.bias_init, CONV_BIAS_AXES), (self.features,), jnp.float32)
         x_nhwc, kernel, bias = x_nhwc.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
 
         def conv(inputs: Array, weights: Array, groups: int) -> Array:

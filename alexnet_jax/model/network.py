@@ -1,6 +1,7 @@
 """AlexNet (Krizhevsky, Sutskever, Hinton 2012) as a Flax linen module.
 
-The layer table, LRN constants and initialisation follow docs/paper.md.
+The layer table (alexnet_jax.model.layer_table), LRN constants and
+initialisation follow docs/paper.md.
 Every switch the ablations need is a plain field; the module never reads a
 config (configs map `config.model.*` one to one onto these fields).
 
@@ -18,95 +19,39 @@ rescaling at training, x0.5 at test); "train" is flax's inverted dropout.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from alexnet_jax.model import layers, pooling
+from alexnet_jax.model import layer_table, layers, pooling
 
 Array = jax.Array
 
-# The paper's five convolutions' filter counts (both towers together).
-PAPER_FILTERS = (96, 256, 384, 384, 256)
 _HIDDEN = 4096
 _PRINTED_INIT_STD = 0.01
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvLayer:
-    """One row of the convolutional stack: what the layer is and what follows it."""
-
-    name: str
-    filters: int  # both towers together, at width 1
-    paper_filters: int  # the paper's count: init_match_fan_in's reference fan-in
-    kernel: int
-    stride: int
-    grouped: bool  # reads only its own tower's channels
-    bias_one: bool  # biases initialised to 1 (the paper: conv2, conv4, conv5)
-    std: float  # the as-trained init std
-    norm: Literal["lrn1", "lrn2", None]  # LRN1 (before or after the activation) or LRN2 (+ the 5x5 norm)
-    pool: bool  # max-pooling after it
-
-
-def conv_stack(
-    filters: tuple[int, ...] = PAPER_FILTERS, cross_tower: bool = True, extra_conv6: bool = False
-) -> tuple[ConvLayer, ...]:
-    """The convolutions, input to output, for the model's fields.
-
-    `cross_tower=False` makes conv3 a grouped convolution like conv4: the
-    towers exchange nothing until fc6. `extra_conv6` adds the Fall 2011
-    network's sixth convolution "over the last pooling layer"; the paper
-    gives no size, so these are our choices: 3x3, stride 1, SAME padding
-    (pool5's 6x6 stays 6x6, so fc6 keeps its fan-in), 256 filters, grouped
-    like conv4 and conv5 (each tower's own, as the two-GPU layout would place
-    it), biases 1 and the as-trained std 0.03 of conv3..conv5.
-    """
-    f1, f2, f3, f4, f5 = filters
-    stack = [
-        ConvLayer("conv1", f1, 96, 11, 4, False, False, 0.01, "lrn1", True),
-        ConvLayer("conv2", f2, 256, 5, 1, True, True, 0.01, "lrn2", True),
-        ConvLayer("conv3", f3, 384, 3, 1, not cross_tower, False, 0.03, None, False),
-        ConvLayer("conv4", f4, 384, 3, 1, True, True, 0.03, None, False),
-        ConvLayer("conv5", f5, 256, 3, 1, True, True, 0.03, None, True),
-    ]
-    if extra_conv6:
-        stack.append(ConvLayer("conv6", 256, 256, 3, 1, True, True, 0.03, None, False))
-    return tuple(stack)
-
-
-def conv_padding(side: int, kernel: int, stride: int) -> tuple[Any, int]:
-    """(padding, output side) of a stack convolution over a `side` x `side`
-    input: a strided one (conv1) lets its last window hang past the far edge
-    into zeros, as the 2012 code did; the others keep the size ("SAME")."""
-    if stride == 1:
-        return "SAME", side
-    out = layers.conv_output_size(side, kernel, stride)
-    pad = (out - 1) * stride + kernel - side
-    return ((0, pad), (0, pad)), out
 
 
 def layer_names(extra_conv6: bool = False) -> tuple[str, ...]:
     """The layers with parameters, input to output: what init_reset, frozen
     and the per-layer learning-rate changes name."""
-    return (*(layer.name for layer in conv_stack(extra_conv6=extra_conv6)), "fc6", "fc7", "fc8")
+    return (*(layer.name for layer in layer_table.conv_stack(extra_conv6=extra_conv6)), "fc6", "fc7", "fc8")
 
 
 LAYERS = layer_names(extra_conv6=True)  # of every variant
 
 
 def final_feature_side(
-    input_size: int, pool_window: int = 3, pool_stride: int = 2, stack: tuple[ConvLayer, ...] | None = None
+    input_size: int, pool_window: int = 3, pool_stride: int = 2, stack: tuple[layer_table.ConvLayer, ...] | None = None
 ) -> int:
     """Spatial side of the last convolutional layer's output (6 for the
     paper's 224); < 1 if too small. conv1 is the only strided convolution
     (the others keep the size: SAME padding); each pooling shrinks it."""
-    stack = conv_stack() if stack is None else stack
+    stack = layer_table.conv_stack() if stack is None else stack
     side = input_size
     for layer in stack:
-        side = conv_padding(side, layer.kernel, layer.stride)[1]
+        side = layer_table.conv_padding(side, layer.kernel, layer.stride)[1]
         if layer.pool:
             side = (side - pool_window) // pool_stride + 1
     return side
@@ -136,7 +81,7 @@ class AlexNet(nn.Module):
     num_classes: int = 1000
     input_size: int = 224
     width: float = 1.0
-    filters: tuple[int, ...] = PAPER_FILTERS
+    filters: tuple[int, ...] = layer_table.PAPER_FILTERS
     towers: int = 2
     cross_tower: bool = True
     extra_conv6: bool = False
@@ -220,7 +165,7 @@ class AlexNet(nn.Module):
             std *= (paper_fan_in / fan_in) ** 0.5
         return nn.initializers.normal(std)
 
-    def _post_conv(self, layer: ConvLayer, x: Array) -> Array:
+    def _post_conv(self, layer: layer_table.ConvLayer, x: Array) -> Array:
         """Activation, normalisation and pooling after `layer`, within each tower."""
         if layer.norm == "lrn1" and self.use_lrn and self.lrn1_before_relu:
             # ReLU commutes with max-pooling, so applying it after pool1
@@ -250,7 +195,7 @@ class AlexNet(nn.Module):
         x = nn.with_logical_constraint(images_nhwc.astype(dtype), (layers.CONV_BATCH, None, None, None))
         # Towers are independent in conv1 too (each GPU had its own 48 filters),
         # but conv1 reads all input channels, so it is an ordinary convolution.
-        stack = conv_stack(tuple(self.filters), self.cross_tower, self.extra_conv6)
+        stack = layer_table.conv_stack(tuple(self.filters), self.cross_tower, self.extra_conv6)
         paper_in_features = 3
         for layer in stack:
             groups = self.towers if layer.grouped else 1
@@ -258,7 +203,7 @@ class AlexNet(nn.Module):
             paper_fan_in = k * k * paper_in_features // (2 if layer.grouped else 1)  # the paper's two towers
             fan_in = k * k * x.shape[-1] // groups
             paper_in_features = layer.paper_filters
-            padding, _ = conv_padding(x.shape[1], k, layer.stride)
+            padding, _ = layer_table.conv_padding(x.shape[1], k, layer.stride)
             with jax.named_scope(layer.name):
                 x = layers.TowerConv(
                     features=_scaled(layer.filters, self.width, self.towers),
@@ -283,8 +228,10 @@ class AlexNet(nn.Module):
                 x = x.reshape(x.shape[0], -1)  # fc6 flattens the last conv output (paper: 6*6*256)
                 x = nn.Dense(
                     hidden,
-                    kernel_init=self._init(0.01, paper_fan_in, x.shape[-1]),
-                    bias_init=nn.initializers.ones,
+                    kernel_init=layers.with_logical_axes(
+                        self._init(0.01, paper_fan_in, x.shape[-1]), layers.DENSE_KERNEL_AXES
+                    ),
+                    bias_init=layers.with_logical_axes(nn.initializers.ones, layers.DENSE_BIAS_AXES),
                     dtype=dtype,
                     param_dtype=jnp.float32,
                     name=name,
@@ -298,7 +245,8 @@ class AlexNet(nn.Module):
         with jax.named_scope("fc8"):
             logits = nn.Dense(
                 self.num_classes,
-                kernel_init=self._init(0.01, _HIDDEN, x.shape[-1]),
+                kernel_init=layers.with_logical_axes(self._init(0.01, _HIDDEN, x.shape[-1]), layers.DENSE_KERNEL_AXES),
+                bias_init=layers.with_logical_axes(nn.initializers.zeros, layers.DENSE_BIAS_AXES),
                 dtype=dtype,
                 param_dtype=jnp.float32,
                 name="fc8",

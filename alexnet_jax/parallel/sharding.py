@@ -1,10 +1,11 @@
 """The ('data', 'model') device mesh and where batches, parameters and
 activations live on it.
 
-The model names the axes of its activations (alexnet_jax.model.layers: conv batch,
-conv channels, dense batch, hidden units); parameters get the same names from
-a path table (PARAM_AXES). A parallelism scheme is a set of flax logical-axis
-rules mapping those names onto mesh axes:
+The model names the axes of its activations and parameters
+(alexnet_jax.model.layers: conv batch, conv channels, dense batch, hidden
+units; a parameter's names ride on its initialiser, read here from flax's
+boxes). A parallelism scheme is one set of flax logical-axis rules mapping
+those names onto mesh axes, the only table of where things live:
 
   - "towers", the paper's: each pair of devices along 'model' holds the two
     towers, tower a on one device and tower b on the other. conv1, conv2,
@@ -24,13 +25,13 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from flax import linen as nn
+from flax.core import FrozenDict
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -47,15 +48,10 @@ SCHEMES: dict[str, LogicalRules] = {
     "dense": ((CONV_BATCH, ("data", "model")), (CONV_CHANNELS, None), (DENSE_BATCH, "data"), (HIDDEN, "model")),
 }
 
-# Logical axes of each parameter, by regex on its path ("conv2/kernel"). The
-# path of an optimiser-state leaf ends with its parameter's ("opt_state/
-# .../trace/conv2/kernel"), so the same table places the momentum buffers.
-PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    (r"conv\d+/kernel$", (None, None, None, CONV_CHANNELS)),  # out channels, tower after tower
-    (r"conv\d+/bias$", (CONV_CHANNELS,)),
-    (r"fc\d+/kernel$", (None, HIDDEN)),  # outputs: each device computes its share
-    (r"fc\d+/bias$", (HIDDEN,)),
-)
+# The logical axes of each parameter, by its path in the parameters
+# (("conv2", "kernel"): P(None, None, None, "conv_channels")). Hashable: a
+# static field of the train state, which keeps it beside its parameters.
+ParamAxes = FrozenDict[tuple[str, ...], P]
 
 
 def mesh_shape(spec: Sequence[int], num_devices: int) -> tuple[int, int]:
@@ -172,36 +168,57 @@ def prefetch_to_device(
         enqueue(1)
 
 
-def _path_name(path: tuple) -> str:
-    """'opt_state/inner_state/3/trace/conv2/kernel' for a tree path."""
-    parts = []
+def _path_names(path: tuple) -> tuple[str, ...]:
+    """('opt_state', 'inner_state', '3', 'trace', 'conv2', 'kernel') for a tree path."""
+    names = []
     for key in path:
         for attr in ("key", "name", "idx"):
             if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
+                names.append(str(getattr(key, attr)))
                 break
-    return "/".join(parts)
+    return tuple(names)
 
 
-def param_logical_axes(name: str, ndim: int) -> tuple[str | None, ...]:
-    """The logical axes of the parameter (or optimiser-state leaf) at `name`."""
-    for pattern, axes in PARAM_AXES:
-        if re.search(pattern, name) and len(axes) == ndim:
-            return axes
-    return (None,) * ndim
+def with_logical_rules(fn: Callable, scheme: str) -> Callable:
+    """`fn` traced with the scheme's logical-axis rules (and no mesh) in
+    context: the parameters a model initialises in it come boxed with their
+    logical axes (model.layers.with_logical_axes), for `param_axes` to read,
+    and compute exactly as without rules."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with nn.logical_axis_rules(SCHEMES[scheme]):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
-def state_shardings(abstract_state: PyTree, mesh: Mesh, scheme: str) -> PyTree:
+def param_axes(boxed_params: PyTree) -> ParamAxes:
+    """The logical axes of every parameter of a boxed parameter tree (shapes
+    or values); P() for a parameter initialised without names."""
+    specs = nn.get_partition_spec(boxed_params)
+    leaves = jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P))
+    return FrozenDict({_path_names(path): spec for path, spec in leaves})
+
+
+def state_shardings(abstract_state: PyTree, mesh: Mesh, scheme: str, axes: ParamAxes | None = None) -> PyTree:
     """NamedShardings for every leaf of a (train) state under `scheme`.
 
-    Parameters and their optimiser buffers follow PARAM_AXES; everything else
-    (step, learning rate, schedule bookkeeping) is replicated. An axis that
-    does not divide evenly over its mesh axes is replicated instead.
+    A parameter, and an optimiser buffer whose path ends with a parameter's
+    ("opt_state/.../trace/conv2/kernel") and has its rank, follow the
+    parameter's logical axes: `axes`, by default the state's own
+    `param_axes`. Everything else (step, learning rate, schedule
+    bookkeeping) is replicated, and so is an axis that does not divide
+    evenly over its mesh axes.
     """
+    axes = abstract_state.param_axes if axes is None else axes
 
     def leaf_sharding(path: tuple, leaf: Any) -> NamedSharding:
-        axes = param_logical_axes(_path_name(path), len(leaf.shape))
-        spec = nn.logical_to_mesh_axes(axes, SCHEMES[scheme])
+        names = _path_names(path)
+        logical = next((tuple(axes[names[i:]]) for i in range(len(names)) if names[i:] in axes), ())
+        if len(logical) != len(leaf.shape):
+            logical = (None,) * len(leaf.shape)
+        spec = nn.logical_to_mesh_axes(logical, SCHEMES[scheme])
         spec = [s if s is None or size % _mesh_size(mesh, s) == 0 else None for s, size in zip(spec, leaf.shape)]
         return NamedSharding(mesh, P(*spec))
 

@@ -22,6 +22,7 @@ from alexnet_jax.parallel import sharding
 from alexnet_jax.runs import config_file, run_stats
 from alexnet_jax.runs.validation import validate_config
 from alexnet_jax.train import checkpointing, init_from, metrics, micro_batch, optim, steps, summaries, throughput
+from alexnet_jax.train.inspection import make_inspect_fn
 from alexnet_jax.train.preemption import Preempted, StopSignals
 
 
@@ -163,7 +164,7 @@ def _train_and_evaluate(
         config_file.record_micro_batch_size(workdir, start_step, micro)
     eval_fn = steps.make_eval_fn(config, model, mesh, stats)
     # The step's own gradients: at the micro-batch size it computes with (-1 resolved).
-    inspect_fn = steps.make_inspect_fn(micro_batch.with_micro_batch_size(config, micro), mesh, stats, noise_end)
+    inspect_fn = make_inspect_fn(micro_batch.with_micro_batch_size(config, micro), mesh, stats, noise_end)
 
     def run_eval(step: int) -> dict[str, float]:
         batches = synthetic.eval_batches(config) if is_synthetic else pipeline.eval_batches(config, builder)

@@ -1,7 +1,8 @@
 """The jitted steps: train-state creation, gradients (whole batch or
-micro-batches), the train, eval and inspection steps, and their jitted,
-sharded forms. Pure JAX/Flax: no input pipeline or TensorFlow import, so the
-benchmarks run them on machines with neither."""
+micro-batches), the train and eval steps, and their jitted, sharded forms
+(the inspection step is alexnet_jax.train.inspection's). Pure JAX/Flax: no
+input pipeline or TensorFlow import, so the benchmarks run them on machines
+with neither."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import linen as nn
 from flax.training import train_state
 
 from alexnet_jax.data import augment
@@ -22,17 +24,60 @@ from alexnet_jax.platform import machine_defaults
 from alexnet_jax.train import metrics, optim
 
 Batch = dict[str, jax.Array]
-NUM_INPUT_IMAGES = 8  # augmented inputs an inspection shows
 
 
 class TrainState(train_state.TrainState):
-    """Params, optimiser state and step, plus the plateau schedule's bookkeeping."""
+    """Params, optimiser state and step, plus the plateau schedule's bookkeeping.
+
+    `param_axes` (static: no leaf, not checkpointed) are the parameters'
+    logical axes, read from the layers when the state is created, from which
+    `sharding.state_shardings` lays out the parameters and their optimiser
+    buffers under any scheme.
+    """
 
     plateau: optim.PlateauState
+    param_axes: sharding.ParamAxes = flax.struct.field(pytree_node=False)
 
 
 def create_model(config: ml_collections.ConfigDict) -> network.AlexNet:
     return network.AlexNet(**config.model.to_dict())
+
+
+def _boxed_params(model: network.AlexNet, size: int, seed: int) -> Any:
+    """The model's initial parameters, boxed with their logical axes (traced
+    under `sharding.with_logical_rules`)."""
+    return model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3), jnp.float32), train=False)["params"]
+
+
+def _state_init(config: ml_collections.ConfigDict, model: network.AlexNet, steps_per_epoch: int):
+    """() -> the initial TrainState from `config.seed`; its parameters are
+    unboxed here, so checkpoints, optax's masks and summaries see plain arrays."""
+    tx = optim.make_optimizer(config.optimizer, steps_per_epoch, tuple(config.frozen))
+
+    def init() -> TrainState:
+        boxed = _boxed_params(model, config.model.input_size, config.seed)
+        return TrainState.create(
+            apply_fn=model.apply,
+            params=nn.unbox(boxed),
+            tx=tx,
+            plateau=optim.PlateauState.create(),
+            param_axes=sharding.param_axes(boxed),
+        )
+
+    return sharding.with_logical_rules(init, config.model_parallel)
+
+
+def _placed(abstract: Any, mesh: jax.sharding.Mesh, scheme: str, axes: sharding.ParamAxes | None = None) -> Any:
+    """`abstract`'s shapes and dtypes with their shardings (`sharding.state_shardings`)."""
+    shardings = sharding.state_shardings(abstract, mesh, scheme, axes)
+    return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, shardings)
+
+
+def abstract_train_state(
+    config: ml_collections.ConfigDict, model: network.AlexNet, steps_per_epoch: int, mesh: jax.sharding.Mesh
+) -> TrainState:
+    """The initial train state's shapes, dtypes and shardings on `mesh`, without computing any."""
+    return _placed(jax.eval_shape(_state_init(config, model, steps_per_epoch)), mesh, config.model_parallel)
 
 
 def create_train_state(
@@ -40,14 +85,7 @@ def create_train_state(
 ) -> TrainState:
     """Initialises parameters (from `config.seed`) directly in their sharding
     (`sharding.state_shardings`: each device creates only its own part)."""
-    size = config.model.input_size
-    tx = optim.make_optimizer(config.optimizer, steps_per_epoch, tuple(config.frozen))
-
-    def init() -> TrainState:
-        dummy = jnp.zeros((1, size, size, 3), jnp.float32)
-        params = model.init(jax.random.key(config.seed), dummy, train=False)["params"]
-        return TrainState.create(apply_fn=model.apply, params=params, tx=tx, plateau=optim.PlateauState.create())
-
+    init = _state_init(config, model, steps_per_epoch)
     shardings = sharding.state_shardings(jax.eval_shape(init), mesh, config.model_parallel)
     return jax.jit(init, out_shardings=shardings)()
 
@@ -55,12 +93,9 @@ def create_train_state(
 def abstract_params(config: ml_collections.ConfigDict, model: network.AlexNet, mesh: jax.sharding.Mesh) -> Any:
     """The parameters' shapes, dtypes and shardings (as the train state
     places them), without computing any: the target of a parameters-only restore."""
-    size = config.model.input_size
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False)["params"]
-    )
-    shardings = sharding.state_shardings(shapes, mesh, config.model_parallel)
-    return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), shapes, shardings)
+    init = functools.partial(_boxed_params, model, config.model.input_size, 0)
+    boxed = jax.eval_shape(sharding.with_logical_rules(init, config.model_parallel))
+    return _placed(nn.unbox(boxed), mesh, config.model_parallel, sharding.param_axes(boxed))
 
 
 def noise_end_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int | None:
@@ -77,7 +112,7 @@ def _pca_std(std: float, step: jax.Array, end_step: int | None) -> float | jax.A
     return jnp.where(step < end_step, std, 0.0)
 
 
-def _step_keys(base_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+def step_keys(base_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(augmentation, dropout) keys of a step: a function of the step alone."""
     augment_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, step))
     return augment_key, dropout_key
@@ -98,9 +133,9 @@ def gradients(
 
         Randomness (crops, flips, colour noise, dropout) comes from
         `fold_in(base_key, step)`, so a resumed run draws exactly what an
-        uninterrupted one would, and `inspect_step` sees the step's own draws.
+        uninterrupted one would, and `inspection.inspect_step` sees the step's own draws.
     """
-    augment_key, dropout_key = _step_keys(base_key, state.step)
+    augment_key, dropout_key = step_keys(base_key, state.step)
     images = augment.train_inputs(
         batch["image"],
         augment_key,
@@ -170,56 +205,6 @@ def train_step(
         learning_rate=optim.current_learning_rate(new_state.opt_state),
     )
     return new_state, step_metrics
-
-
-@flax.struct.dataclass
-class Inspection:
-    """Device-side extras of one training step (see `inspect_step`)."""
-
-    images: jax.Array  # the first augmented inputs with the subtracted mean added back (pixels), NHWC float
-    params: Any  # the weights going into the step
-    grads: Any  # the step's gradients, shaped like the params
-    param_norms: dict[str, jax.Array]  # per parameter, keyed "conv1/kernel"
-    grad_norms: dict[str, jax.Array]
-
-
-def layer_norms(tree: Any) -> dict[str, jax.Array]:
-    """The L2 norm of every leaf, keyed by its path ("fc6/kernel")."""
-    flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
-    return {path: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))) for path, x in flat.items()}
-
-
-def inspect_step(
-    state: TrainState,
-    batch: Batch,
-    base_key: jax.Array,
-    *,
-    config: ml_collections.ConfigDict,
-    stats: augment.DataStats,
-    noise_end_step: int | None = None,
-) -> Inspection:
-    """What TensorBoard shows of the step `train_step(state, batch, base_key)`
-    is about to take: its first inputs, its gradients and the norms, computed
-    from the same batch and keys (one extra forward/backward pass). `config`
-    must be the step's, its micro_batch_size resolved as the step's was
-    (micro_batch_tuning.with_micro_batch_size): dropout's stream depends on it."""
-    images, grads, _ = gradients(state, batch, base_key, config, stats, noise_end_step)
-    # The run's own statistics (mean image or per-channel), not a fixed mean.
-    means = augment.train_input_means(
-        batch["image"].shape,
-        _step_keys(base_key, state.step)[0],
-        stats,
-        crop=config.model.input_size,
-        flip=config.random_flip,
-        chunk=config.crop_chunk,
-    )
-    return Inspection(
-        images=(images + means)[:NUM_INPUT_IMAGES],
-        params=state.params,
-        grads=grads,
-        param_norms=layer_norms(state.params),
-        grad_norms=layer_norms(grads),
-    )
 
 
 def eval_probs(
@@ -297,24 +282,6 @@ def make_eval_fn(
     return jax.jit(
         sharding.partitioned(
             functools.partial(eval_step, config=config, model=model, stats=stats), mesh, config.model_parallel
-        ),
-        out_shardings=sharding.replicated(mesh),
-    )
-
-
-def make_inspect_fn(
-    config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh,
-    stats: augment.DataStats,
-    noise_end: int | None = None,
-):
-    """The jitted `inspect_step`; its outputs are replicated, so every process
-    (process 0 writes them) holds them whole, however the model is sharded."""
-    return jax.jit(
-        sharding.partitioned(
-            functools.partial(inspect_step, config=config, stats=stats, noise_end_step=noise_end),
-            mesh,
-            config.model_parallel,
         ),
         out_shardings=sharding.replicated(mesh),
     )

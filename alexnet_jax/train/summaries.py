@@ -22,7 +22,7 @@ import numpy as np
 from clu import metric_writers
 
 from alexnet_jax.files import paths
-from alexnet_jax.train import steps
+from alexnet_jax.train.inspection import Inspection
 
 _KERNEL_ZOOM = 4  # 11x11 kernels are too small to see at 1:1
 
@@ -135,7 +135,7 @@ def _host_arrays(tree: Any) -> dict[str, np.ndarray]:
 
 
 def write_inspection(
-    writer: metric_writers.MetricWriter, step: int, inspection: steps.Inspection, config: ml_collections.ConfigDict
+    writer: metric_writers.MetricWriter, step: int, inspection: Inspection, config: ml_collections.ConfigDict
 ) -> None:
     """Kernel grids, inputs, norms and histograms of the weights going into `step`."""
     if jax.process_index() > 0:  # only process 0 writes; skip the host copies too
