@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from alexnet_jax import errors
-from alexnet_jax.runs import config_file
+from alexnet_jax.runs import config_json
 from launch import comparisons, sweep
 
 # (key, column title, is an error rate shown in percent)
@@ -121,7 +121,7 @@ def collect(workdir: str, target_error: float) -> tuple[dict, list[RunResult]]:
         overrides = dict(run.overrides)
         seed = overrides.pop("seed", None)
         try:
-            record = config_file.load(run.workdir) if os.path.isdir(run.workdir) else None
+            record = config_json.load(run.workdir) if os.path.isdir(run.workdir) else None
         except ValueError:  # an unreadable config.json: its status says so
             record = None
         if record is not None:  # the run's own config: its seed even where the sweep did not set one
@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.workdir
     sweep.check_local(args.workdir, "--workdir")
     sweep.check_local(out, "--out")
-    config_file.check_writable(out, "--out")  # before the sweep's event files are read
+    config_json.check_writable(out, "--out")  # before the sweep's event files are read
     manifest, results = collect(args.workdir, args.target_error)
     if not any(r.status == "finished" for r in results):
         statuses = "; ".join(f"{r.name} {r.status}" for r in results)

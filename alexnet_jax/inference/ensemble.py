@@ -21,7 +21,7 @@ from alexnet_jax import errors
 from alexnet_jax.data import pipeline
 from alexnet_jax.inference import predictions
 from alexnet_jax.parallel import sharding
-from alexnet_jax.runs import config_file, run_stats
+from alexnet_jax.runs import config_fields, run_stats
 from alexnet_jax.train import loop, metrics, steps
 
 
@@ -82,7 +82,7 @@ def check_same_task(
     """One-line ValueError if the runs differ in a field of `fields`."""
     for workdir, config in zip(workdirs[1:], configs[1:]):
         for field in fields:
-            ours, theirs = config_file.field_value(configs[0], field), config_file.field_value(config, field)
+            ours, theirs = config_fields.field_value(configs[0], field), config_fields.field_value(config, field)
             if ours != theirs:
                 raise errors.RunError(
                     f"ensemble members disagree on config.{field}: {workdirs[0]} has {ours!r}, "

@@ -19,7 +19,7 @@ from alexnet_jax import errors
 from alexnet_jax.data import pipeline, synthetic
 from alexnet_jax.files import folder_lock, paths
 from alexnet_jax.parallel import sharding
-from alexnet_jax.runs import config_file, run_stats
+from alexnet_jax.runs import config_json, restart, run_notes, run_stats
 from alexnet_jax.runs.validation import validate_config
 from alexnet_jax.train import checkpointing, init_from, metrics, micro_batch, optim, steps, summaries, throughput
 from alexnet_jax.train.preemption import Preempted, StopSignals
@@ -113,15 +113,15 @@ def _train_and_evaluate(
     # Another run's parameters, at the first start only (a restart resumes its
     # own); before the first checkpoint, the source config.json recorded.
     from_source = config.init_from and not resumed_step
-    source = init_from.source_of_run(config.init_from, config_file.load(workdir)) if from_source else None
+    source = init_from.source_of_run(config.init_from, config_json.load(workdir)) if from_source else None
     if source:
         init_from.check_source(steps.abstract_params(config, model, mesh), source, tuple(config.init_reset))
 
-    config_file.check_writable(workdir)
+    config_json.check_writable(workdir)
     run_lock.acquire(workdir)  # one live run per workdir, before its first write
     # The run's own config: written at the first start, a restart must match it.
     started_from = {"initialised_from": source} if source else {}
-    config_file.check_restart(config, workdir, resumed_step / steps_per_epoch, jax.process_index() == 0, started_from)
+    restart.check_restart(config, workdir, resumed_step / steps_per_epoch, jax.process_index() == 0, started_from)
     run_stats.keep(config, workdir, run_data, is_writer=jax.process_index() == 0)  # beside config.json
 
     logging.info("Mesh %s over %d devices, model parallelism %r", dict(mesh.shape), mesh.size, config.model_parallel)
@@ -160,7 +160,7 @@ def _train_and_evaluate(
     base_key = jax.random.key(config.seed + 1)
     micro, train_fn = micro_batch.make_train_fn(config, mesh, state, stats, noise_end, base_key)
     if jax.process_index() == 0:
-        config_file.record_micro_batch_size(workdir, start_step, micro)
+        run_notes.record_micro_batch_size(workdir, start_step, micro)
     eval_fn = steps.make_eval_fn(config, model, mesh, stats)
     # The step's own gradients: at the micro-batch size it computes with (-1 resolved).
     inspect_fn = steps.make_inspect_fn(micro_batch.with_micro_batch_size(config, micro), mesh, stats, noise_end)
@@ -181,7 +181,7 @@ def _train_and_evaluate(
 
     def note_stop(signal_name: str) -> None:  # a second Ctrl-C ends the process at once: noted now
         if jax.process_index() == 0:
-            config_file.record_interrupted(workdir, signal_name, checkpointing.latest_step(workdir))
+            run_notes.record_interrupted(workdir, signal_name, checkpointing.latest_step(workdir))
 
     stop, stopping = StopSignals(on_stop=note_stop).install(), False
     train_metrics, summary = None, None
@@ -252,11 +252,11 @@ def _train_and_evaluate(
                 rate.resume()
     except Preempted as stopped:
         if jax.process_index() == 0:
-            config_file.record_exit(workdir, "stopped", stopped.step, str(stopped))
+            run_notes.record_exit(workdir, "stopped", stopped.step, str(stopped))
         raise
     except Exception as error:
         if jax.process_index() == 0:  # the workdir says where and why the run stopped (launch.report)
-            config_file.record_exit(workdir, "failed", step, f"{type(error).__name__}: {error}")
+            run_notes.record_exit(workdir, "failed", step, f"{type(error).__name__}: {error}")
         raise
     finally:
         checkpointing.wait_until_finished(manager)
@@ -267,7 +267,7 @@ def _train_and_evaluate(
         summary = run_eval(total_steps)
         writer.flush()
     if jax.process_index() == 0:
-        config_file.record_exit(workdir, "finished", total_steps)
+        run_notes.record_exit(workdir, "finished", total_steps)
     return summary
 
 
