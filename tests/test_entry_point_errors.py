@@ -24,7 +24,7 @@ from alexnet_jax.data import image_folder, pipeline
 from alexnet_jax.files import folder_lock
 from alexnet_jax.runs import config_json, reading, restart
 from alexnet_jax.runs.validation import validate_config
-from alexnet_jax.train import checkpointing, loop
+from alexnet_jax.train import checkpointing, finite_guard, loop, setup
 from launch import report, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,7 +176,7 @@ def _imagenet_not_prepared(ctx):
 def _not_a_split(ctx):
     config = ctx.config()
     config.eval_split = "validation"
-    yield ctx.in_process("check_dataset", lambda: loop.check_dataset(config, pipeline.get_builder(config)))
+    yield ctx.in_process("check_dataset", lambda: setup.check_dataset(config, pipeline.get_builder(config)))
 
 
 def _unsplit_image_folder(ctx):
@@ -187,7 +187,7 @@ def _unsplit_image_folder(ctx):
 
 def _diverged(ctx):
     nan_loss = types.SimpleNamespace(loss=types.SimpleNamespace(compute=lambda: float("nan")))
-    yield ctx.in_process("the NaN guard", loop._check_finite, 12, nan_loss)
+    yield ctx.in_process("the NaN guard", finite_guard.check_loss, 12, nan_loss)
 
 
 TRIGGERS = {

@@ -22,7 +22,7 @@ from alexnet_jax.data import pipeline
 from alexnet_jax.inference import predictions
 from alexnet_jax.parallel import sharding
 from alexnet_jax.runs import config_fields, run_stats
-from alexnet_jax.train import loop, metrics, steps
+from alexnet_jax.train import metrics, setup, steps
 
 
 @dataclasses.dataclass
@@ -48,7 +48,7 @@ def evaluate_member(config: ml_collections.ConfigDict, workdir: str) -> Member:
     """The newest checkpoint of `workdir` on `config.eval_split`: every
     example once (the last batch's padding dropped), centre or 10 views."""
     builder = pipeline.get_builder(config)
-    loop.check_dataset(config, builder)  # splits and classes, as the training run checks them
+    setup.check_dataset(config, builder)  # splits and classes, as the training run checks them
     model, params, step = predictions.restore_params(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
     stats = run_stats.for_reading(config, workdir, builder).stats  # the run's own, not the data_dir's now
