@@ -31,7 +31,7 @@ from alexnet_jax.data import augment, pipeline
 from alexnet_jax.inference import predictions
 from alexnet_jax.model import network
 from alexnet_jax.parallel import sharding
-from alexnet_jax.runs import config_file, overrides, reading, run_stats
+from alexnet_jax.runs import config_json, overrides, reading, run_stats
 from alexnet_jax.train import summaries
 
 FLAGS = flags.FLAGS
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> None:
     if jax.process_count() > 1:
         sys.exit("error: retrieval runs in one process; start it without the multi-process launcher")
     out = epath.Path(FLAGS.out)  # local, or a URI such as the run's gs:// workdir
-    config_file.check_writable(out.parent, "--out")  # before the work, not after it
+    config_json.check_writable(out.parent, "--out")  # before the work, not after it
     config = reading.config_for(FLAGS.workdir)
     query_split = FLAGS.query_split or config.eval_split
     database_split = FLAGS.database_split or config.train_split

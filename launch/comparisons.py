@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from alexnet_jax.runs import config_file, sweep_status
+from alexnet_jax.runs import config_fields, field_rules, sweep_status
 
 if TYPE_CHECKING:
     from launch.run_results import RunResult
 
-# Fields a restart may change (config_file.MAY_CHANGE) leave a run's numbers as they are, except these: the run's
+# Fields a restart may change (field_rules.MAY_CHANGE) leave a run's numbers as they are, except these: the run's
 # length and schedule, what its evaluations measure, and how often (the best error is over the evaluations).
 COMPARED_MAY_CHANGE = frozenset(
     {"num_epochs", "num_train_steps", "optimizer.drop_epochs", "eval_views", "eval_every_steps"}
@@ -26,8 +26,8 @@ def compared_fields(record: dict | None, swept: set[str]) -> dict | None:
     those that leave the numbers as they are."""
     if record is None:
         return None
-    ignored = swept | {"seed"} | (config_file.MAY_CHANGE.keys() - COMPARED_MAY_CHANGE)
-    return {k: v for k, v in config_file.flat_fields(record["config"]).items() if k not in ignored}
+    ignored = swept | {"seed"} | (field_rules.MAY_CHANGE.keys() - COMPARED_MAY_CHANGE)
+    return {k: v for k, v in config_fields.flat_fields(record["config"]).items() if k not in ignored}
 
 
 def _short(value) -> str:

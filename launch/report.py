@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from alexnet_jax import errors
-from alexnet_jax.runs import config_file, sweep_status
+from alexnet_jax.runs import config_json, sweep_status
 from launch import report_curves, report_tables, run_results, sweep
 
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.workdir
     sweep_status.check_local(args.workdir, "--workdir")
     sweep_status.check_local(out, "--out")
-    config_file.check_writable(out, "--out")  # before the sweep's event files are read
+    config_json.check_writable(out, "--out")  # before the sweep's event files are read
     manifest, results = run_results.collect(args.workdir, args.target_error)
     if not any(r.status == "finished" for r in results):
         statuses = "; ".join(f"{r.name} {r.status}" for r in results)

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from alexnet_jax.runs import config_file, sweep_status
+from alexnet_jax.runs import config_json, sweep_status
 from launch import comparisons, sweep
 
 # (key, column title, is an error rate shown in percent)
@@ -104,7 +104,7 @@ def collect(workdir: str, target_error: float) -> tuple[dict, list[RunResult]]:
         overrides = dict(run.overrides)
         seed = overrides.pop("seed", None)
         try:
-            record = config_file.load(run.workdir) if os.path.isdir(run.workdir) else None
+            record = config_json.load(run.workdir) if os.path.isdir(run.workdir) else None
         except ValueError:  # an unreadable config.json: its status says so
             record = None
         if record is not None:  # the run's own config: its seed even where the sweep did not set one

@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 
 import alexnet_jax
 from alexnet_jax import errors
-from alexnet_jax.runs import config_file, overrides
+from alexnet_jax.runs import field_rules, overrides
 from alexnet_jax.runs.sweep_status import (  # launch.report and the tests read them here too
     DONE,
     MANIFEST,
@@ -224,12 +224,12 @@ def execute(run: Run) -> int:
 
 def only_restart_changes(old_args: Sequence[str], new_args: Sequence[str]) -> bool:
     """Whether a finished variant's new command changes only fields a
-    restart may change (config_file.MAY_CHANGE: more steps, logging, ...),
+    restart may change (field_rules.MAY_CHANGE: more steps, logging, ...),
     so resuming it extends the same run."""
     old_rest, old_overrides = split_overrides(old_args)
     new_rest, new_overrides = split_overrides(new_args)
     changed = {k for k in old_overrides.keys() | new_overrides.keys() if old_overrides.get(k) != new_overrides.get(k)}
-    return old_rest == new_rest and changed <= config_file.MAY_CHANGE.keys()
+    return old_rest == new_rest and changed <= field_rules.MAY_CHANGE.keys()
 
 
 def _move_aside(run: Run) -> str:

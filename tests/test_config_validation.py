@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax.runs import config_file
+from alexnet_jax.runs import config_fields
 from alexnet_jax.runs.validation import validate_config
 from configs import default
 
-FIELDS = sorted(config_file.flat_fields(default.get_config()))
+FIELDS = sorted(config_fields.flat_fields(default.get_config()))
 
 
 def _bad_values(value):

@@ -13,7 +13,7 @@ import pytest
 
 from alexnet_jax.data import augment, data_stats, pipeline
 from alexnet_jax.inference import ensemble
-from alexnet_jax.runs import config_file, sweep_status
+from alexnet_jax.runs import config_json, sweep_status
 from alexnet_jax.train import checkpointing, loop, steps
 from launch import sweep
 
@@ -77,7 +77,7 @@ def test_ensemble_is_the_mean_of_its_members(tiny_config, tmp_path):
 
     # A member with another class count is refused before anything is evaluated.
     other = tmp_path / "eleven"
-    record = config_file.record_of(configs[0])
+    record = config_json.record_of(configs[0])
     record["config"]["model"]["num_classes"] = 11
     other.mkdir()
     (other / "config.json").write_text(json.dumps(record))

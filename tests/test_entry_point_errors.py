@@ -22,9 +22,9 @@ from absl.testing import flagsaver
 from alexnet_jax import errors
 from alexnet_jax.data import image_folder, pipeline
 from alexnet_jax.files import folder_lock
-from alexnet_jax.runs import config_file
+from alexnet_jax.runs import config_json, reading, restart
 from alexnet_jax.runs.validation import validate_config
-from alexnet_jax.train import checkpointing, loop
+from alexnet_jax.train import checkpointing, finite_guard, loop, setup
 from launch import report, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,13 +139,13 @@ def _out_of_range(ctx):
 def _trained_with_another_value(ctx):
     config, workdir = ctx.config(), ctx.tmp / "run"
     config.model.activation = "tanh"
-    config_file.check_restart(config, workdir, 0.0)  # the first start writes config.json
+    restart.check_restart(config, workdir, 0.0)  # the first start writes config.json
     config.model.activation = "relu"
-    yield ctx.in_process("a restart", config_file.check_restart, config, workdir, 0.0)
+    yield ctx.in_process("a restart", restart.check_restart, config, workdir, 0.0)
 
 
 def _workdir_not_writable(ctx):
-    yield ctx.in_process("check_writable", config_file.check_writable, ctx.blocker() / "run")
+    yield ctx.in_process("check_writable", config_json.check_writable, ctx.blocker() / "run")
 
 
 def _out_not_writable(ctx):
@@ -162,7 +162,7 @@ def _workdir_does_not_exist(ctx):
 def _no_config_json(ctx):
     from configs import default
 
-    yield ctx.in_process("a reader", config_file.config_for_reading, ctx.tmp, default.get_config(), {}, False)
+    yield ctx.in_process("a reader", reading.config_for_reading, ctx.tmp, default.get_config(), {}, False)
 
 
 def _imagenet_not_prepared(ctx):
@@ -176,7 +176,7 @@ def _imagenet_not_prepared(ctx):
 def _not_a_split(ctx):
     config = ctx.config()
     config.eval_split = "validation"
-    yield ctx.in_process("check_dataset", lambda: loop.check_dataset(config, pipeline.get_builder(config)))
+    yield ctx.in_process("check_dataset", lambda: setup.check_dataset(config, pipeline.get_builder(config)))
 
 
 def _unsplit_image_folder(ctx):
@@ -187,7 +187,7 @@ def _unsplit_image_folder(ctx):
 
 def _diverged(ctx):
     nan_loss = types.SimpleNamespace(loss=types.SimpleNamespace(compute=lambda: float("nan")))
-    yield ctx.in_process("the NaN guard", loop._check_finite, 12, nan_loss)
+    yield ctx.in_process("the NaN guard", finite_guard.check_loss, 12, nan_loss)
 
 
 TRIGGERS = {

@@ -16,7 +16,7 @@ import pytest
 
 from alexnet_jax.data import pipeline
 from alexnet_jax.files import folder_lock
-from alexnet_jax.runs import config_file
+from alexnet_jax.runs import restart
 from alexnet_jax.train import loop
 from alexnet_jax.train.preemption import Preempted
 
@@ -147,7 +147,7 @@ def test_a_run_takes_over_a_dead_runs_lock_and_releases_it_when_it_stops(tmp_pat
         holders.append(json.loads(lock_file.read_text())["pid"])
         raise stop
 
-    monkeypatch.setattr(config_file, "check_restart", check_restart)
+    monkeypatch.setattr(restart, "check_restart", check_restart)
     with pytest.raises(type(stop)):
         loop.train_and_evaluate(tiny_config, workdir)
     assert holders == [os.getpid()] and os.listdir(workdir) == []  # released on failure

@@ -123,7 +123,7 @@ def test_fine_tuning_with_frozen_convolutions_then_resuming_its_own_checkpoint(s
 def test_a_restart_before_the_first_checkpoint_starts_from_the_recorded_step(source, tmp_path, caplog):
     """config.json notes the step the run started from; a restart before
     the run's first checkpoint takes it again, not the source's newer one."""
-    from alexnet_jax.runs import config_file
+    from alexnet_jax.runs import config_json, restart
 
     workdir, config = source
     tune = config.copy_and_resolve_references()  # the fine-tuning above's step (compiled once)
@@ -133,17 +133,17 @@ def test_a_restart_before_the_first_checkpoint_starts_from_the_recorded_step(sou
     finetune = str(tmp_path / "finetune")
     # Its first start found step 2 the newest, wrote config.json, then died before saving;
     # the source has saved step 4 since.
-    config_file.check_restart(tune, finetune, 0.0, True, {"initialised_from": step2})
+    restart.check_restart(tune, finetune, 0.0, True, {"initialised_from": step2})
     shutil.copytree(step2, os.path.join(workdir, "checkpoints", "4"))
     with caplog.at_level(logging.INFO):
         loop.train_and_evaluate(tune, finetune)
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("Parameters from")] == [
         f"Parameters from {step2}"
     ]
-    assert config_file.load(finetune)["initialised_from"] == step2
+    assert config_json.load(finetune)["initialised_from"] == step2
 
     gone = str(tmp_path / "gone")  # a recorded step the source no longer has: one line
-    config_file.check_restart(tune, gone, 0.0, True, {"initialised_from": step2[:-1] + "3"})
+    restart.check_restart(tune, gone, 0.0, True, {"initialised_from": step2[:-1] + "3"})
     with pytest.raises(ValueError, match=r"this run started from .*checkpoints/3' \(its config.json\), which is gone"):
         loop.train_and_evaluate(tune, gone)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.platform import machine_defaults
-from alexnet_jax.runs import config_file
+from alexnet_jax.runs import config_json
 from alexnet_jax.train import loop, micro_batch
 from configs import digits, paper
 
@@ -153,7 +153,7 @@ def test_a_run_measures_once_then_reads_the_choice(tiny_config, tmp_path, monkey
     (entry,) = json.loads((tmp_path / "cache" / micro_batch.CHOICES_FILE).read_text()).values()
     assert entry["micro_batch_size"] in (0, 8) and set(entry["step_seconds"]) == {"0", "8"}
     assert "timing the train step at micro-batch sizes (0, 8)" in caplog.text
-    recorded = config_file.load(tmp_path / "first")["micro_batch_sizes"]
+    recorded = config_json.load(tmp_path / "first")["micro_batch_sizes"]
     assert recorded == [{"from_step": 0, "micro_batch_size": entry["micro_batch_size"]}]
 
     def no_timing(*args):

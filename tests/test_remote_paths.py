@@ -18,7 +18,7 @@ from etils.epath import backend, gpath
 from alexnet_jax import evaluate
 from alexnet_jax.data import datasets
 from alexnet_jax.files import paths
-from alexnet_jax.runs import config_file, sweep_status
+from alexnet_jax.runs import config_fields, config_json, reading, restart, run_notes, sweep_status
 from alexnet_jax.runs.validation import validate_config
 from alexnet_jax.train import checkpointing, init_from, loop
 from launch import report, sweep
@@ -68,26 +68,26 @@ def test_the_in_memory_file_system_stands_in_for_a_bucket(ram_dir):
 
 def test_config_json_on_a_remote_workdir(tiny_config, ram_dir):
     workdir = f"{ram_dir}/runs/digits"
-    config_file.check_writable(workdir)  # creates the workdir, leaves no probe
+    config_json.check_writable(workdir)  # creates the workdir, leaves no probe
     assert list(epath.Path(workdir).iterdir()) == []
-    config_file.check_restart(tiny_config, workdir, 0.0)  # the first start writes config.json
+    restart.check_restart(tiny_config, workdir, 0.0)  # the first start writes config.json
     assert [p.name for p in epath.Path(workdir).iterdir()] == ["config.json"]  # no temporary file left
-    record = config_file.load(workdir)
-    assert config_file.flat_fields(record["config"]) == config_file.flat_fields(tiny_config)
+    record = config_json.load(workdir)
+    assert config_fields.flat_fields(record["config"]) == config_fields.flat_fields(tiny_config)
 
     longer = tiny_config.copy_and_resolve_references()
     longer.num_train_steps = 9  # a restart may change it: taken and recorded
-    config_file.check_restart(longer, workdir, 0.1)
-    assert config_file.load(workdir)["restarts"][0]["changed"] == {"num_train_steps": {"from": 6, "to": 9}}
+    restart.check_restart(longer, workdir, 0.1)
+    assert config_json.load(workdir)["restarts"][0]["changed"] == {"num_train_steps": {"from": 6, "to": 9}}
     other = longer.copy_and_resolve_references()
     other.seed = 1
     with pytest.raises(ValueError) as refused:
-        config_file.check_restart(other, workdir, 0.1)
+        restart.check_restart(other, workdir, 0.1)
     assert f"({workdir}/config.json); use a new --workdir" in str(refused.value) and "\n" not in str(refused.value)
 
-    config_file.record_exit(workdir, "finished", 9)
-    assert config_file.load(workdir)["last_exit"]["status"] == "finished"
-    read = config_file.config_for_reading(workdir, tiny_config, {"eval_views": "ten_view"}, config_file_given=False)
+    run_notes.record_exit(workdir, "finished", 9)
+    assert config_json.load(workdir)["last_exit"]["status"] == "finished"
+    read = reading.config_for_reading(workdir, tiny_config, {"eval_views": "ten_view"}, config_file_given=False)
     assert read.num_train_steps == 9 and read.eval_views == "ten_view"
     assert checkpointing.latest_step(workdir) == 0  # no checkpoints yet, nothing created
     assert not (epath.Path(workdir) / "checkpoints").exists()
@@ -97,7 +97,7 @@ def test_a_damaged_remote_config_json_is_named_in_one_line(ram_dir):
     (epath.Path(ram_dir) / "config.json").parent.mkdir(parents=True, exist_ok=True)
     (epath.Path(ram_dir) / "config.json").write_text("{half")
     with pytest.raises(ValueError, match=rf"^{ram_dir}/config.json cannot be read \(.*\): restore it"):
-        config_file.load(ram_dir)
+        config_json.load(ram_dir)
 
 
 def test_checkpoint_steps_and_init_from_on_a_remote_workdir(ram_dir):
@@ -203,10 +203,10 @@ def test_a_run_on_a_path_like_workdir_checkpoints_resumes_and_is_evaluated(tiny_
     config.num_train_steps = 3  # a restart may extend the run: resumes at 2
     summary = loop.train_and_evaluate(config, workdir)
     assert checkpointing.latest_step(tmp_path / "run") == 3 and summary["eval_num_examples"] == 360
-    assert config_file.load(workdir)["restarts"][0]["changed"]["num_train_steps"] == {"from": 2, "to": 3}
+    assert config_json.load(workdir)["restarts"][0]["changed"]["num_train_steps"] == {"from": 2, "to": 3}
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "run"))
 
-    read = config_file.config_for_reading(workdir, tiny_config, {}, config_file_given=False)
+    read = reading.config_for_reading(workdir, tiny_config, {}, config_file_given=False)
     evaluated, step = evaluate.evaluate_checkpoint(read, workdir)
     assert step == 3 and evaluated["eval_num_examples"] == 360
     assert evaluated["eval_top1_error"] == pytest.approx(summary["eval_top1_error"], abs=1e-6)

@@ -11,8 +11,10 @@ import jax
 import numpy as np
 import pytest
 
+import alexnet_jax
+from alexnet_jax.files import paths
 from alexnet_jax.inference import predictions
-from alexnet_jax.runs import config_file
+from alexnet_jax.runs import config_fields, config_json, field_rules, reading, restart, run_notes
 from alexnet_jax.train import checkpointing, loop
 from configs import default
 
@@ -20,11 +22,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_config_field_is_classified_exactly_once():
-    fields = set(config_file.flat_fields(default.get_config()))
-    defining, may_change = set(config_file.DEFINING), set(config_file.MAY_CHANGE)
+    fields = set(config_fields.flat_fields(default.get_config()))
+    defining, may_change = set(field_rules.DEFINING), set(field_rules.MAY_CHANGE)
     assert not defining & may_change, "in both tables"
     assert fields - defining - may_change == set(), (
-        "new config fields: add each to config_file.DEFINING (a restart must keep it) or MAY_CHANGE"
+        "new config fields: add each to field_rules.DEFINING (a restart must keep it) or MAY_CHANGE"
     )
     assert (defining | may_change) - fields == set(), "tables name fields configs/default.py does not have"
 
@@ -36,7 +38,7 @@ def _short(config, steps):
 
 
 def _record(workdir):
-    with open(config_file.path(workdir)) as f:
+    with open(config_json.path(workdir)) as f:
         return json.load(f)
 
 
@@ -45,10 +47,10 @@ def test_first_start_writes_config_json_once_and_atomically(tiny_config, tmp_pat
     config = _short(tiny_config, 3)
     loop.train_and_evaluate(config, workdir)
     record = _record(workdir)
-    assert config_file.flat_fields(record["config"]) == config_file.flat_fields(config)
+    assert config_fields.flat_fields(record["config"]) == config_fields.flat_fields(config)
     assert record["command"][0] == sys.executable and record["restarts"] == []
     assert record["last_exit"]["status"] == "finished" and record["last_exit"]["step"] == 3
-    assert "git_commit" in record and "version" in record
+    assert "git_commit" in record and record["version"] == alexnet_jax.__version__
     assert os.listdir(workdir).count("config.json") == 1 and not any(".tmp-" in f for f in os.listdir(workdir))
 
     assert record["micro_batch_sizes"] == [{"from_step": 0, "micro_batch_size": 0}]
@@ -60,25 +62,25 @@ def test_first_start_writes_config_json_once_and_atomically(tiny_config, tmp_pat
     assert _record(workdir)["micro_batch_sizes"] == record["micro_batch_sizes"]
 
     # A write that dies half-way leaves the previous file whole.
-    before = open(config_file.path(workdir)).read()
+    before = open(config_json.path(workdir)).read()
 
     def broken_dump(obj, f, **kwargs):
         f.write('{"config": {')
         raise OSError("disk full")
 
-    monkeypatch.setattr(config_file.json, "dump", broken_dump)
+    monkeypatch.setattr(paths.json, "dump", broken_dump)  # paths.write_json writes every record
     with pytest.raises(OSError, match="disk full"):
-        config_file.record_exit(workdir, "failed", 3, "test")
-    assert open(config_file.path(workdir)).read() == before
+        run_notes.record_exit(workdir, "failed", 3, "test")
+    assert open(config_json.path(workdir)).read() == before
 
 
 def test_the_micro_batch_size_is_noted_when_it_changes(tiny_config, tmp_path):
     """micro_batch_size=-1 is resolved per machine: a restart elsewhere may
     compute with another size, and config.json says from which step."""
     workdir = tmp_path / "run"
-    config_file.check_restart(tiny_config, workdir, 0.0)
+    restart.check_restart(tiny_config, workdir, 0.0)
     for step, size in ((0, 0), (30, 0), (60, 64), (90, 64), (120, 0)):
-        config_file.record_micro_batch_size(workdir, step, size)
+        run_notes.record_micro_batch_size(workdir, step, size)
     assert _record(workdir)["micro_batch_sizes"] == [
         {"from_step": 0, "micro_batch_size": 0},
         {"from_step": 60, "micro_batch_size": 64},
@@ -89,7 +91,7 @@ def test_the_micro_batch_size_is_noted_when_it_changes(tiny_config, tmp_path):
 def test_restart_refuses_defining_changes_and_logs_the_others(tiny_config, tmp_path, caplog):
     workdir = str(tmp_path / "run")
     loop.train_and_evaluate(_short(tiny_config, 3), workdir)
-    before = open(config_file.path(workdir)).read()
+    before = open(config_json.path(workdir)).read()
 
     changed = _short(tiny_config, 6)
     changed.model.activation = "tanh"
@@ -100,8 +102,8 @@ def test_restart_refuses_defining_changes_and_logs_the_others(tiny_config, tmp_p
     assert "\n" not in message
     assert "config.model.activation='tanh' but this run was trained with 'relu'" in message
     assert "config.optimizer.learning_rate=0.5 but this run was trained with 0.01" in message
-    assert f"({config_file.path(workdir)}); use a new --workdir, or pass the run's value" in message
-    assert open(config_file.path(workdir)).read() == before and checkpointing.latest_step(workdir) == 3
+    assert f"({config_json.path(workdir)}); use a new --workdir, or pass the run's value" in message
+    assert open(config_json.path(workdir)).read() == before and checkpointing.latest_step(workdir) == 3
 
     extended = _short(tiny_config, 6)  # more steps, another evaluation period and mesh: accepted
     extended.eval_every_steps = 2
@@ -126,25 +128,25 @@ def test_learning_rate_drops_already_taken_cannot_move(tmp_path):
     workdir = str(tmp_path)
     config = default.get_config()
     config.optimizer.drop_epochs = (25, 51, 79)
-    config_file.check_restart(config, workdir, epochs_done=0)  # first start: writes config.json
+    restart.check_restart(config, workdir, epochs_done=0)  # first start: writes config.json
     later = config.copy_and_resolve_references()
     later.optimizer.drop_epochs = (25, 60, 90)  # at epoch 30: only future drops moved
-    config_file.check_restart(later, workdir, epochs_done=30)
+    restart.check_restart(later, workdir, epochs_done=30)
     earlier = later.copy_and_resolve_references()
     earlier.optimizer.drop_epochs = (20, 60, 90)  # the drop at 25 was already taken
     with pytest.raises(ValueError, match=r"config.optimizer.drop_epochs=\(20, 60, 90\) but this run was trained"):
-        config_file.check_restart(earlier, workdir, epochs_done=30)
+        restart.check_restart(earlier, workdir, epochs_done=30)
 
 
 def test_a_workdir_from_before_config_json_resumes_with_one_warning(tiny_config, tmp_path, caplog):
     workdir = str(tmp_path / "old")
     loop.train_and_evaluate(_short(tiny_config, 3), workdir)
-    os.remove(config_file.path(workdir))
+    os.remove(config_json.path(workdir))
     with caplog.at_level(logging.WARNING):
         loop.train_and_evaluate(_short(tiny_config, 4), workdir)
     warnings = [r.getMessage() for r in caplog.records if "config cannot be checked" in r.getMessage()]
     assert len(warnings) == 1 and checkpointing.latest_step(workdir) == 4
-    assert not os.path.exists(config_file.path(workdir))  # nothing is claimed that was not checked
+    assert not os.path.exists(config_json.path(workdir))  # nothing is claimed that was not checked
 
 
 def _run(module, *args):
@@ -180,10 +182,10 @@ def test_reading_a_workdir_needs_only_the_workdir(tiny_config, tmp_path):
     # Overrides that do not change the network are taken; one that does is refused
     # (in-process: the command line's overrides as config_flags hands them over).
     flag_config = default.get_config()
-    read = config_file.config_for_reading(workdir, flag_config, {"eval_views": "ten_view"}, config_file_given=False)
+    read = reading.config_for_reading(workdir, flag_config, {"eval_views": "ten_view"}, config_file_given=False)
     assert read.eval_views == "ten_view" and read.model.activation == "tanh" and read.batch_size == 16
     with pytest.raises(ValueError, match=r"config.model.width=0.25 but this run was trained with 0.125 \("):
-        config_file.config_for_reading(workdir, flag_config, {"model.width": 0.25}, config_file_given=False)
+        reading.config_for_reading(workdir, flag_config, {"model.width": 0.25}, config_file_given=False)
 
     scan = np.round(load_digits().images[0] * 255 / 16).astype(np.uint8)
     Image.fromarray(scan).resize((40, 40)).save(tmp_path / "zero.png")
@@ -220,38 +222,38 @@ def test_a_field_added_after_a_run_started_counts_as_its_default(tmp_path):
     behaviour, so a restart or a reader asking for another value is refused."""
     workdir = str(tmp_path)
     config = default.get_config()
-    config_file.check_restart(config, workdir, epochs_done=0)
-    record = json.loads(open(config_file.path(workdir)).read())
+    restart.check_restart(config, workdir, epochs_done=0)
+    record = json.loads(open(config_json.path(workdir)).read())
     del record["config"]["model"]["cross_tower"]  # as written before the field existed
-    open(config_file.path(workdir), "w").write(json.dumps(record))
-    config_file.check_restart(config, workdir, epochs_done=1)  # the default: accepted
+    open(config_json.path(workdir), "w").write(json.dumps(record))
+    restart.check_restart(config, workdir, epochs_done=1)  # the default: accepted
     changed = config.copy_and_resolve_references()
     changed.model.cross_tower = False
     with pytest.raises(ValueError, match="config.model.cross_tower=False but this run was trained with True"):
-        config_file.check_restart(changed, workdir, epochs_done=1)
+        restart.check_restart(changed, workdir, epochs_done=1)
     with pytest.raises(ValueError, match="config.model.cross_tower=False but this run was trained with True"):
-        config_file.config_for_reading(workdir, config, {"model.cross_tower": False}, config_file_given=False)
+        reading.config_for_reading(workdir, config, {"model.cross_tower": False}, config_file_given=False)
 
 
 def test_a_run_from_before_dropout_scaling_was_trained_with_inverted_dropout(tmp_path):
     """The default became the paper's dropout after runs had used flax's
     inverted one: a config.json without the field reads as "train", so such a
     run is evaluated and resumed with the form it was trained with."""
-    assert set(config_file.BEFORE_FIELD) <= set(config_file.DEFINING)
+    assert set(field_rules.BEFORE_FIELD) <= set(field_rules.DEFINING)
     workdir = str(tmp_path)
     config = default.get_config()
     assert config.model.dropout_scaling == "test"
-    config_file.check_restart(config, workdir, epochs_done=0)
-    record = json.loads(open(config_file.path(workdir)).read())
+    restart.check_restart(config, workdir, epochs_done=0)
+    record = json.loads(open(config_json.path(workdir)).read())
     del record["config"]["model"]["dropout_scaling"]  # as written before the field existed
-    open(config_file.path(workdir), "w").write(json.dumps(record))
-    assert config_file.saved_config(record).model.dropout_scaling == "train"
+    open(config_json.path(workdir), "w").write(json.dumps(record))
+    assert config_json.saved_config(record).model.dropout_scaling == "train"
     with pytest.raises(ValueError, match="config.model.dropout_scaling='test' but this run was trained with 'train'"):
-        config_file.check_restart(config, workdir, epochs_done=1)
+        restart.check_restart(config, workdir, epochs_done=1)
     inverted = config.copy_and_resolve_references()
     inverted.model.dropout_scaling = "train"
-    config_file.check_restart(inverted, workdir, epochs_done=1)  # its own form: accepted
-    assert config_file.config_for_reading(workdir, config, {}, config_file_given=False).model.dropout_scaling == "train"
+    restart.check_restart(inverted, workdir, epochs_done=1)  # its own form: accepted
+    assert reading.config_for_reading(workdir, config, {}, config_file_given=False).model.dropout_scaling == "train"
 
 
 def test_a_plateau_run_keeps_the_fields_that_steer_its_schedule(tmp_path):
@@ -261,19 +263,19 @@ def test_a_plateau_run_keeps_the_fields_that_steer_its_schedule(tmp_path):
         workdir = str(tmp_path / schedule)
         config = default.get_config()
         config.optimizer.schedule = schedule
-        config_file.check_restart(config, workdir, epochs_done=0)  # first start: writes config.json
+        restart.check_restart(config, workdir, epochs_done=0)  # first start: writes config.json
         for field, value in (("eval_every_steps", 7), ("eval_views", "ten_view")):
             changed = config.copy_and_resolve_references()
             changed[field] = value
             if schedule == "piecewise":
-                config_file.check_restart(changed, workdir, epochs_done=1)
-                config_file.check_restart(config, workdir, epochs_done=1)  # and back
+                restart.check_restart(changed, workdir, epochs_done=1)
+                restart.check_restart(config, workdir, epochs_done=1)  # and back
                 continue
             with pytest.raises(ValueError) as error:
-                config_file.check_restart(changed, workdir, epochs_done=1)
+                restart.check_restart(changed, workdir, epochs_done=1)
             message = str(error.value)
             assert message.startswith(f"config.{field}={value!r} but this run was trained with") and "\n" not in message
             assert message.endswith(f"(a plateau run: {field} steers its learning rate)")
         batch = config.copy_and_resolve_references()
         batch.eval_batch_size = 8  # the errors compared are exact whatever the batch
-        config_file.check_restart(batch, workdir, epochs_done=1)
+        restart.check_restart(batch, workdir, epochs_done=1)

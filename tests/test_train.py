@@ -338,7 +338,7 @@ def test_inspected_gradients_are_those_the_step_applies_under_micro_batching(tin
 def test_images_per_sec_counts_training_steps_only(tiny_config, tmp_path, monkeypatch):
     """On a clock where a step takes 1 s and every evaluation, inspection,
     save and the first (compiling) call 1000 s, every period reads 16 images/s."""
-    from alexnet_jax.train import micro_batch, summaries, throughput
+    from alexnet_jax.train import evaluation, micro_batch, summaries, throughput
 
     now = [0.0]
     monkeypatch.setattr(throughput, "clock", lambda: now[0])
@@ -364,7 +364,7 @@ def test_images_per_sec_counts_training_steps_only(tiny_config, tmp_path, monkey
         return micro, first_slow
 
     monkeypatch.setattr(micro_batch, "make_train_fn", train_fn)
-    monkeypatch.setattr(loop, "evaluate", taking(1000.0, loop.evaluate))
+    monkeypatch.setattr(evaluation, "evaluate", taking(1000.0, evaluation.evaluate))
     monkeypatch.setattr(summaries, "write_inspection", taking(1000.0, summaries.write_inspection))
     monkeypatch.setattr(checkpointing, "save", taking(1000.0, checkpointing.save))
     written, create_writer = [], summaries.create_writer

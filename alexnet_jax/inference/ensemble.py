@@ -21,8 +21,8 @@ from alexnet_jax import errors
 from alexnet_jax.data import pipeline
 from alexnet_jax.inference import predictions
 from alexnet_jax.parallel import sharding
-from alexnet_jax.runs import config_file, run_stats
-from alexnet_jax.train import loop, metrics, steps
+from alexnet_jax.runs import config_fields, run_stats
+from alexnet_jax.train import metrics, setup, steps
 
 
 @dataclasses.dataclass
@@ -48,7 +48,7 @@ def evaluate_member(config: ml_collections.ConfigDict, workdir: str) -> Member:
     """The newest checkpoint of `workdir` on `config.eval_split`: every
     example once (the last batch's padding dropped), centre or 10 views."""
     builder = pipeline.get_builder(config)
-    loop.check_dataset(config, builder)  # splits and classes, as the training run checks them
+    setup.check_dataset(config, builder)  # splits and classes, as the training run checks them
     model, params, step = predictions.restore_params(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
     stats = run_stats.for_reading(config, workdir, builder).stats  # the run's own, not the data_dir's now
@@ -82,7 +82,7 @@ def check_same_task(
     """One-line ValueError if the runs differ in a field of `fields`."""
     for workdir, config in zip(workdirs[1:], configs[1:]):
         for field in fields:
-            ours, theirs = config_file.field_value(configs[0], field), config_file.field_value(config, field)
+            ours, theirs = config_fields.field_value(configs[0], field), config_fields.field_value(config, field)
             if ours != theirs:
                 raise errors.RunError(
                     f"ensemble members disagree on config.{field}: {workdirs[0]} has {ours!r}, "

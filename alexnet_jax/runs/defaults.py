@@ -5,7 +5,7 @@ configs/default.py is this config as a config file; `configs/paper.py`
 (ImageNet) and `configs/digits.py` (the embedded dataset) build on it and
 override a few fields. Any field can be overridden from the command line,
 e.g. `--config.model.use_lrn=False`. A saved run's config is read against
-these fields (runs.config_file), and runs.validation checks each.
+these fields (runs.config_json, runs.field_rules), and runs.validation checks each.
 """
 
 import ml_collections

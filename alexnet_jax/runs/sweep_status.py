@@ -16,7 +16,7 @@ from typing import Any
 
 from alexnet_jax import errors
 from alexnet_jax.files import paths
-from alexnet_jax.runs import config_file
+from alexnet_jax.runs import config_json
 
 Variant = dict[str, Any]
 
@@ -58,7 +58,7 @@ def run_status(run: Run) -> str:
     if not os.path.isdir(run.workdir):
         return "not started"
     try:
-        record = config_file.load(run.workdir) or {}
+        record = config_json.load(run.workdir) or {}
     except ValueError as error:
         return f"not finished: {error}"
     last_exit = record.get("last_exit") or {}
