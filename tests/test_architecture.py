@@ -40,13 +40,6 @@ FORBIDDEN = ("launch", "configs")  # the package must work without the repositor
 MAX_TOP_LEVEL_MODULES = 8  # alexnet_jax/*.py beside __init__.py and the sub-packages
 MAX_LINES = 300
 LINE_CHECKED = ("alexnet_jax", "launch", "bench", "configs")
-# TEMPORARY: modules over MAX_LINES that other branches of issue 27 are splitting.
-# The integrator removes each entry once its split is merged (a stale entry fails the test).
-TEMPORARILY_OVER_300 = frozenset(
-    {
-        "alexnet_jax/data/pipeline.py",
-    }
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,10 +205,8 @@ def _line_counts() -> dict[str, int]:
 
 def test_no_module_is_over_300_lines():
     counts = _line_counts()
-    long = [f"{name}: {n} lines" for name, n in counts.items() if n > MAX_LINES and name not in TEMPORARILY_OVER_300]
+    long = [f"{name}: {n} lines" for name, n in counts.items() if n > MAX_LINES]
     assert not long, f"modules over {MAX_LINES} lines (split them by concern):\n" + "\n".join(long)
-    stale = sorted(name for name in TEMPORARILY_OVER_300 if counts.get(name, 0) <= MAX_LINES)
-    assert not stale, f"remove from TEMPORARILY_OVER_300 (now split, or gone): {', '.join(stale)}"
 
 
 def test_the_checks_catch_violations():

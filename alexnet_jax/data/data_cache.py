@@ -4,7 +4,8 @@ data so later epochs and runs never decode the full-size originals again.
 
 Layout: `<tfds data dir>/alexnet_cache/<split>-<part>of<parts>-<size>-<format>/`
 with `shard-NNNNN.tfrecord` files (tf.train.Example: encoded `image`, int64
-`label`; `SHARD_SIZE` examples each, in the source's order) and `info.json`.
+`label`; `SHARD_SIZE` examples each, in the source's order), or for "raw" the
+flat records of alexnet_jax.data.raw_records, and `info.json`.
 Each data part (alexnet_jax.parallel.sharding.DataPart: the examples the processes
 holding the same rows of the mesh's 'data' axis train on) is cached by the
 first of those processes while the others sharing it wait; different parts
@@ -13,8 +14,10 @@ are prepared in parallel.
 Formats: "jpeg" (re-encoded at quality `JPEG_QUALITY`: about 5x smaller than
 raw pixels, fast to decode, slightly lossy), "png" (lossless, bigger and
 slower to decode) or "raw" (the uint8 pixels themselves, 196 kB per 256x256
-image: nothing to decode, so a few host cores can feed an accelerator that
-outruns JPEG decoding; needs disk and, for the shuffle buffer, memory). The
+image, as fixed-size records in flat files, alexnet_jax.data.raw_records,
+instead of TFRecords: nothing to decode or parse, read with NumPy alone, so
+a few host cores feed an accelerator that outruns JPEG decoding; needs disk,
+and a local or mounted data_dir). The
 cache is written into a temporary folder and renamed into place only when
 complete: a killed preparation leaves no folder that a later run would trust
 (its leftover `*.tmp-*` folder is ignored).
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import json
 import logging
 import os
@@ -44,7 +46,8 @@ import tqdm
 from etils import epath
 
 from alexnet_jax import errors
-from alexnet_jax.data import tf_iteration
+from alexnet_jax.data import raw_records, tf_iteration
+from alexnet_jax.data.image_sums import ImageSums, sums_of
 from alexnet_jax.files import paths
 from alexnet_jax.platform import cpu_info
 
@@ -63,61 +66,16 @@ _FEATURES = {
 }
 
 
+RAW_NEEDS_LOCAL = (
+    "cache_format='raw' reads its records with os.pread, which needs a local or mounted file system, not {path}: "
+    "mount the bucket (e.g. gcsfuse) and pass that folder as --config.data_dir, or set --config.cache_format=jpeg"
+)
+# What a raw cache's info must say: raw caches of TFRecords (before raw_records) are refused by `check`.
+RAW_LAYOUT = {"records": "flat"}
+
+
 class CacheMismatchError(errors.RunError):
     """A cache folder exists but describes other data; the message says what to delete."""
-
-
-@dataclasses.dataclass
-class ImageSums:
-    """Float64 sums over uint8 (H, W, 3) images: the per-pixel sum image, the
-    3x3 sum of pixel outer products and the image count, from which the mean
-    image, per-channel mean and RGB covariance follow (data_stats.finish).
-
-    Every term is an integer and every partial sum stays below 2**53 (up to
-    about 2 million 256x256 images), so the float64 sums are exact: the same
-    whatever the batching, order or split into parts (`merge`).
-    """
-
-    image_sum: np.ndarray | None = None  # (H, W, 3); None before the first image
-    outer_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((3, 3)))
-    count: int = 0
-
-    def add(self, images_uint8) -> None:
-        """Adds a (batch, H, W, 3) array of images (one at a time: small temporaries)."""
-        for image in np.asarray(images_uint8):
-            image = image.astype(np.float64)
-            if self.image_sum is None:
-                self.image_sum = np.zeros_like(image)
-            self.image_sum += image
-            pixels = image.reshape(-1, 3)
-            self.outer_sum += pixels.T @ pixels
-            self.count += 1
-
-    def merge(self, other: ImageSums) -> None:
-        if other.image_sum is None:
-            return
-        self.image_sum = other.image_sum.copy() if self.image_sum is None else self.image_sum + other.image_sum
-        self.outer_sum = self.outer_sum + other.outer_sum
-        self.count += other.count
-
-    @property
-    def pixel_sum(self) -> np.ndarray:
-        """(3,): the sum of every pixel of every image."""
-        return self.image_sum.reshape(-1, 3).sum(0)
-
-    def save(self, path: str) -> None:
-        paths.write_npz(path, image_sum=self.image_sum, outer_sum=self.outer_sum, count=np.int64(self.count))
-
-    @classmethod
-    def load(cls, path: str) -> ImageSums:
-        saved = paths.read_npz(path)
-        return cls(saved["image_sum"], saved["outer_sum"], int(saved["count"]))
-
-
-def _sums_of(images_uint8) -> ImageSums:
-    sums = ImageSums()
-    sums.add(images_uint8)
-    return sums
 
 
 def cache_dir(data_dir: str, split: str, size: int, fmt: str, part: int, parts: int) -> str:
@@ -145,8 +103,6 @@ def shard_files(path: str, info: dict) -> list[str]:
 
 
 def _encode(fmt: str) -> Callable[[tf.Tensor], tf.Tensor]:
-    if fmt == "raw":  # the pixels with their shape and dtype, as a TensorProto
-        return tf.io.serialize_tensor
     if fmt == "jpeg":
         # 4:4:4 chroma: the resized image keeps its full colour resolution.
         return lambda image: tf.io.encode_jpeg(image, quality=JPEG_QUALITY, chroma_downsampling=False)
@@ -165,6 +121,40 @@ def _serialize(encoded: bytes, label: int) -> bytes:
     return example.SerializeToString()
 
 
+class _Shards:
+    """TFRecord shards of SHARD_SIZE encoded examples (the jpeg and png caches)."""
+
+    def __init__(self, folder: epath.Path):
+        self.folder, self.writer, self.count = folder, None, 0
+
+    def append(self, encoded: bytes, label: int) -> None:
+        if self.count % SHARD_SIZE == 0:
+            self.close()
+            name = f"shard-{self.count // SHARD_SIZE:05d}.tfrecord"
+            self.writer = tf.io.TFRecordWriter(os.fspath(self.folder / name))
+        self.writer.write(_serialize(encoded, label))
+        self.count += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _examples(decoded: tf.data.Dataset, fmt: str):
+    """(label, uint8 image, stored bytes: None for raw) of `decoded` in order."""
+    if fmt == "raw":  # the pixels as they are: raw_records writes them
+        pixels = decoded.map(lambda ex: (ex["label"], ex["image"]))
+        return ((label, image, None) for label, image in tf_iteration.numpy_iterator(pixels, _WRITE_PREFETCH))
+    encode = _encode(fmt)
+    encoded = decoded.map(
+        lambda ex: (ex["label"], ex["image"], encode(ex["image"])),
+        num_parallel_calls=tf_iteration.parallel_calls(),
+        deterministic=True,
+    )
+    return tf_iteration.numpy_iterator(encoded, _WRITE_PREFETCH)
+
+
 def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, description: dict) -> None:
     """Writes `decoded` ({"image": uint8 HxWx3, "label"}, fixed order) as the
     cache at `path`, complete or not at all, with a progress bar, and the images'
@@ -177,16 +167,13 @@ def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, desc
     # the folder is written in place, and info.json, written last, is what
     # marks it complete (read_info), as it does locally.
     in_place = paths.is_remote(path)
+    if in_place and fmt == "raw":
+        raise errors.ConfigError(RAW_NEEDS_LOCAL.format(path=path))
     tmp = final if in_place else epath.Path(f"{path}.tmp-{socket.gethostname()}-{os.getpid()}")
     tmp.rmtree(missing_ok=True)
     tmp.mkdir(parents=True)
-    encode = _encode(fmt)
-    encoded = decoded.map(
-        lambda ex: (encode(ex["image"]), ex["label"], ex["image"]),
-        num_parallel_calls=tf_iteration.parallel_calls(),
-        deterministic=True,
-    )
-    count, writer, total_bytes = 0, None, 0
+    output = raw_records.RecordWriter(os.fspath(tmp)) if fmt == "raw" else _Shards(tmp)
+    count, total_bytes = 0, 0
     sums, pending, in_flight = ImageSums(), [], collections.deque()
     try:
         with (
@@ -197,31 +184,29 @@ def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, desc
             def add_pending() -> None:  # to the workers (NumPy releases the GIL), a bounded queue of them
                 if len(in_flight) >= 2 * _SUMS_WORKERS:
                     sums.merge(in_flight.popleft().result())
-                in_flight.append(workers.submit(_sums_of, np.stack(pending)))
+                in_flight.append(workers.submit(sums_of, np.stack(pending)))
                 pending.clear()
 
-            for image_bytes, label, image in tf_iteration.numpy_iterator(encoded, _WRITE_PREFETCH):
-                if count % SHARD_SIZE == 0:
-                    if writer is not None:
-                        writer.close()
-                    writer = tf.io.TFRecordWriter(os.fspath(tmp / f"shard-{count // SHARD_SIZE:05d}.tfrecord"))
-                writer.write(_serialize(image_bytes, label))
+            for label, image, stored in _examples(decoded, fmt):
+                output.append(image if stored is None else stored, label)
                 pending.append(image)
                 if len(pending) == _SUMS_BATCH:
                     add_pending()
-                total_bytes += len(image_bytes)
+                total_bytes += image.nbytes if stored is None else len(stored)
                 count += 1
                 progress.update(1)
             if pending:
                 add_pending()
             while in_flight:
                 sums.merge(in_flight.popleft().result())
-        if writer is not None:
-            writer.close()
         if count != num_examples:
             raise RuntimeError(f"the source yielded {count} examples for {path}, its metadata says {num_examples}")
+        if fmt == "raw":
+            output.commit()
+        else:
+            output.close()
         sums.save(os.fspath(tmp / SUMS_FILE))
-        info = {**description, "format": fmt, "num_examples": count, "num_shards": -(-count // SHARD_SIZE)}
+        info = {**description, "format": fmt, "num_examples": count, "num_shards": _num_shards(fmt, count)}
         info["image_bytes"] = total_bytes
         # info.json last, then the rename: the folder appears only when complete.
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
@@ -233,10 +218,16 @@ def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, desc
                 raise
         logging.info("Cached %d images (%.1f MB of %s) in %s", count, total_bytes / 1e6, fmt, path)
     finally:
-        if writer is not None:
-            writer.close()
+        if fmt == "raw":
+            output.abort()  # nothing left after a commit; the temporary files otherwise
+        else:
+            output.close()
         if not in_place or read_info(path) is None:  # a partial folder never stays
             tmp.rmtree(missing_ok=True)
+
+
+def _num_shards(fmt: str, count: int) -> int:
+    return 0 if fmt == "raw" else -(-count // SHARD_SIZE)
 
 
 def check(path: str, info: dict, description: dict, num_examples: int) -> None:
@@ -271,8 +262,6 @@ def records(files: list[str], shuffle_seed: tf.Tensor | None) -> tf.data.Dataset
 
 
 def _decode_image(fmt: str) -> Callable[[tf.Tensor], tf.Tensor]:
-    if fmt == "raw":
-        return lambda data: tf.io.parse_tensor(data, tf.uint8)
     decode_image = tf.io.decode_jpeg if fmt == "jpeg" else tf.io.decode_png
     return lambda data: decode_image(data, channels=3)
 

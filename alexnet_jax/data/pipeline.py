@@ -11,27 +11,27 @@ mesh's 'data' axis hold (`tfds.even_splits(split, parts)[part]`, the part
 from alexnet_jax.data.multihost): processes sharing those rows read the same
 examples in the same order. The training
 stream is a deterministic function of (seed, epoch), so a resumed run starts
-at its `StreamPosition` (epoch, batch within it) and skips the consumed part
-of that one epoch before decoding, instead of replaying the stream.
+at its `StreamPosition` (epoch, batch within it; alexnet_jax.data.
+stream_position) and skips the consumed part of that one epoch before
+decoding, instead of replaying the stream. A "raw" cache is read by
+alexnet_jax.data.raw_records (NumPy, no tf.data): a true per-epoch shuffle.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax import errors
-from alexnet_jax.data import data_cache, multihost, tf_iteration
+from alexnet_jax.data import data_cache, multihost, raw_records, tf_iteration
 from alexnet_jax.data.datasets import (  # noqa: F401  (the entry points of this module's users)
     IMAGENET_TARS,
     DatasetUnavailableError,
@@ -39,18 +39,27 @@ from alexnet_jax.data.datasets import (  # noqa: F401  (the entry points of this
     get_builder,
     manual_dir,
 )
-from alexnet_jax.files import folder_lock
+from alexnet_jax.data.stream_position import (  # noqa: F401  (the entry points of this module's users)
+    StreamPosition,
+    local_batch_size,
+    num_examples,
+    position_record,
+    resume_position,
+    steps_per_epoch,
+)
+from alexnet_jax.files import folder_lock, paths
 from alexnet_jax.parallel import processes, sharding
+from alexnet_jax.platform import cpu_info
 
 Batch = dict[str, np.ndarray]
 
 # Batches the host makes ahead of the consumer (alexnet_jax.data.tf_iteration:
 # a fixed buffer, not autotuned): one in reserve while the next is assembled.
 _PREFETCH_BATCHES = 2
-
-
-def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
-    return builder.info.splits[split].num_examples
+_START = StreamPosition()
+# Threads gathering a raw cache's records: its copies release the GIL, and a
+# few cores copy faster than an accelerator trains; more only help a slow disk.
+_RAW_WORKERS = max(1, min(4, cpu_info.usable_cpus()))
 
 
 def _resize_square(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -74,87 +83,13 @@ def _split_part(split: str, part: sharding.DataPart) -> object:
     return split if part.count == 1 else tfds.even_splits(split, n=part.count, drop_remainder=False)[part.index]
 
 
-def _local_batch_size(config: ml_collections.ConfigDict, global_batch: int) -> int:
-    return global_batch // multihost.config_data_part(config).count
-
-
-def steps_per_epoch(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> int:
-    """Batches per epoch, the same on every process: the smallest data part
-    (even splits differ by at most one example) in local batches."""
-    smallest_part = num_examples(builder, config.train_split) // multihost.config_data_part(config).count
-    return smallest_part // _local_batch_size(config, config.batch_size)
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamPosition:
-    """Where the training stream stands: `batch` batches of epoch `epoch` consumed."""
-
-    epoch: int = 0
-    batch: int = 0
-
-    @classmethod
-    def at_step(cls, step: int, steps_per_epoch: int) -> StreamPosition:
-        return cls(step // steps_per_epoch, step % steps_per_epoch)
-
-    def advanced(self, batches: int, steps_per_epoch: int) -> StreamPosition:
-        return StreamPosition.at_step(self.epoch * steps_per_epoch + self.batch + batches, steps_per_epoch)
-
-
-# Saved with each checkpoint: what must match for the position to mean the
-# same examples when the run resumes. The data parts, not the processes: two
-# processes holding the towers of one pair read what one process would.
-_MUST_MATCH = ("batch_size", "data_parts", "seed", "dataset", "train_split")
-
-
-def position_record(config: ml_collections.ConfigDict, position: StreamPosition, step: int, steps: int) -> dict:
-    """The JSON item saved next to the train state after `step` (`steps` per epoch)."""
-    return {
-        "epoch": position.epoch,
-        "batch_in_epoch": position.batch,
-        "examples_seen": step * config.batch_size,
-        "steps_per_epoch": steps,
-        "local_batch_size": _local_batch_size(config, config.batch_size),
-        "batch_size": config.batch_size,
-        "data_parts": multihost.config_data_part(config).count,
-        "process_count": jax.process_count(),
-        "seed": config.seed,
-        "dataset": config.dataset,
-        "train_split": config.train_split,
-    }
-
-
-def resume_position(config: ml_collections.ConfigDict, saved: dict | None, step: int, steps: int) -> StreamPosition:
-    """Where the stream continues after the checkpoint of `step`.
-
-    The saved position is used as is; if the dataset's size changed since,
-    the epoch and batch stay and the epoch's length follows the new data. A
-    checkpoint without one (written before positions were saved) resumes at
-    `StreamPosition.at_step`. Raises ValueError (one line) when the batch
-    size, number of data parts, seed, dataset or split differ from the
-    checkpoint's: its position would then name other examples.
-    """
-    if saved is None:
-        return StreamPosition.at_step(step, steps)
-    current = position_record(config, StreamPosition(), step, steps)
-    # Positions saved before data parts were recorded: one part per process then.
-    saved = {"data_parts": saved.get("process_count"), **saved}
-    for field in _MUST_MATCH:
-        if saved.get(field) != current[field]:
-            parts = "the number of data parts (config.mesh over the processes)"
-            where = parts if field == "data_parts" else f"config.{field}"
-            raise errors.RunError(
-                f"the checkpoint of step {step} was written with {field}={saved.get(field)!r} but {where} is "
-                f"now {current[field]!r}: resume with the same value, or start a new --workdir"
-            )
-    return StreamPosition(saved["epoch"], saved["batch_in_epoch"]).advanced(0, steps)
-
-
 class _Source(NamedTuple):
-    """Undecoded examples of one process part and how to decode them."""
+    """Undecoded examples of one process part and how to decode them, or its raw records."""
 
-    records: Callable[[tf.Tensor | None], tf.data.Dataset]  # file-shuffle seed (None: fixed order)
-    decode: Callable[[dict], dict]  # -> {"image": uint8 size x size x 3, "label"}
+    records: Callable[[tf.Tensor | None], tf.data.Dataset] | None  # file-shuffle seed (None: fixed order)
+    decode: Callable[[dict], dict] | None  # -> {"image": uint8 size x size x 3, "label"}
     num_examples: int
+    raw: raw_records.RawRecords | None = None  # cache_format "raw": read without tf.data
 
 
 def _tfds_source(builder: tfds.core.DatasetBuilder, part, size: int) -> _Source:
@@ -181,6 +116,8 @@ def _cache_part(
     path = data_cache.cache_dir(str(builder.data_dir), split, size, cache_format, part.index, part.count)
     description = {"dataset": builder.name, "split": split, "part": part.index, "parts": part.count}
     description["resize_size"] = size
+    if cache_format == "raw":
+        description.update(data_cache.RAW_LAYOUT)
     return path, description
 
 
@@ -206,6 +143,8 @@ def _source(
     if cache_format == "none":
         return source
     path, description = _cache_part(builder, split, size, cache_format, part)
+    if cache_format == "raw" and paths.is_remote(path):  # refused before anything is written
+        raise errors.ConfigError(data_cache.RAW_NEEDS_LOCAL.format(path=path))
     info = data_cache.read_info(path)
     if info is None:  # written by one job at a time: another may share the data_dir
         with folder_lock.preparing(f"{path}.lock", f"the {split} cache {path}"):
@@ -214,6 +153,8 @@ def _source(
                 data_cache.write(path, _decoded(source), source.num_examples, cache_format, description)
         info = data_cache.read_info(path)
     data_cache.check(path, info, {**description, "format": cache_format}, source.num_examples)
+    if cache_format == "raw":
+        return _Source(None, None, info["num_examples"], raw_records.RawRecords(path))
     files = data_cache.shard_files(path, info)
     return _Source(
         lambda seed: data_cache.records(files, seed), data_cache.decode(cache_format, size), info["num_examples"]
@@ -267,7 +208,10 @@ def full_split_batches(
     uint8 batches: the input of the training-set statistics. Reads (and
     makes) the whole split's cache; pass "none" where training reads parts of
     the split, rather than caching it twice."""
-    ds = _decoded(_source(builder, split, size, cache_format, sharding.DataPart(0, 1))).map(lambda ex: ex["image"])
+    source = _source(builder, split, size, cache_format, sharding.DataPart(0, 1))
+    if source.raw is not None:
+        return (b["image"] for b in raw_records.ordered_batches(source.raw, batch_size, workers=_RAW_WORKERS))
+    ds = _decoded(source).map(lambda ex: ex["image"])
     return tf_iteration.numpy_iterator(ds.batch(batch_size), _PREFETCH_BATCHES)
 
 
@@ -281,7 +225,7 @@ def _epoch_seeds(seed: int, epoch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 def train_batches(
     config: ml_collections.ConfigDict,
     builder: tfds.core.DatasetBuilder,
-    position: StreamPosition = StreamPosition(),
+    position: StreamPosition = _START,
 ) -> Iterator[Batch]:
     """Endless shuffled uint8 training batches of this process, from `position` on.
 
@@ -291,11 +235,25 @@ def train_batches(
     another epoch). Resuming in epoch e skips its consumed examples before
     they are decoded: a resume reads part of one epoch and decodes nothing
     extra, and batch k is the same whether the run started at 0 or resumed.
+    A raw cache (alexnet_jax.data.raw_records) shuffles each epoch with a
+    whole permutation of the part drawn from (seed, epoch) instead, and
+    resumes by slicing it: no buffer, nothing read twice.
     """
     part = multihost.config_data_part(config)
     source = _source(builder, config.train_split, config.resize_size, config.cache_format, part)
-    local_batch = _local_batch_size(config, config.batch_size)
-    examples_per_epoch = steps_per_epoch(config, builder) * local_batch
+    local_batch = local_batch_size(config, config.batch_size)
+    steps = steps_per_epoch(config, builder)
+    if source.raw is not None:
+        return raw_records.train_batches(
+            source.raw,
+            local_batch,
+            config.seed,
+            start_epoch=position.epoch,
+            start_batch=position.batch,
+            workers=_RAW_WORKERS,
+            batches_per_epoch=steps,
+        )
+    examples_per_epoch = steps * local_batch
     consumed = tf.constant(position.batch * local_batch, tf.int64)
 
     def epoch_examples(epoch: tf.Tensor) -> tf.data.Dataset:
@@ -318,10 +276,12 @@ def eval_batches(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBu
     the global batch, so every example counts once.
     """
     part = multihost.config_data_part(config)
-    local_batch = _local_batch_size(config, config.eval_batch_size)
+    local_batch = local_batch_size(config, config.eval_batch_size)
     total = num_examples(builder, config.eval_split)
     num_batches = math.ceil(math.ceil(total / part.count) / local_batch)
     source = _source(builder, config.eval_split, config.resize_size, config.cache_format, part)
+    if source.raw is not None:
+        return raw_records.eval_batches(source.raw, local_batch, num_batches, workers=_RAW_WORKERS)
     ds = _decoded(source).map(lambda ex: {**ex, "mask": tf.constant(1, tf.int32)})
     size = config.resize_size
     padding = tf.data.Dataset.from_tensors(
