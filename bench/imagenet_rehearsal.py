@@ -155,9 +155,7 @@ def extrapolation(rows: list[dict], core_counts: list[int]) -> str:
         gb = row["disk_bytes"] / 1e9 if row["stage"].startswith("stats") else per_image * row["full"] / 1e9
         lines.append(
             f"| {WHAT[row['stage']]} | {row['full']:,} | {row['cpu_s'] / row['busiest_thread_s']:.1f} "
-            f"| {row['wall_s'] * scale / 3600:.2f} | "
-            + " | ".join(f"{h:.2f}" for h in hours)
-            + f" | {gb:.1f} |"
+            f"| {row['wall_s'] * scale / 3600:.2f} | " + " | ".join(f"{h:.2f}" for h in hours) + f" | {gb:.1f} |"
         )
     return "\n".join(lines)
 
