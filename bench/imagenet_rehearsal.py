@@ -50,6 +50,10 @@ WHAT = {
 }
 
 
+class StageFailed(RuntimeError):
+    """A stage's process exited with an error; the message holds its log's tail."""
+
+
 def _run(command: list[str], log_path: str) -> tuple[float, float, float]:
     """Runs `command` (output to `log_path`); its wall s, CPU s and peak RSS in GB."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}  # the child's own environment: quiet TensorFlow
@@ -62,11 +66,12 @@ def _run(command: list[str], log_path: str) -> tuple[float, float, float]:
     if process.returncode:
         with open(log_path) as log:
             tail = log.read()[-3000:]
-        raise SystemExit(f"{tail}\nerror: {' '.join(command)} exited with {process.returncode} (log {log_path})")
+        killed = " (SIGKILL: out of memory?)" if process.returncode == -9 else ""
+        raise StageFailed(f"{tail}\nerror: {' '.join(command)} exited with {process.returncode}{killed}")
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20  # ru_maxrss: kB on Linux
 
 
-def _train_command(root: str, steps: int) -> list[str]:
+def _train_command(root: str, steps: int, micro_batch: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -77,12 +82,14 @@ def _train_command(root: str, steps: int) -> list[str]:
         f"--config.data_dir={rehearsal_stages.data_dir(root)}",
         f"--config.manual_dir={rehearsal_stages.manual_dir(root)}",
         f"--config.num_train_steps={steps}",
-        "--config.micro_batch_size=0",  # the whole batch: no per-machine timing of micro-batch sizes first
+        # Fixed: -1 would first time every micro-batch size on this machine; the whole
+        # batch of 128 (0) took 14 GB here and was killed for memory.
+        f"--config.micro_batch_size={micro_batch}",
         f"--config.compilation_cache_dir={os.path.join(root, 'xla')}",
     ]
 
 
-def rehearse(root: str, per_class: int, num_val: int, steps: int) -> list[dict]:
+def rehearse(root: str, per_class: int, num_val: int, steps: int, micro_batch: int) -> list[dict]:
     """Runs every stage; one row each."""
     train, logs = 1000 * per_class, os.path.join(root, "logs")
     os.makedirs(logs)
@@ -98,7 +105,11 @@ def rehearse(root: str, per_class: int, num_val: int, steps: int) -> list[dict]:
         rows.append({"stage": stage, "images": images, "full": full, "peak_gb": peak_gb, **measured})
         print(f"  {stage}: {measured['wall_s']:.1f} s", file=sys.stderr, flush=True)
     log = os.path.join(logs, "train.log")
-    wall, cpu, peak_gb = _run(_train_command(root, steps), log)  # timed from outside: start-up and compiling included
+    try:  # timed from outside: start-up and compiling included
+        wall, cpu, peak_gb = _run(_train_command(root, steps, micro_batch), log)
+    except StageFailed as failed:  # the preparation's rows still print
+        print(failed, file=sys.stderr)
+        return rows
     with open(log) as f:
         accuracy = [line.strip() for line in f if "top-1 accuracy" in line]
     rows.append(
@@ -165,6 +176,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=3, help="training photos per synset (1,000 synsets)")
     parser.add_argument("--val", type=int, default=1000, help="validation photos (at most 50,000)")
     parser.add_argument("--steps", type=int, default=3, help="training steps of configs/paper.py (batch 128)")
+    parser.add_argument("--micro-batch", type=int, default=32, help="the training step's micro_batch_size")
     parser.add_argument("--cores", default="8,16,64", help="core counts of the extrapolation, comma-separated")
     parser.add_argument("--tmp", default="/tmp", help="where the temporary folder goes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
@@ -175,13 +187,18 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="imagenet_rehearsal-", dir=args.tmp)
     print(f"rehearsing in {root}", file=sys.stderr, flush=True)
     try:
-        rows = rehearse(root, args.per_class, args.val, args.steps)
+        rows = rehearse(root, args.per_class, args.val, args.steps, args.micro_batch)
+    except StageFailed as failed:
+        raise SystemExit(str(failed)) from None
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     cores = cpu_info.usable_cpus()
     print(f"CPU: {cpu_info.cpu_description()}; {cores} usable")
-    print(f"{1000 * args.per_class:,} train + {args.val:,} validation photos; {args.steps} training steps of 128")
+    print(
+        f"{1000 * args.per_class:,} train + {args.val:,} validation photos; {args.steps} training steps of 128 "
+        f"(micro-batches of {args.micro_batch})"
+    )
     print()
     print(table(rows, cores))
     print()
@@ -189,7 +206,8 @@ def main() -> None:
     print()
     print(extrapolation(rows, core_counts))
     print()
-    print(f"train: {rows[-1]['note']} (wall includes start-up and compiling; CPU-bound here, not an input rate)")
+    trained = rows[-1]["stage"] == "train"
+    print(f"train: {rows[-1]['note']} (wall includes start-up and compiling)" if trained else "train: failed (above)")
 
 
 if __name__ == "__main__":
