@@ -106,7 +106,7 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digi
     config.checkpoint_every_steps = 2
     config.mesh = (2, 2)
     single = str(tmp_path / "one")
-    with mock.patch.object(loop.pipeline, "train_batches", _two_process_global_batches):
+    with mock.patch.object(pipeline, "train_batches", _two_process_global_batches):
         loop.train_and_evaluate(config, single)
 
     state_two, step_two = final_state(workdir, config)
