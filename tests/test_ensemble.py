@@ -13,7 +13,7 @@ import pytest
 
 from alexnet_jax.data import augment, data_stats, pipeline
 from alexnet_jax.inference import ensemble
-from alexnet_jax.runs import config_json
+from alexnet_jax.runs import config_json, sweep_status
 from alexnet_jax.train import checkpointing, loop, steps
 from launch import sweep
 
@@ -118,7 +118,7 @@ def test_sweep_members_are_exactly_the_finished_variants(tmp_path):
         with open(os.path.join(run.workdir, sweep.DONE), "w") as f:
             json.dump({"args": args}, f)
     os.makedirs(runs[2].workdir)  # started, not finished; runs[3] never started
-    assert sweep.finished_workdirs(workdir) == [runs[0].workdir]
+    assert sweep_status.finished_workdirs(workdir) == [runs[0].workdir]
     assert shlex.split(json.load(open(os.path.join(workdir, sweep.MANIFEST)))["runs"][0]["command"])[1:] == runs[0].args
     with pytest.raises(ValueError, match="sweep.json not found"):
-        sweep.finished_workdirs(str(tmp_path / "nothing"))
+        sweep_status.finished_workdirs(str(tmp_path / "nothing"))

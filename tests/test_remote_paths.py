@@ -18,7 +18,7 @@ from etils.epath import backend, gpath
 from alexnet_jax import evaluate
 from alexnet_jax.data import datasets
 from alexnet_jax.files import paths
-from alexnet_jax.runs import config_fields, config_json, reading, restart, run_notes
+from alexnet_jax.runs import config_fields, config_json, reading, restart, run_notes, sweep_status
 from alexnet_jax.runs.validation import validate_config
 from alexnet_jax.train import checkpointing, init_from, loop
 from launch import report, sweep
@@ -184,7 +184,7 @@ def test_sweeps_and_reports_refuse_a_uri_before_writing(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"^error: --out gs://bucket/report is a URI"):
         report.main(["--workdir", str(tmp_path), "--out", "gs://bucket/report"])
     with pytest.raises(ValueError, match=r"^--sweep gs://bucket/seeds is a URI"):
-        sweep.finished_workdirs("gs://bucket/seeds")
+        sweep_status.finished_workdirs("gs://bucket/seeds")
     assert not os.path.exists("gs:") and list(tmp_path.iterdir()) == []
 
 
