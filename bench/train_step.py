@@ -213,9 +213,7 @@ def _print_table(args, contenders, settings, runs, gemm) -> None:
                 f"| {flop:.3f} | {100 * rate * flop / peaks[limit_dtype]:.1f} | {ratio} |"
             )
         if model == "paper":
-            print(
-                f"<!-- paper {dtype} batch {batch}: XLA counts {jax_flop:.3f} GFLOP/img; the table uses 4.1 -->"
-            )
+            print(f"<!-- paper {dtype} batch {batch}: XLA counts {jax_flop:.3f} GFLOP/img; the table uses 4.1 -->")
 
 
 def main() -> None:
