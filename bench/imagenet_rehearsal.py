@@ -137,7 +137,10 @@ def table(rows: list[dict], cores: int) -> str:
     for row in rows:
         rate = row["images"] / row["wall_s"]
         busiest = "-" if row["busiest_thread_s"] is None else f"{row['busiest_thread_s']:.1f}"
-        disk = "-" if row["disk_bytes"] is None else f"{row['disk_bytes'] / row['images'] / 1e3:.1f}"
+        if row.get("busiest_thread"):
+            busiest += f" ({row['busiest_thread']})"
+        per_image = row["disk_bytes"] is not None and not row["stage"].startswith("stats")  # stats: one file
+        disk = f"{row['disk_bytes'] / row['images'] / 1e3:.1f}" if per_image else "-"
         lines.append(
             f"| {WHAT[row['stage']]} | {row['images']:,} | {row['wall_s']:.1f} | {rate:.1f} | {rate / cores:.1f} "
             f"| {row['cpu_s'] / row['wall_s']:.2f} of {cores} | {busiest} | {row['peak_gb']:.2f} | {disk} |"
@@ -160,7 +163,8 @@ def extrapolation(rows: list[dict], core_counts: list[int]) -> str:
     for row in rows:
         if row["full"] is None or row["stage"] == "tars":  # the real tars are downloaded; training is the accelerator's
             continue
-        scale = row["full"] / row["images"]
+        # The statistics from the sums read one small file per cache part: no work per image.
+        scale = 1.0 if row["stage"] == "stats-sums" else row["full"] / row["images"]
         hours = [max(row["cpu_s"] / n, row["busiest_thread_s"]) * scale / 3600 for n in core_counts]
         per_image = row["disk_bytes"] / row["images"]
         gb = row["disk_bytes"] / 1e9 if row["stage"].startswith("stats") else per_image * row["full"] / 1e9

@@ -44,6 +44,7 @@ class ThreadCpu:
 
     def __init__(self, period: float = 0.25) -> None:
         self._tick = os.sysconf("SC_CLK_TCK")
+        self._names: dict[str, str] = {}
         self._start = self._read()
         self._last: dict[str, float] = {}
         self._stop = threading.Event()
@@ -56,22 +57,26 @@ class ThreadCpu:
         for tid in os.listdir("/proc/self/task"):
             try:
                 with open(f"/proc/self/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()  # after the name, which may hold spaces
+                    name, _, rest = f.read().partition(" (")[2].rpartition(")")  # the name may hold spaces
+                    fields = rest.split()
             except OSError:  # the thread ended meanwhile
                 continue
             seconds[tid] = (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+            self._names.setdefault(tid, name)
         return seconds
 
     def _loop(self) -> None:
         while not self._stop.wait(self._period):
             self._last.update(self._read())
 
-    def busiest(self) -> float:
-        """The most CPU seconds one thread spent since the start."""
+    def busiest(self) -> tuple[float, str]:
+        """The most CPU seconds one thread spent since the start, and that thread's name."""
         self._stop.set()
         self._thread.join()
         self._last.update(self._read())
-        return max(seconds - self._start.get(tid, 0.0) for tid, seconds in self._last.items())
+        spent = {tid: seconds - self._start.get(tid, 0.0) for tid, seconds in self._last.items()}
+        tid = max(spent, key=spent.get)
+        return spent[tid], self._names[tid]
 
 
 def _config(root: str, cache_format: str):
@@ -128,8 +133,10 @@ def main(argv: list[str]) -> None:
     wall = time.perf_counter() - start
     end = resource.getrusage(resource.RUSAGE_SELF)
     cpu = end.ru_utime + end.ru_stime - usage.ru_utime - usage.ru_stime
+    busiest_s, busiest_name = threads.busiest()
+    measured = {"wall_s": wall, "cpu_s": cpu, "busiest_thread_s": busiest_s, "busiest_thread": busiest_name}
     with open(result, "w") as f:
-        json.dump({"wall_s": wall, "cpu_s": cpu, "busiest_thread_s": threads.busiest(), "disk_bytes": disk_bytes}, f)
+        json.dump({**measured, "disk_bytes": disk_bytes}, f)
 
 
 if __name__ == "__main__":
