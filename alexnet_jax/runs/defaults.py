@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train_split = "train"
     config.eval_split = "validation"
     config.shuffle_buffer_size = 16_384  # examples, shuffled before decoding (encoded bytes)
-    # Preprocessed cache next to the data (alexnet_jax/data_cache.py), made
+    # Preprocessed cache next to the data (alexnet_jax/data/data_cache.py), made
     # once per dataset and process part: "jpeg" (quality 95, ~5x smaller
     # than pixels), "png" (lossless), "raw" (the pixels: nothing to decode,
     # for hosts that cannot decode as fast as the accelerator trains) or
@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     # (paper-sized images), the fastest of the whole batch and its halves down
     # to 32 images per device, timed at the first run of the model on the
     # machine and kept beside compilation_cache_dir
-    # (alexnet_jax/micro_batch_tuning.py); else alexnet_jax/machine_defaults.py.
+    # (alexnet_jax/train/micro_batch.py); else alexnet_jax/platform/machine_defaults.py.
     config.micro_batch_size = -1
     config.eval_batch_size = 128
     config.num_epochs = 90.0
@@ -77,13 +77,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3  # the latest is always kept
     config.seed = 0
 
-    # --- starting from another run (alexnet_jax/init_from.py) ---
+    # --- starting from another run (alexnet_jax/train/init_from.py) ---
     # A workdir (its newest checkpoint) or one checkpoint step directory
     # (<workdir>/checkpoints/<step>) whose parameters this run starts from, at
     # step 0 with its own schedule (not the optimiser state, step or data
     # position). "" = a fresh initialisation. Used at the first start only.
     config.init_from = ""
-    # Layers (models.LAYERS: conv1..conv5, fc6..fc8) initialised afresh instead
+    # Layers (model.network.LAYERS: conv1..conv5, conv6, fc6..fc8) initialised afresh instead
     # of taken from init_from, e.g. ("fc8",) for another class count. A layer
     # whose shapes differ between the two networks must be named here.
     config.init_reset = ()
@@ -136,7 +136,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.conv1_impl = "auto"
     # Convolutions' kernel gradients: "gemm" = one matrix product of input
     # patches, "xla" = XLA's own (faster with XLA's CPU convolution kernels,
-    # see alexnet_jax/xla_cpu_flags.py); "auto": xla. Same numbers.
+    # see alexnet_jax/platform/xla_cpu_flags.py); "auto": xla. Same numbers.
     config.model.conv_wgrad = "auto"
     # Max-pooling's gradient: "xla" = nn.max_pool's select-and-scatter;
     # "taps" = pooling.max_pool_taps, found from the window's strided views
@@ -166,7 +166,7 @@ def get_config() -> ml_collections.ConfigDict:
     # ('data', 'model') mesh shape; -1 = all remaining devices. (-1, 1) is pure
     # data parallelism; (-1, 2) puts each model pair's two towers one per device.
     config.mesh = (-1, 1)
-    # How a model axis > 1 splits the net (alexnet_jax/sharding.py): "towers"
+    # How a model axis > 1 splits the net (alexnet_jax/parallel/sharding.py): "towers"
     # (the paper: tower-local convs, conv3 and fc6-8 exchange) or "dense"
     # (Krizhevsky 2014: data-parallel convs, model-parallel dense layers).
     # "towers" needs a model axis of 1 or model.towers (one tower per device).
