@@ -215,7 +215,7 @@ def test_each_row_of_the_error_table(line, meaning, request, tmp_path, capsys):
     trigger = next((fn for key, fn in TRIGGERS.items() if line.startswith(key)), None)
     if trigger is None:
         reason = next((why for key, why in NOT_TRIGGERED.items() if line.startswith(key)), None)
-        assert reason, f"docs/troubleshooting.md row `{line}` has no trigger in {__file__}: add one, or say in NOT_TRIGGERED where"
+        assert reason, f"error table row `{line}` has no trigger in {__file__}: add one, or say in NOT_TRIGGERED where"
         pytest.skip(reason)
     status = int(re.search(r"exit status (\d)", meaning).group(1)) if "exit status" in meaning else 1
     pattern = _pattern(line)
