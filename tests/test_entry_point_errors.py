@@ -1,4 +1,4 @@
-"""The README's error table ("What each error means"), walked row by row.
+"""docs/troubleshooting.md's error table ("What each error means"), walked row by row.
 
 Each row's `error:` line (its `<...>` and `...` parts matching anything, `N`
 a number) is triggered, from the entry points where that is cheap (a
@@ -39,8 +39,8 @@ NOT_TRIGGERED = {
 
 
 def _table() -> list[tuple[str, str]]:
-    with open(os.path.join(REPO, "README.md")) as f:
-        section = f.read().split("### What each error means", 1)[1].split("\n#", 1)[0]
+    with open(os.path.join(REPO, "docs", "troubleshooting.md")) as f:
+        section = f.read().split("## What each error means", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| `(.+?)` \| (.+) \|$", section, re.M)
     assert len(rows) >= 10, section
     return rows
@@ -211,11 +211,11 @@ TRIGGERS = {
 
 
 @pytest.mark.parametrize("line, meaning", _table(), ids=lambda cell: cell[:40])
-def test_each_row_of_the_readme_error_table(line, meaning, request, tmp_path, capsys):
+def test_each_row_of_the_error_table(line, meaning, request, tmp_path, capsys):
     trigger = next((fn for key, fn in TRIGGERS.items() if line.startswith(key)), None)
     if trigger is None:
         reason = next((why for key, why in NOT_TRIGGERED.items() if line.startswith(key)), None)
-        assert reason, f"README row `{line}` has no trigger in {__file__}: add one, or say in NOT_TRIGGERED where"
+        assert reason, f"error table row `{line}` has no trigger in {__file__}: add one, or say in NOT_TRIGGERED where"
         pytest.skip(reason)
     status = int(re.search(r"exit status (\d)", meaning).group(1)) if "exit status" in meaning else 1
     pattern = _pattern(line)

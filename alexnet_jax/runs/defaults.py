@@ -83,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
     # step 0 with its own schedule (not the optimiser state, step or data
     # position). "" = a fresh initialisation. Used at the first start only.
     config.init_from = ""
-    # Layers (models.LAYERS: conv1..conv5, fc6..fc8) initialised afresh instead
+    # Layers (model.network.LAYERS: conv1..conv5, conv6, fc6..fc8) initialised afresh instead
     # of taken from init_from, e.g. ("fc8",) for another class count. A layer
     # whose shapes differ between the two networks must be named here.
     config.init_reset = ()

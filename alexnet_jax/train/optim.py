@@ -1,6 +1,6 @@
 """The paper's update rule as an optax chain, and its step-down learning rate.
 
-PAPER.md's rule, per weight w with learning rate eps:
+docs/paper.md's rule, per weight w with learning rate eps:
 
     v <- 0.9 v - 0.0005 eps w - eps grad
     w <- w + v
