@@ -2,7 +2,7 @@
 
 Each entry point (main, evaluate, predict, retrieval, launch.sweep,
 launch.report) ends on an `Error` with one line, `error: <message>`, and
-its `exit_status` (the README's table, "What each error means"). Any other
+its `exit_status` (docs/troubleshooting.md, "What each error means"). Any other
 exception, a bug here or in JAX, flax, orbax or TensorFlow, keeps its
 traceback. The types subclass the built-in ones callers already catch
 (ValueError, RuntimeError, OSError, FloatingPointError).

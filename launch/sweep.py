@@ -68,7 +68,7 @@ def product(*variant_lists: Sequence[Variant]) -> list[Variant]:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, its usage errors one line `error: ...` with exit status 2 (the README's table),
+    """argparse, its usage errors one line `error: ...` with exit status 2 (docs/troubleshooting.md's table),
     a misspelt flag named as the entry points name it. `--config.FIELD=VALUE` is left to the caller."""
 
     def parse_known_args(self, args=None, namespace=None):

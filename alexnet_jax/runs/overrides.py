@@ -4,7 +4,7 @@ ml_collections' parser answers a misspelt field or a missing config file
 with a 40-line traceback, absl a misspelt flag with two lines and exit
 status 1; the entry points (main, evaluate, predict, retrieval; launch.sweep
 checks its own) ask here first and print one line, exit status 2 for a
-command line that does not parse (the README's table):
+command line that does not parse (docs/troubleshooting.md's table):
 `error: config.modle does not exist; did you mean config.model?`.
 Every field lives in runs.defaults, so its tree is the reference.
 """
