@@ -79,7 +79,8 @@ def jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, override
 
     from alexnet_jax.data import augment
     from alexnet_jax.parallel import sharding
-    from alexnet_jax.train import micro_batch, steps
+    from alexnet_jax.train import micro_batch as micro_batch_tuning  # the argument is micro_batch
+    from alexnet_jax.train import steps
 
     config = _config(model_name, batch, micro_batch, dtype, overrides, comparable)
     mesh = sharding.make_mesh(config.mesh)
@@ -88,11 +89,11 @@ def jax_step(model_name: str, batch: int, dtype: str, micro_batch: int, override
     key = jax.random.key(0)
 
     def build_step(micro: int):
-        step_config = micro_batch.with_micro_batch_size(config, micro)
+        step_config = micro_batch_tuning.with_micro_batch_size(config, micro)
         return jax.jit(functools.partial(steps.train_step, config=step_config, stats=stats), donate_argnums=0)
 
     # -1 resolves as `python -m alexnet_jax.main` resolves it (measured once per machine and model).
-    micro, step_fn = micro_batch.resolve(config, build_step, state, lambda: synthetic_batch(config, batch), key)
+    micro, step_fn = micro_batch_tuning.resolve(config, build_step, state, lambda: synthetic_batch(config, batch), key)
     config.micro_batch_size = micro
     return step_fn, state, key, config
 

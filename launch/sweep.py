@@ -42,7 +42,7 @@ from typing import Any, NoReturn
 import alexnet_jax
 from alexnet_jax import errors
 from alexnet_jax.runs import field_rules, overrides
-from alexnet_jax.runs.sweep_status import (  # launch.report and the tests read them here too
+from alexnet_jax.runs.sweep_status import (
     DONE,
     MANIFEST,
     Run,

@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ("modle.use_lrn", "config.modle does not exist; did you mean config.model or config.model_parallel?"),
         ("model.use_lnr", "config.model.use_lnr does not exist; did you mean config.model.use_lrn?"),
         ("batch_size.x", "config.batch_size.x does not exist: config.batch_size is a value, not a group of fields"),
-        ("zzzz", "config.zzzz does not exist; configs/default.py lists every field"),
+        ("zzzz", "config.zzzz does not exist; alexnet_jax/runs/defaults.py lists every field"),
     ],
 )
 def test_unknown_fields_name_the_closest_ones(field, message):

@@ -41,7 +41,7 @@ def unknown_field(field: str, tree: Mapping | None = None) -> str | None:
             hint = (
                 "did you mean " + " or ".join(f"config.{prefix}{name}" for name in close) + "?"
                 if close
-                else "configs/default.py lists every field"
+                else "alexnet_jax/runs/defaults.py lists every field"
             )
             return f"config.{prefix}{part} does not exist; {hint}"
         node = node[part]
