@@ -2,12 +2,14 @@
 micro-batches), the train and eval steps, and their jitted, sharded forms
 (the inspection step is alexnet_jax.train.inspection's). Pure JAX/Flax: no
 input pipeline or TensorFlow import, so the benchmarks run them on machines
-with neither."""
+with neither; clu (metrics) is imported only by the steps that return its
+metrics, so bench/device_check.py builds its step from `gradients` on a GPU
+node without clu."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
@@ -21,7 +23,10 @@ from alexnet_jax.data import augment
 from alexnet_jax.model import network
 from alexnet_jax.parallel import sharding
 from alexnet_jax.platform import machine_defaults
-from alexnet_jax.train import metrics, optim
+from alexnet_jax.train import optim
+
+if TYPE_CHECKING:
+    from alexnet_jax.train import metrics
 
 Batch = dict[str, jax.Array]
 
@@ -198,6 +203,8 @@ def train_step(
     noise_end_step: int | None = None,
 ) -> tuple[TrainState, metrics.TrainMetrics]:
     """One SGD step on a uint8 batch: augment on device, forward, backward, update."""
+    from alexnet_jax.train import metrics  # clu: see the module's docstring
+
     _, grads, logits = gradients(state, batch, base_key, config, stats, noise_end_step)
     new_state = state.apply_gradients(grads=grads)
     step_metrics = metrics.TrainMetrics.single_from_model_output(
@@ -234,6 +241,8 @@ def eval_step(
     stats: augment.DataStats,
 ) -> metrics.EvalMetrics:
     """Metrics of `eval_probs` on a batch; padded examples (mask 0) do not count."""
+    from alexnet_jax.train import metrics  # clu: see the module's docstring
+
     probs = eval_probs(params, batch["image"], config=config, model=model, stats=stats)
     # log of the averaged probabilities: cross-entropy and top-k of the ensemble.
     outputs = metrics.per_example_outputs(jnp.log(probs), batch["label"])
