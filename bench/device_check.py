@@ -2,7 +2,7 @@
 host's cores, and the step fed by that reader, within 8 minutes.
 
     bench/device_check.sh              # full sizes: one H100/H200 node
-    bench/device_check.sh --small      # tiny sizes: end to end on a CPU in about a minute
+    bench/device_check.sh --small      # tiny sizes: end to end on a CPU (about 40 s on the 2-core VM)
 
 Rows (docs/gpu.md says how to read them):
 - the paper step (configs/paper.py as trained) in float32 and bfloat16 at
@@ -14,8 +14,10 @@ Rows (docs/gpu.md says how to read them):
 - the faster step fed by that reader with its best thread count, through
   the training loop's host-to-device prefetch, against the synthetic row.
 
-Every row is bounded by counts and a time budget (FULL, SMALL): on an H100
-the whole run is about 2 minutes, most of it the two compilations. It
+Every row is bounded by counts and a time budget (FULL, SMALL): two
+compilations (14.6-15.8 s each on the H100, BENCHMARKS.md), at most 10 s of
+steps per step row and 3 s per reader row; the 1.5 GiB cache took 2.3 s to
+write and read on the 2-core VM. Not yet run on a GPU. It
 imports no TensorFlow, tensorflow_datasets or clu (bench/device_rows.py):
 a node with jax and its CUDA plugin, flax, optax, numpy and ml_collections runs it.
 """
@@ -35,7 +37,7 @@ from alexnet_jax.platform import cpu_info
 from bench import device_rows
 from bench.device_rows import Sizes
 
-# The cache: 8192 paper-sized images, 1.5 GiB (beyond any CPU cache; a reader row reads it a few times).
+# The cache: 8192 paper-sized images, 1.5 GiB (beyond any CPU cache; a reader row reads it over and over).
 FULL = Sizes(
     batch=128,
     warmup=5,

@@ -5,15 +5,16 @@
 # flax, optax, numpy and ml_collections; no TensorFlow (docs/gpu.md).
 #
 #   bench/device_check.sh              # full sizes
-#   bench/device_check.sh --small      # tiny sizes: a CPU check (about a minute)
+#   bench/device_check.sh --small      # tiny sizes: a CPU check (about 40 s on the 2-core VM)
 #   PYTHON=.venv/bin/python bench/device_check.sh --workers 1,4,16
 #
 # Exits with the check's status; says how long it took either way.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1  # the repository root: python -m bench.device_check finds bench/, configs/
+python=${PYTHON:-$(command -v python || command -v python3)}  # PYTHON=... picks the interpreter
 start=$(date +%s)
-"${PYTHON:-python}" -m bench.device_check "$@"
+"${python}" -m bench.device_check "$@"
 status=$?
 echo "bench/device_check.sh: exit status ${status} after $(($(date +%s) - start)) s"
 exit "${status}"

@@ -94,3 +94,14 @@ def test_full_sizes_keep_the_briefs_worker_list_and_bounds():
     budget = 3 * full.step_seconds + len(full.workers) * full.read_seconds
     assert budget < 120 and full.max_steps > 0
     assert device_check.worker_counts(full, False, "3,5") == (3, 5)
+
+
+def test_a_failure_is_the_scripts_exit_status(tmp_path):
+    run = subprocess.run(
+        [str(ROOT / "bench" / "device_check.sh"), "--no_such_option"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "exit status 2 after" in run.stdout, (run.stdout, run.stderr)
