@@ -105,3 +105,71 @@ def test_hparams_are_named_by_the_run(tmp_path):
     start = plugin_data_pb2.HParamsPluginData.FromString(next(iter(content.values()))).session_start_info
     assert start.group_name == "ablations/use_lrn=False,seed=0"
     assert start.hparams["model.use_lrn"].bool_value is True
+
+
+def _histogram_tensors(workdir):
+    from tensorboard.util import tensor_util
+
+    by_plugin, events = _plugin_tags(workdir)
+    tags = by_plugin.get("histograms", {})
+    return {tag: tensor_util.make_ndarray(events.Tensors(tag)[0].tensor_proto) for tag in tags}
+
+
+def test_histograms_read_back_as_tensorboards_own_buckets(tmp_path):
+    """The event file holds, per array, the [buckets, 3] tensor TensorBoard's
+    histogram plugin reads, with the buckets its own numpy reference gives."""
+    from tensorboard.plugins.histogram import summary_v2
+    from tensorboard.util import tensor_util
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "weights/w": rng.normal(size=(300, 70)).astype(np.float32),
+        "grads/ones": np.ones((5, 5), np.float32),
+        "grads/half_nan": np.array([1.0, np.nan, 3.0, np.inf, 2.0], np.float32),
+    }
+    writer = summaries.create_writer(tmp_path, just_logging=False)
+    writer.write_histograms(7, arrays, num_buckets={"grads/ones": 4})
+    writer.close()
+    read = _histogram_tensors(str(tmp_path))
+    assert set(read) == set(arrays)
+    for tag, values in {**arrays, "grads/half_nan": np.array([1.0, 3.0, 2.0])}.items():
+        buckets = 4 if tag == "grads/ones" else summaries.HISTOGRAM_BUCKETS
+        expected = summary_v2.histogram_pb(tag, values, buckets=buckets).value[0].tensor
+        np.testing.assert_allclose(read[tag], tensor_util.make_ndarray(expected), rtol=1e-12)
+    assert read["weights/w"][:, 2].sum() == 300 * 70
+    np.testing.assert_array_equal(read["grads/ones"], [[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 25]])
+
+
+def test_histograms_do_not_build_the_one_hot_matrix(tmp_path, monkeypatch):
+    """tf.summary.histogram's op holds values x buckets float64s (11 GB for
+    fc6's kernel): the writer must bucket without it. Its memory while
+    writing 4M values (480 MB one-hot) stays under 100 MB more than the array's."""
+    import threading
+
+    import psutil
+    import tensorflow as tf
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tf.summary.histogram builds a values x buckets one-hot matrix")
+
+    monkeypatch.setattr(tf.summary, "histogram", refuse)
+    values = np.random.default_rng(0).normal(size=(2048, 2048)).astype(np.float32)
+    writer = summaries.create_writer(tmp_path, just_logging=False)
+    process, peak, done = psutil.Process(), [0], threading.Event()
+    start = process.memory_info().rss
+
+    def sample():
+        while not done.wait(0.001):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        writer.write_histograms(1, {"weights/big": values})
+        writer.flush()
+    finally:
+        done.set()
+        sampler.join()
+        writer.close()
+    assert (peak[0] - start) / 2**20 < 100
+    assert _histogram_tensors(str(tmp_path))["weights/big"][:, 2].sum() == values.size

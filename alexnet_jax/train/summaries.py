@@ -7,6 +7,12 @@
   image grid per tower (the paper's Figure 3), a few augmented training
   inputs as the model saw them, per-layer weight and gradient norms
   (scalars) and histograms.
+
+The histograms are bucketed here, in blocks (`histogram_buckets`), and
+written as TensorBoard's histogram tensors: tf.summary.histogram (clu's
+write_histograms) builds a values x buckets one-hot float64 matrix, 9 GB
+for fc6's kernel alone (the paper config's peak went from 15.3 to 4.4 GB
+without it: BENCHMARKS.md, "Memory").
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from alexnet_jax.files import paths
 from alexnet_jax.train.inspection import Inspection
 
 _KERNEL_ZOOM = 4  # 11x11 kernels are too small to see at 1:1
+HISTOGRAM_BUCKETS = 30  # TensorBoard's default (tensorboard.plugins.histogram.summary_v2)
+_BUCKET_BLOCK = 1 << 20  # values bucketed at a time: a few MB of temporaries, whatever the array
 
 
 class _ConsoleWriter(metric_writers.LoggingWriter):
@@ -65,6 +73,19 @@ class _SummaryWriter(metric_writers.SummaryWriter):
         with self._summary_writer.as_default():
             hparams_api.hparams(dict(hparams), trial_id=self._trial_id)
 
+    def write_histograms(self, step: int, arrays, num_buckets=None) -> None:
+        """As clu's, but each array's buckets counted by `histogram_buckets`
+        (not tf.summary.histogram's one-hot matrix) and written as the
+        histogram plugin's [buckets, 3] tensor, which TensorBoard reads alike."""
+        import tensorflow as tf
+        from tensorboard.plugins.histogram import metadata
+
+        with self._summary_writer.as_default():
+            for key, value in arrays.items():
+                count = (num_buckets or {}).get(key) or HISTOGRAM_BUCKETS
+                tensor = tf.constant(histogram_buckets(value, count), tf.float64)
+                tf.summary.write(key, tensor, step=step, metadata=metadata.create_summary_metadata(None, None))
+
 
 def create_writer(workdir: str | os.PathLike, just_logging: bool) -> metric_writers.MetricWriter:
     """clu's default pair (console + TensorBoard event files in `workdir`,
@@ -75,6 +96,36 @@ def create_writer(workdir: str | os.PathLike, just_logging: bool) -> metric_writ
     logdir = os.fspath(paths.as_path(workdir))  # TensorFlow takes a string
     writers = [_ConsoleWriter()] + ([] if just_logging else [_SummaryWriter(logdir, run_name(workdir))])
     return metric_writers.AsyncMultiWriter(writers)
+
+
+def histogram_buckets(values: Any, bucket_count: int = HISTOGRAM_BUCKETS) -> np.ndarray:
+    """TensorBoard's histogram of `values` (any shape): rows [left edge, right
+    edge, count], `bucket_count` equal buckets from the minimum to the
+    maximum, the last one closed, each value in bucket floor((v - min) / width)
+    as tf.summary.histogram places it; all in one bucket (the last) when the
+    values are equal, all zeros when there are none. Counted a block at a
+    time in float64. Non-finite values are left out (the op would give NaN
+    edges)."""
+    data = np.asarray(values).reshape(-1)
+    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        data = data[np.isfinite(data)]
+        low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    if data.size == 0 or bucket_count == 0:
+        return np.zeros((bucket_count, 3))
+    if low == high:
+        counts = np.zeros(bucket_count)
+        counts[-1] = data.size
+        return np.stack([np.full(bucket_count, low), np.full(bucket_count, low), counts], axis=1)
+    width = (high - low) / bucket_count
+    counts = np.zeros(bucket_count, np.int64)
+    for start in range(0, data.size, _BUCKET_BLOCK):
+        block = data[start : start + _BUCKET_BLOCK].astype(np.float64)
+        index = np.minimum(np.floor((block - low) / width).astype(np.int64), bucket_count - 1)
+        counts += np.bincount(index, minlength=bucket_count)
+    edges = np.linspace(low, high, bucket_count + 1)
+    edges[-1] = high  # exactly the maximum, as the op makes it
+    return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
 
 
 def flatten(tree: Any, sep: str = ".") -> dict[str, Any]:
