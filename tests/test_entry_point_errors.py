@@ -185,6 +185,12 @@ def _unsplit_image_folder(ctx):
     yield ctx.in_process("image_folder.scan", image_folder.scan, str(ctx.tmp / "pets"))
 
 
+def _raw_cache_on_a_bucket(ctx):
+    config = ctx.config()
+    config.cache_format, config.data_dir = "raw", "gs://bucket/tensorflow_datasets"
+    yield ctx.in_process("validate_config", validate_config, config)
+
+
 def _diverged(ctx):
     nan_loss = types.SimpleNamespace(loss=types.SimpleNamespace(compute=lambda: float("nan")))
     yield ctx.in_process("the NaN guard", finite_guard.check_loss, 12, nan_loss)
@@ -206,6 +212,7 @@ TRIGGERS = {
     "imagenet2012 is not prepared": _imagenet_not_prepared,
     "config.eval_split='validation' is not a split": _not_a_split,
     "config.image_folder=<path> holds no images": _unsplit_image_folder,
+    "cache_format='raw' reads its records with os.pread": _raw_cache_on_a_bucket,
     "loss is nan at step N": _diverged,
 }
 

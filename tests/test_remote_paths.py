@@ -222,3 +222,22 @@ def test_a_lock_file_on_a_remote_workdir(ram_dir, monkeypatch):
         with pytest.raises(folder_lock.FolderInUseError, match=f"lock file {path}"):
             folder_lock.FolderLock(path, "--workdir run").acquire()
     assert not path.exists()
+
+
+@pytest.mark.parametrize("where", ["config", "environment"])
+def test_a_raw_cache_on_a_remote_data_dir_is_refused_in_one_line(tiny_config, monkeypatch, where):
+    """cache_format='raw' reads with os.pread: a gs:// data_dir, given or tfds's
+    default, is refused by validate_config, before any entry point writes."""
+    config = tiny_config.copy_and_resolve_references()
+    config.cache_format = "raw"
+    if where == "config":
+        config.data_dir = "gs://bucket/tensorflow_datasets"
+    else:
+        config.data_dir = ""
+        monkeypatch.setenv("TFDS_DATA_DIR", "gs://bucket/tensorflow_datasets")
+    with pytest.raises(
+        ValueError, match=r"^cache_format='raw' reads its records with os.pread.*gs://bucket/tensorflow_datasets"
+    ):
+        validate_config(config)
+    config.dataset = "synthetic"  # nothing is cached
+    validate_config(config)

@@ -32,8 +32,8 @@ from etils import epath
 
 from alexnet_jax import errors
 from alexnet_jax.data import data_stats, image_folder, pipeline
-from alexnet_jax.files import paths
 from alexnet_jax.data.augment import DataStats, published_stats
+from alexnet_jax.files import paths
 
 FILE = "data_stats.npz"
 

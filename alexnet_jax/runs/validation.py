@@ -15,7 +15,12 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from alexnet_jax import errors
-from alexnet_jax.data import data_cache, digits, image_folder, synthetic
+from alexnet_jax.data import (
+    data_cache,
+    digits,  # noqa: F401  (registers `sklearn_digits` for the registry check)
+    image_folder,
+    synthetic,
+)
 from alexnet_jax.files import paths
 from alexnet_jax.model import network
 from alexnet_jax.parallel import sharding
@@ -152,6 +157,17 @@ def _validate_optimizer(opt: ml_collections.ConfigDict, layers: tuple[str, ...])
         _fail("optimizer.plateau_max_drops", opt.plateau_max_drops, "must be >= 0")
 
 
+def _validate_raw_cache_dir(config: ml_collections.ConfigDict) -> None:
+    """A raw cache is read with os.pread, so its data_dir (config.data_dir, else
+    tfds's default, TFDS_DATA_DIR) must be local or mounted: refused here, at
+    every entry point, not when the first batch is read."""
+    if config.cache_format != "raw" or config.dataset == synthetic.NAME:
+        return
+    data_dir = config.data_dir or tfds.core.constants.get_default_data_dir()
+    if paths.is_remote(os.fspath(data_dir)):
+        raise errors.ConfigError(data_cache.RAW_NEEDS_LOCAL.format(path=data_dir))
+
+
 def _validate_dataset(config: ml_collections.ConfigDict) -> None:
     """The dataset must be a registered tfds name, or "image_folder" with an
     existing `config.image_folder` (a folder set for another dataset is an
@@ -204,6 +220,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first wrong field; returns None if all is well."""
     _validate_dataset(config)
     _one_of(config.cache_format, "cache_format", data_cache.FORMATS)
+    _validate_raw_cache_dir(config)
     for field in (
         "batch_size",
         "eval_batch_size",
