@@ -11,7 +11,8 @@ each) into a temporary folder under --tmp, then runs each stage as a process
 of its own (bench/rehearsal_stages.py): tfds's imagenet2012
 download_and_prepare from that manual_dir (alexnet_jax.data.datasets), the
 project's preprocessed caches of both splits in each format
-(data.pipeline.prepare), the training-set statistics from the cache's sums
+(data.pipeline.prepare; the jpeg cache also pinned to one CPU, so that its
+row beside the all-CPU one shows how the writer scales), the training-set statistics from the cache's sums
 and, for comparison, in one pass over the originals (data.data_stats), and a
 few training steps plus the validation (python -m alexnet_jax.main with
 configs/paper.py). Per stage: images/s (and per core), the CPU it kept busy
@@ -41,6 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHAT = {
     "tars": "(bench) write the tars",
     "tfds": "tfds download_and_prepare",
+    "cache-jpeg-1cpu": "cache, jpeg, pinned to 1 CPU",
     "cache-jpeg": "cache, jpeg",
     "cache-png": "cache, png",
     "cache-raw": "cache, raw",
@@ -122,13 +124,14 @@ def rehearse(root: str, per_class: int, num_val: int, steps: int, micro_batch: i
             "cpu_s": cpu,
             "busiest_thread_s": None,
             "disk_bytes": None,
+            "cores": cpu_info.usable_cpus(),
             "note": accuracy[-1] if accuracy else "",
         }
     )
     return rows
 
 
-def table(rows: list[dict], cores: int) -> str:
+def table(rows: list[dict]) -> str:
     lines = [
         "| stage | images | wall s | img/s | img/s per core | CPU busy (cores) | busiest thread s | peak RSS GB "
         "| disk kB/img |",
@@ -141,6 +144,7 @@ def table(rows: list[dict], cores: int) -> str:
             busiest += f" ({row['busiest_thread']})"
         per_image = row["disk_bytes"] is not None and not row["stage"].startswith("stats")  # stats: one file
         disk = f"{row['disk_bytes'] / row['images'] / 1e3:.1f}" if per_image else "-"
+        cores = row["cores"]  # the CPUs the stage's process could use
         lines.append(
             f"| {WHAT[row['stage']]} | {row['images']:,} | {row['wall_s']:.1f} | {rate:.1f} | {rate / cores:.1f} "
             f"| {row['cpu_s'] / row['wall_s']:.2f} of {cores} | {busiest} | {row['peak_gb']:.2f} | {disk} |"
@@ -161,7 +165,8 @@ def extrapolation(rows: list[dict], core_counts: list[int]) -> str:
         "|---|---:|---:|---:|" + "---:|" * len(core_counts) + "---:|",
     ]
     for row in rows:
-        if row["full"] is None or row["stage"] == "tars":  # the real tars are downloaded; training is the accelerator's
+        # The real tars are downloaded; training is the accelerator's; the pinned stage is there for its rate.
+        if row["full"] is None or row["stage"] == "tars" or row["stage"].endswith(rehearsal_stages.ONE_CPU):
             continue
         # The statistics from the sums read one small file per cache part: no work per image.
         scale = 1.0 if row["stage"] == "stats-sums" else row["full"] / row["images"]
@@ -204,7 +209,7 @@ def main() -> None:
         f"(micro-batches of {args.micro_batch})"
     )
     print()
-    print(table(rows, cores))
+    print(table(rows))
     print()
     print(f"Extrapolated to ILSVRC-2012 ({TRAIN_FULL:,} + {VAL_FULL:,} images; statistics: the training set):")
     print()

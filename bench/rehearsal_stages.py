@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 import threading
 import time
 
-STAGES = ("tars", "tfds", "cache-jpeg", "cache-png", "cache-raw", "stats-pass", "stats-sums")
+STAGES = ("tars", "tfds", "cache-jpeg-1cpu", "cache-jpeg", "cache-png", "cache-raw", "stats-pass", "stats-sums")
+ONE_CPU = "-1cpu"  # a stage pinned to one CPU: against the same stage on all, how it scales
 
 
 def manual_dir(root: str) -> str:
@@ -92,6 +94,13 @@ def _cache_bytes(builder, fmt: str) -> int:
     return sum(folder_bytes(os.path.join(folder, name)) for name in os.listdir(folder) if name.endswith(f"-{fmt}"))
 
 
+def _remove_caches(builder, fmt: str) -> None:
+    folder = os.path.join(str(builder.data_dir), "alexnet_cache")
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.endswith(f"-{fmt}"):
+            shutil.rmtree(os.path.join(folder, name))
+
+
 def run(stage: str, root: str, per_class: int, num_val: int) -> int:
     """Does `stage`; the bytes on disk of what it wrote."""
     if stage == "tars":
@@ -102,12 +111,14 @@ def run(stage: str, root: str, per_class: int, num_val: int) -> int:
         return folder_bytes(manual_dir(root))
     from alexnet_jax.data import data_stats, datasets, pipeline
 
-    fmt = stage.removeprefix("cache-") if stage.startswith("cache-") else ("none" if stage == "stats-pass" else "jpeg")
+    fmt = stage.removeprefix("cache-").removesuffix(ONE_CPU) if stage.startswith("cache-") else None
+    fmt = fmt or ("none" if stage == "stats-pass" else "jpeg")
     config = _config(root, fmt)
     builder = datasets.get_builder(config)  # stage "tfds": tfds's download_and_prepare from the manual_dir
     if stage == "tfds":
         return folder_bytes(data_dir(root), skip="alexnet_cache")
     if stage.startswith("cache-"):
+        _remove_caches(builder, fmt)  # each cache stage times a whole write
         pipeline.prepare(config, builder)  # the train and validation caches, with the image sums
         return _cache_bytes(builder, fmt)
     stats_file = data_stats.cache_path(config, builder)
@@ -118,7 +129,9 @@ def run(stage: str, root: str, per_class: int, num_val: int) -> int:
 
 
 def main(argv: list[str]) -> None:
-    from alexnet_jax.platform import machine_settings
+    if argv[1].endswith(ONE_CPU):  # before TensorFlow sizes its thread pools from the affinity
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    from alexnet_jax.platform import cpu_info, machine_settings
 
     machine_settings.apply_machine_settings(huge_pages=True, absl_app=False)  # as alexnet_jax.main runs
     stage, root, result, per_class, num_val = argv[1], argv[2], argv[3], int(argv[4]), int(argv[5])
@@ -135,6 +148,7 @@ def main(argv: list[str]) -> None:
     cpu = end.ru_utime + end.ru_stime - usage.ru_utime - usage.ru_stime
     busiest_s, busiest_name = threads.busiest()
     measured = {"wall_s": wall, "cpu_s": cpu, "busiest_thread_s": busiest_s, "busiest_thread": busiest_name}
+    measured["cores"] = cpu_info.usable_cpus()
     with open(result, "w") as f:
         json.dump({**measured, "disk_bytes": disk_bytes}, f)
 

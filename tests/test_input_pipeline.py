@@ -157,14 +157,14 @@ def test_killed_preparation_leaves_no_trusted_cache(tiny_config, builder, monkey
     assert not os.path.exists(path)
     written = []
 
-    def dying_serialize(encoded, label):
-        if len(written) == 500:
+    def dying_extend(shards, records, labels):
+        if len(written) >= 500:
             raise KeyboardInterrupt  # stands for a kill in the middle of the preparation
-        written.append(label)
-        return original(encoded, label)
+        written.extend(labels)
+        return original(shards, records, labels)
 
-    original = data_cache._serialize
-    monkeypatch.setattr(data_cache, "_serialize", dying_serialize)
+    original = data_cache._Shards.extend
+    monkeypatch.setattr(data_cache._Shards, "extend", dying_extend)
     with pytest.raises(KeyboardInterrupt):
         _stream(config, builder)
     assert not os.path.exists(path)

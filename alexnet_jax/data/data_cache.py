@@ -40,7 +40,6 @@ import os
 import socket
 from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 import tqdm
 from etils import epath
@@ -56,10 +55,10 @@ JPEG_QUALITY = 95
 SHARD_SIZE = 1024  # examples per file: the unit of per-epoch file shuffling
 INFO_FILE = "info.json"
 SUMS_FILE = "stats_sums.npz"
-_SUMS_BATCH = 64  # images per accumulation task of write's worker threads
+_WRITE_BATCH = 64  # images per step of write's loop (and per accumulation task of its sum workers)
 # Half the CPUs this process may use (the rest decode and encode), at most 4.
 _SUMS_WORKERS = max(1, min(4, cpu_info.usable_cpus() // 2))
-_WRITE_PREFETCH = 64  # encoded examples made ahead of write's loop (fixed: tf_data_iteration)
+_WRITE_PREFETCH = 2  # batches made ahead of write's loop (fixed: tf_iteration)
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
@@ -109,31 +108,43 @@ def _encode(fmt: str) -> Callable[[tf.Tensor], tf.Tensor]:
     return lambda image: tf.io.encode_png(image, compression=6)
 
 
-def _serialize(encoded: bytes, label: int) -> bytes:
-    example = tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-            }
-        )
-    )
-    return example.SerializeToString()
+def _proto(message_type: str, **fields: tf.Tensor) -> tf.Tensor:
+    """One serialized `message_type` (a protobuf message TensorFlow registers)
+    whose repeated or singular `fields` hold the given values, in the graph."""
+    values = [tf.reshape(value, [1, -1]) for value in fields.values()]
+    sizes = tf.stack([tf.shape(value)[1] for value in values])[None]
+    return tf.io.encode_proto(sizes, values, list(fields), message_type)[0]
+
+
+def example_bytes(stored: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
+    """The serialized tf.train.Example {"image": bytes_list [stored], "label":
+    int64_list [label]}, built by TensorFlow ops: inside tf.data's parallel map
+    it costs no Python per image (the same message `_FEATURES` parses)."""
+    image = _proto("tensorflow.Feature", bytes_list=_proto("tensorflow.BytesList", value=stored))
+    label = _proto("tensorflow.Feature", int64_list=_proto("tensorflow.Int64List", value=tf.cast(label, tf.int64)))
+    entries = [
+        _proto("tensorflow.Features.FeatureEntry", key=tf.constant(key), value=feature)
+        for key, feature in (("image", image), ("label", label))
+    ]
+    features = _proto("tensorflow.Features", feature=tf.stack(entries))
+    return _proto("tensorflow.Example", features=features)
 
 
 class _Shards:
-    """TFRecord shards of SHARD_SIZE encoded examples (the jpeg and png caches)."""
+    """TFRecord shards of SHARD_SIZE serialized examples (the jpeg and png caches)."""
 
     def __init__(self, folder: epath.Path):
         self.folder, self.writer, self.count = folder, None, 0
 
-    def append(self, encoded: bytes, label: int) -> None:
-        if self.count % SHARD_SIZE == 0:
-            self.close()
-            name = f"shard-{self.count // SHARD_SIZE:05d}.tfrecord"
-            self.writer = tf.io.TFRecordWriter(os.fspath(self.folder / name))
-        self.writer.write(_serialize(encoded, label))
-        self.count += 1
+    def extend(self, records, labels) -> None:
+        del labels  # inside each record
+        for record in records:
+            if self.count % SHARD_SIZE == 0:
+                self.close()
+                name = f"shard-{self.count // SHARD_SIZE:05d}.tfrecord"
+                self.writer = tf.io.TFRecordWriter(os.fspath(self.folder / name))
+            self.writer.write(record)  # CRC and write in C++, the GIL released
+            self.count += 1
 
     def close(self) -> None:
         if self.writer is not None:
@@ -141,18 +152,28 @@ class _Shards:
             self.writer = None
 
 
-def _examples(decoded: tf.data.Dataset, fmt: str):
-    """(label, uint8 image, stored bytes: None for raw) of `decoded` in order."""
+def _batches(decoded: tf.data.Dataset, fmt: str):
+    """{"label", "image": uint8 [n, H, W, 3], "stored": what the cache holds
+    (the images for raw, else serialized records), "stored_bytes": the
+    image bytes in each} of `decoded` in order, _WRITE_BATCH at a time.
+    Resizing (upstream), encoding and serializing run in tf.data's parallel
+    map on every core; what is left per batch for the Python loop is the
+    write of its bytes."""
     if fmt == "raw":  # the pixels as they are: raw_records writes them
-        pixels = decoded.map(lambda ex: (ex["label"], ex["image"]))
-        return ((label, image, None) for label, image in tf_iteration.numpy_iterator(pixels, _WRITE_PREFETCH))
-    encode = _encode(fmt)
-    encoded = decoded.map(
-        lambda ex: (ex["label"], ex["image"], encode(ex["image"])),
-        num_parallel_calls=tf_iteration.parallel_calls(),
-        deterministic=True,
-    )
-    return tf_iteration.numpy_iterator(encoded, _WRITE_PREFETCH)
+
+        def stored(ex: dict) -> dict:
+            return {**ex, "stored": ex["image"], "stored_bytes": tf.size(ex["image"])}
+
+    else:
+        encode = _encode(fmt)
+
+        def stored(ex: dict) -> dict:
+            encoded = encode(ex["image"])
+            record = example_bytes(encoded, ex["label"])
+            return {**ex, "stored": record, "stored_bytes": tf.strings.length(encoded)}
+
+    ds = decoded.map(stored, num_parallel_calls=tf_iteration.parallel_calls(), deterministic=True)
+    return tf_iteration.numpy_iterator(ds.batch(_WRITE_BATCH), _WRITE_PREFETCH)
 
 
 def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, description: dict) -> None:
@@ -174,29 +195,21 @@ def write(path: str, decoded: tf.data.Dataset, num_examples: int, fmt: str, desc
     tmp.mkdir(parents=True)
     output = raw_records.RecordWriter(os.fspath(tmp)) if fmt == "raw" else _Shards(tmp)
     count, total_bytes = 0, 0
-    sums, pending, in_flight = ImageSums(), [], collections.deque()
+    sums, in_flight = ImageSums(), collections.deque()
     try:
         with (
             concurrent.futures.ThreadPoolExecutor(_SUMS_WORKERS) as workers,
             tqdm.tqdm(total=num_examples, desc=f"caching {final.name}", unit="img") as progress,
         ):
-
-            def add_pending() -> None:  # to the workers (NumPy releases the GIL), a bounded queue of them
+            for batch in _batches(decoded, fmt):
+                # The sums in the workers (NumPy releases the GIL), a bounded queue of them.
                 if len(in_flight) >= 2 * _SUMS_WORKERS:
                     sums.merge(in_flight.popleft().result())
-                in_flight.append(workers.submit(sums_of, np.stack(pending)))
-                pending.clear()
-
-            for label, image, stored in _examples(decoded, fmt):
-                output.append(image if stored is None else stored, label)
-                pending.append(image)
-                if len(pending) == _SUMS_BATCH:
-                    add_pending()
-                total_bytes += image.nbytes if stored is None else len(stored)
-                count += 1
-                progress.update(1)
-            if pending:
-                add_pending()
+                in_flight.append(workers.submit(sums_of, batch["image"]))
+                output.extend(batch["stored"], batch["label"])
+                total_bytes += int(batch["stored_bytes"].sum())
+                count += len(batch["label"])
+                progress.update(len(batch["label"]))
             while in_flight:
                 sums.merge(in_flight.popleft().result())
         if count != num_examples:

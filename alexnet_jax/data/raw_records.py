@@ -55,16 +55,24 @@ class RecordWriter:
         self.count, self.image_shape = 0, None
 
     def append(self, image: np.ndarray, label: int) -> None:
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise errors.UsageError(f"raw records hold uint8 HxWx3 images, not {image.dtype} {image.shape}")
+        self.extend(np.asarray(image)[None], [label])
+
+    def extend(self, images: np.ndarray, labels) -> None:
+        """Appends a batch: uint8 [n, H, W, 3] and n labels, one write each."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise errors.UsageError(f"raw records hold uint8 HxWx3 images, not {images.dtype} {images.shape[1:]}")
+        labels = np.asarray(labels, _LABEL_DTYPE)
+        if labels.shape != images.shape[:1]:
+            raise errors.UsageError(f"{len(images)} images need as many labels, not {labels.shape}")
+        shape = tuple(int(d) for d in images.shape[1:])
         if self.image_shape is None:
-            self.image_shape = tuple(int(d) for d in image.shape)
-        elif image.shape != self.image_shape:
-            raise errors.UsageError(f"raw records hold images of one shape: {image.shape} after {self.image_shape}")
-        self._files[IMAGES_FILE].write(memoryview(np.ascontiguousarray(image)).cast("B"))
-        self._files[LABELS_FILE].write(np.asarray(label, _LABEL_DTYPE).tobytes())
-        self.count += 1
+            self.image_shape = shape
+        elif shape != self.image_shape:
+            raise errors.UsageError(f"raw records hold images of one shape: {shape} after {self.image_shape}")
+        self._files[IMAGES_FILE].write(memoryview(np.ascontiguousarray(images)).cast("B"))
+        self._files[LABELS_FILE].write(labels.tobytes())
+        self.count += len(images)
 
     def commit(self) -> int:
         """Flushes to disk (fsync: a crash after the rename never leaves short
