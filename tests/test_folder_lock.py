@@ -275,6 +275,22 @@ def _no_locks_left(*folders) -> None:
             assert not [name for name in dirs + files if ".lock" in name or ".tmp-" in name], root
 
 
+def test_two_runs_started_together_on_an_empty_data_dir_both_train_on_one_preparation(tmp_path):
+    # Before the sweep's test, which then finds the programs this test's two
+    # jobs compiled in the session's compilation cache (conftest): its three
+    # jobs would compile them at once, three times over.
+    data_dir = str(tmp_path / "data")
+    workdirs = [str(tmp_path / name) for name in ("a", "b")]
+    errors, preparers = _start_together(
+        tmp_path, [["--config=configs/digits.py", f"--workdir={w}", *_tiny_flags(data_dir)] for w in workdirs]
+    )
+    assert len(preparers) == 1  # one job prepared the digits, the other waited for it
+    assert sum(stderr.count("Preprocessing train once") for stderr in errors) == 1  # and one cache
+    cache = tmp_path / "data" / "sklearn_digits"
+    assert len([p for p in cache.glob("*/alexnet_cache/train-*")]) == 1
+    _no_locks_left(data_dir, *workdirs)
+
+
 def test_a_sweep_arrays_three_variants_started_together_on_an_empty_data_dir_all_finish(tmp_path, capsys):
     from launch import sweep
 
@@ -292,17 +308,3 @@ def test_a_sweep_arrays_three_variants_started_together_on_an_empty_data_dir_all
         record = json.loads((tmp_path / "runs" / name / "config.json").read_text())
         assert record["last_exit"]["status"] == "finished"
     _no_locks_left(data_dir, workdir)
-
-
-def test_two_runs_started_together_on_an_empty_data_dir_both_train_on_one_preparation(tmp_path):
-    # After the sweep's test: its programs are in the session's compilation cache (conftest).
-    data_dir = str(tmp_path / "data")
-    workdirs = [str(tmp_path / name) for name in ("a", "b")]
-    errors, preparers = _start_together(
-        tmp_path, [["--config=configs/digits.py", f"--workdir={w}", *_tiny_flags(data_dir)] for w in workdirs]
-    )
-    assert len(preparers) == 1  # one job prepared the digits, the other waited for it
-    assert sum(stderr.count("Preprocessing train once") for stderr in errors) == 1  # and one cache
-    cache = tmp_path / "data" / "sklearn_digits"
-    assert len([p for p in cache.glob("*/alexnet_cache/train-*")]) == 1
-    _no_locks_left(data_dir, *workdirs)

@@ -3,6 +3,7 @@ by launch/local.sh: train, checkpoint, restart both, resume, and compare with
 one process that sees the same global batches; the paper's two towers on two
 processes of one device each, from an empty data directory."""
 
+import concurrent.futures
 import os
 import re
 import socket
@@ -91,14 +92,10 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digi
     the same losses and count 360 test examples, and the result is one
     process's over the same global batches."""
     workdir = str(tmp_path / "two")
-    log = _launch_two_processes(workdir, digits_data_dir, steps=2, devices_each=2, mesh="(-1, 2)")
-    assert "JAX process 1 of 2" in log and "4 global cpu devices" in log
-    _assert_processes_agree(log, range(1, 3))
-    log = _launch_two_processes(workdir, digits_data_dir, steps=4, devices_each=2, mesh="(-1, 1)")
-    assert "Resumed from the checkpoint of step 2" in log
-    _assert_processes_agree(log, range(3, 5))
-    # Only process 0 writes summaries: one event file per launch.
-    assert len([f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]) == 2
+
+    def two_process_runs() -> tuple[str, str]:
+        first = _launch_two_processes(workdir, digits_data_dir, steps=2, devices_each=2, mesh="(-1, 2)")
+        return first, _launch_two_processes(workdir, digits_data_dir, steps=4, devices_each=2, mesh="(-1, 1)")
 
     config = tiny_config.copy_and_resolve_references()
     config.num_train_steps = 4
@@ -106,8 +103,20 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tiny_config, digi
     config.checkpoint_every_steps = 2
     config.mesh = (2, 2)
     single = str(tmp_path / "one")
-    with mock.patch.object(pipeline, "train_batches", _two_process_global_batches):
-        loop.train_and_evaluate(config, single)
+    # The launches (a thread waiting on subprocesses) and the single process
+    # share nothing: the latter trains meanwhile, in this process.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        launches = pool.submit(two_process_runs)
+        with mock.patch.object(pipeline, "train_batches", _two_process_global_batches):
+            loop.train_and_evaluate(config, single)
+        first, second = launches.result()
+
+    assert "JAX process 1 of 2" in first and "4 global cpu devices" in first
+    _assert_processes_agree(first, range(1, 3))
+    assert "Resumed from the checkpoint of step 2" in second
+    _assert_processes_agree(second, range(3, 5))
+    # Only process 0 writes summaries: one event file per launch.
+    assert len([f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]) == 2
 
     state_two, step_two = final_state(workdir, config)
     state_one, step_one = final_state(single, config)

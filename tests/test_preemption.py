@@ -5,6 +5,7 @@ The signal is sent once the run has logged a given step's training loss, with
 the process paused (SIGSTOP) around it so it lands a step or two later at
 most, whatever the machine's speed."""
 
+import contextlib
 import json
 import os
 import signal
@@ -207,10 +208,11 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tiny_config, 
     config = _stoppable_config(tiny_config, TWO_PROCESS_STEPS)
     config.mesh = (-1, 2)
     env = {**os.environ, "NUM_PROCESSES": "2", "CPU_DEVICES": "1", "PYTHON": sys.executable}
-    env.update(XLA_FLAGS="", PORT=str(_free_port()))  # not the test process's 8 devices: 1 per process
-    workdir = str(tmp_path / "stopped")
+    env["XLA_FLAGS"] = ""  # not the test process's 8 devices: 1 per process
+    workdir, uninterrupted = str(tmp_path / "stopped"), str(tmp_path / "uninterrupted")
     command = ["launch/local.sh", "configs/digits.py", workdir, *_overrides(config)]
-    returncode, log = _run_and_signal(command, env, target=lambda pid: _process_with_id(pid, 1))
+    ports = _free_ports(3)  # distinct: two launches run at once below
+    returncode, log = _run_and_signal(command, {**env, "PORT": ports[0]}, target=lambda pid: _process_with_id(pid, 1))
     assert returncode == preemption.EXIT_STATUS, log[-3000:]
     [stopped] = _saved_steps(workdir)
     assert SIGNAL_AFTER <= stopped < TWO_PROCESS_STEPS, log[-3000:]
@@ -222,19 +224,56 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tiny_config, 
     manager.close()
     assert step == stopped and data["batch_in_epoch"] == stopped
 
-    # The same command resumes both processes; the result is an uninterrupted two-process run's.
-    for run_dir in (workdir, str(tmp_path / "uninterrupted")):
-        env["PORT"] = str(_free_port())
-        command = ["launch/local.sh", "configs/digits.py", run_dir, *_overrides(config)]
-        finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-        assert finished.returncode == 0, finished.stderr[-3000:]
-    state_a, step_a = final_state(str(tmp_path / "uninterrupted"), config)
+    # The same command resumes both processes; the result is an uninterrupted
+    # two-process run's. Those two launches run at once, after the stopped one:
+    # by then its programs are in the session's compilation cache (conftest).
+    launches = [
+        (_start_launch(run_dir, config, {**env, "PORT": port}, tmp_path / f"{name}.log"), tmp_path / f"{name}.log")
+        for run_dir, port, name in ((workdir, ports[1], "resumed"), (uninterrupted, ports[2], "uninterrupted"))
+    ]
+    try:
+        for process, log_path in launches:
+            _finish_launch(process, log_path)
+    finally:
+        for process, _ in launches:
+            _kill_launch(process)
+    state_a, step_a = final_state(uninterrupted, config)
     state_b, step_b = final_state(workdir, config)
     assert step_a == step_b == TWO_PROCESS_STEPS
     _assert_identical(state_a, state_b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _start_launch(run_dir: str, config, env: dict, log_path) -> subprocess.Popen:
+    """launch/local.sh training `config` in `run_dir` (in its own session), its
+    output to `log_path`: a file, so a launch left running fills no pipe."""
+    command = ["launch/local.sh", "configs/digits.py", run_dir, *_overrides(config)]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _finish_launch(process: subprocess.Popen, log_path, timeout: float = 240) -> None:
+    """Waits (bounded) for a _start_launch, then asserts it exited with status 0."""
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        _kill_launch(process)
+    with open(log_path) as f:
+        assert process.returncode == 0, f.read()[-3000:]
+
+
+def _kill_launch(process: subprocess.Popen) -> None:
+    """Ends a _start_launch's whole session if it is still running."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _free_ports(count: int) -> list[str]:
+    """`count` distinct free ports (each socket held until all are chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [str(s.getsockname()[1]) for s in sockets]

@@ -1,6 +1,7 @@
 """A run's own config.json: written once, checked on every restart, and the
 only thing evaluate, predict and retrieval need to read a workdir."""
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -167,14 +168,27 @@ def test_reading_a_workdir_needs_only_the_workdir(tiny_config, tmp_path):
     config.optimizer.schedule = "plateau"
     summary = loop.train_and_evaluate(config, workdir)
 
-    evaluated = _run("alexnet_jax.evaluate", f"--workdir={os.path.relpath(workdir, REPO)}")  # relative works too
+    scan = np.round(load_digits().images[0] * 255 / 16).astype(np.uint8)
+    Image.fromarray(scan).resize((40, 40)).save(tmp_path / "zero.png")
+    out = tmp_path / "grid.png"
+    # Four readers of one workdir, independent of each other: started at once.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        evaluated, refused, predicted, retrieved = pool.map(
+            lambda args: _run(*args),
+            [
+                ("alexnet_jax.evaluate", f"--workdir={os.path.relpath(workdir, REPO)}"),  # relative works too
+                # The config file the run started from, without its overrides: the wrong network.
+                ("alexnet_jax.evaluate", "--config=configs/digits.py", f"--workdir={workdir}"),
+                ("alexnet_jax.predict", f"--workdir={workdir}", str(tmp_path / "zero.png")),
+                ("alexnet_jax.retrieval", f"--workdir={workdir}", f"--out={out}", "--queries=0,1"),
+            ],
+        )
+
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert evaluated.stdout.strip() == (
         f"test (center, step 2): top-1 error {100 * summary['eval_top1_error']:.2f}%, "
         f"top-5 error {100 * summary['eval_top5_error']:.2f}% (360 examples)"
     )
-    # The config file the run started from, without its overrides: the wrong network, refused.
-    refused = _run("alexnet_jax.evaluate", "--config=configs/digits.py", f"--workdir={workdir}")
     assert refused.returncode == 1 and refused.stdout == ""
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "config.model.activation='relu' but this run was trained with 'tanh'" in last
@@ -187,14 +201,9 @@ def test_reading_a_workdir_needs_only_the_workdir(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"config.model.width=0.25 but this run was trained with 0.125 \("):
         reading.config_for_reading(workdir, flag_config, {"model.width": 0.25}, config_file_given=False)
 
-    scan = np.round(load_digits().images[0] * 255 / 16).astype(np.uint8)
-    Image.fromarray(scan).resize((40, 40)).save(tmp_path / "zero.png")
-    predicted = _run("alexnet_jax.predict", f"--workdir={workdir}", str(tmp_path / "zero.png"))
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert predicted.stdout.startswith(f"{tmp_path / 'zero.png'}: ") and predicted.stdout.count("\n") == 1
 
-    out = tmp_path / "grid.png"
-    retrieved = _run("alexnet_jax.retrieval", f"--workdir={workdir}", f"--out={out}", "--queries=0,1")
     assert retrieved.returncode == 0, retrieved.stderr[-2000:]
     assert "of 12 neighbours share their query's label" in retrieved.stdout
     assert out.read_bytes().startswith(b"\x89PNG")
