@@ -16,7 +16,7 @@ row beside the all-CPU one shows how the writer scales), the training-set statis
 and, for comparison, in one pass over the originals (data.data_stats), and a
 few training steps plus the validation (python -m alexnet_jax.main with
 configs/paper.py). Per stage: images/s (and per core), the CPU it kept busy
-(CPU time / wall / cores), its busiest thread, peak memory (ru_maxrss of the
+(CPU time / wall / cores), its main thread's CPU time (the serial part), peak memory (ru_maxrss of the
 stage's process, from os.wait4) and disk per image; then hours on N cores
 and GB for the whole of ILSVRC-2012. The folder is removed at the end (--keep
 keeps it).
@@ -122,7 +122,7 @@ def rehearse(root: str, per_class: int, num_val: int, steps: int, micro_batch: i
             "peak_gb": peak_gb,
             "wall_s": wall,
             "cpu_s": cpu,
-            "busiest_thread_s": None,
+            "main_thread_s": None,
             "disk_bytes": None,
             "cores": cpu_info.usable_cpus(),
             "note": accuracy[-1] if accuracy else "",
@@ -133,34 +133,32 @@ def rehearse(root: str, per_class: int, num_val: int, steps: int, micro_batch: i
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| stage | images | wall s | img/s | img/s per core | CPU busy (cores) | busiest thread s | peak RSS GB "
+        "| stage | images | wall s | img/s | img/s per core | CPU busy (cores) | main thread s | peak RSS GB "
         "| disk kB/img |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         rate = row["images"] / row["wall_s"]
-        busiest = "-" if row["busiest_thread_s"] is None else f"{row['busiest_thread_s']:.1f}"
-        if row.get("busiest_thread"):
-            busiest += f" ({row['busiest_thread']})"
+        main = "-" if row["main_thread_s"] is None else f"{row['main_thread_s']:.1f}"
         per_image = row["disk_bytes"] is not None and not row["stage"].startswith("stats")  # stats: one file
         disk = f"{row['disk_bytes'] / row['images'] / 1e3:.1f}" if per_image else "-"
         cores = row["cores"]  # the CPUs the stage's process could use
         lines.append(
             f"| {WHAT[row['stage']]} | {row['images']:,} | {row['wall_s']:.1f} | {rate:.1f} | {rate / cores:.1f} "
-            f"| {row['cpu_s'] / row['wall_s']:.2f} of {cores} | {busiest} | {row['peak_gb']:.2f} | {disk} |"
+            f"| {row['cpu_s'] / row['wall_s']:.2f} of {cores} | {main} | {row['peak_gb']:.2f} | {disk} |"
         )
     return "\n".join(lines)
 
 
 def extrapolation(rows: list[dict], core_counts: list[int]) -> str:
     """Hours at this run's wall rate, and on N cores: the stage's CPU time
-    spread over N cores, but never below its busiest thread's (the serial
+    spread over N cores, but never below its main thread's (the serial
     part), scaled by image count. The latter is a lower bound: it assumes the
     parallel part scales and the disk keeps up (no waiting, which the wall
     rate includes)."""
     header = " | ".join(f"h on {n} cores" for n in core_counts)
     lines = [
-        f"| stage | images at full size | usable cores (CPU / busiest thread) | h at this run's wall rate | {header} "
+        f"| stage | images at full size | usable cores (CPU / main thread) | h at this run's wall rate | {header} "
         "| GB at full size |",
         "|---|---:|---:|---:|" + "---:|" * len(core_counts) + "---:|",
     ]
@@ -170,11 +168,11 @@ def extrapolation(rows: list[dict], core_counts: list[int]) -> str:
             continue
         # The statistics from the sums read one small file per cache part: no work per image.
         scale = 1.0 if row["stage"] == "stats-sums" else row["full"] / row["images"]
-        hours = [max(row["cpu_s"] / n, row["busiest_thread_s"]) * scale / 3600 for n in core_counts]
+        hours = [max(row["cpu_s"] / n, row["main_thread_s"]) * scale / 3600 for n in core_counts]
         per_image = row["disk_bytes"] / row["images"]
         gb = row["disk_bytes"] / 1e9 if row["stage"].startswith("stats") else per_image * row["full"] / 1e9
         lines.append(
-            f"| {WHAT[row['stage']]} | {row['full']:,} | {row['cpu_s'] / row['busiest_thread_s']:.1f} "
+            f"| {WHAT[row['stage']]} | {row['full']:,} | {row['cpu_s'] / row['main_thread_s']:.1f} "
             f"| {row['wall_s'] * scale / 3600:.2f} | " + " | ".join(f"{h:.2f}" for h in hours) + f" | {gb:.1f} |"
         )
     return "\n".join(lines)
