@@ -12,12 +12,13 @@ of its own (bench/rehearsal_stages.py): tfds's imagenet2012
 download_and_prepare from that manual_dir (alexnet_jax.data.datasets), the
 project's preprocessed caches of both splits in each format
 (data.pipeline.prepare; the jpeg cache also pinned to one CPU, so that its
-row beside the all-CPU one shows how the writer scales), the training-set statistics from the cache's sums
-and, for comparison, in one pass over the originals (data.data_stats), and a
-few training steps plus the validation (python -m alexnet_jax.main with
-configs/paper.py). Per stage: images/s (and per core), the CPU it kept busy
-(CPU time / wall / cores), its main thread's CPU time (the serial part), peak memory (ru_maxrss of the
-stage's process, from os.wait4) and disk per image; then hours on N cores
+row beside the all-CPU one shows how the writer scales), the training-set
+statistics from the cache's sums and, for comparison, in one pass over the
+originals (data.data_stats), and a few training steps plus the validation
+(python -m alexnet_jax.main with configs/paper.py). Per stage: images/s (and
+per core), the CPU it kept busy (CPU time / wall / cores), its main thread's
+CPU time (the serial part), peak memory (ru_maxrss of the stage's process,
+from os.wait4) and disk per image; then hours on N cores
 and GB for the whole of ILSVRC-2012. The folder is removed at the end (--keep
 keeps it).
 """

@@ -8,8 +8,9 @@ CPU time of its main thread and the bytes on disk of what it wrote. The
 main thread is the part no extra core shortens: tfds's builder generates,
 serializes and writes there, and the project's cache writer and statistics
 loop there over batches, while decoding, encoding and the sums run in
-thread pools (tf.data's, the sum workers) sized to the usable cores. Layout under ROOT: manual/ (the tars),
-tfds/ (the tfds data_dir, with the project's caches and statistics inside).
+thread pools (tf.data's, the sum workers) sized to the usable cores.
+Layout under ROOT: manual/ (the tars), tfds/ (the tfds data_dir, with the
+project's caches and statistics inside).
 """
 
 from __future__ import annotations
@@ -50,16 +51,11 @@ def _config(root: str, cache_format: str):
     return config
 
 
-def _cache_bytes(builder, fmt: str) -> int:
+def _cache_folders(builder, fmt: str) -> list[str]:
+    """The project's cache folders of format `fmt` (every split and part)."""
     folder = os.path.join(str(builder.data_dir), "alexnet_cache")
-    return sum(folder_bytes(os.path.join(folder, name)) for name in os.listdir(folder) if name.endswith(f"-{fmt}"))
-
-
-def _remove_caches(builder, fmt: str) -> None:
-    folder = os.path.join(str(builder.data_dir), "alexnet_cache")
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        if name.endswith(f"-{fmt}"):
-            shutil.rmtree(os.path.join(folder, name))
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return [os.path.join(folder, name) for name in names if name.endswith(f"-{fmt}")]
 
 
 def run(stage: str, root: str, per_class: int, num_val: int) -> int:
@@ -72,16 +68,19 @@ def run(stage: str, root: str, per_class: int, num_val: int) -> int:
         return folder_bytes(manual_dir(root))
     from alexnet_jax.data import data_stats, datasets, pipeline
 
-    fmt = stage.removeprefix("cache-").removesuffix(ONE_CPU) if stage.startswith("cache-") else None
-    fmt = fmt or ("none" if stage == "stats-pass" else "jpeg")
+    if stage.startswith("cache-"):
+        fmt = stage.removeprefix("cache-").removesuffix(ONE_CPU)
+    else:  # the statistics: one pass over the originals, or the jpeg cache's sums
+        fmt = "none" if stage == "stats-pass" else "jpeg"
     config = _config(root, fmt)
     builder = datasets.get_builder(config)  # stage "tfds": tfds's download_and_prepare from the manual_dir
     if stage == "tfds":
         return folder_bytes(data_dir(root), skip="alexnet_cache")
     if stage.startswith("cache-"):
-        _remove_caches(builder, fmt)  # each cache stage times a whole write
+        for folder in _cache_folders(builder, fmt):  # each cache stage times a whole write
+            shutil.rmtree(folder)
         pipeline.prepare(config, builder)  # the train and validation caches, with the image sums
-        return _cache_bytes(builder, fmt)
+        return sum(folder_bytes(folder) for folder in _cache_folders(builder, fmt))
     stats_file = data_stats.cache_path(config, builder)
     if os.path.exists(stats_file):  # computed afresh: each stats stage times its own way
         os.remove(stats_file)
