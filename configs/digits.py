@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 30.0
     config.log_every_steps = 50
     config.eval_every_steps = 200
+    config.inspect_every_steps = 200
     config.checkpoint_every_steps = 200
 
     config.model.num_classes = 10

@@ -55,6 +55,9 @@ def tiny_config(digits_data_dir):
     config.log_every_steps = 2
     config.eval_every_steps = 3
     config.checkpoint_every_steps = 3
+    # No TensorBoard inspection (its extra pass, histograms and images were
+    # about half of a tiny run's time): the tests of it turn it back on.
+    config.inspect_every_steps = 0
     config.shuffle_buffer_size = 64
     config.mesh = (1, 1)
     # XLA's own kernel gradients compile ~30% faster than the CPU default's

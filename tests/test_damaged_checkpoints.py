@@ -196,6 +196,7 @@ def test_two_processes_agree_on_the_step_when_one_cannot_read_the_newest(tiny_co
         "num_train_steps",
         "log_every_steps",
         "eval_every_steps",
+        "inspect_every_steps",
         "checkpoint_every_steps",
         "shuffle_buffer_size",
         "model.conv_wgrad",

@@ -195,6 +195,7 @@ def _tiny_flags(data_dir: str, steps: int = 2) -> list[str]:
         "--config.eval_batch_size=64",
         f"--config.num_train_steps={steps}",
         "--config.eval_every_steps=100",
+        "--config.inspect_every_steps=0",
         "--config.checkpoint_every_steps=100",
         "--config.shuffle_buffer_size=64",
         "--config.mesh=(1, 1)",

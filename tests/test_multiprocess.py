@@ -30,8 +30,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _overrides(data_dir: str, steps: int, mesh: str) -> list[str]:
+def _overrides(data_dir: str, steps: int, mesh: str, inspect: bool) -> list[str]:
     return [
+        # The digits config's inspection (the first and last steps) or none.
+        *([] if inspect else ["--config.inspect_every_steps=0"]),
         f"--config.data_dir={data_dir}",
         "--config.model.width=0.125",
         "--config.batch_size=16",
@@ -46,11 +48,13 @@ def _overrides(data_dir: str, steps: int, mesh: str) -> list[str]:
     ]
 
 
-def _launch_two_processes(workdir: str, data_dir: str, steps: int, devices_each: int, mesh: str = "(-1, 2)") -> str:
+def _launch_two_processes(
+    workdir: str, data_dir: str, steps: int, devices_each: int, mesh: str = "(-1, 2)", inspect: bool = False
+) -> str:
     env = {**os.environ, "NUM_PROCESSES": "2", "CPU_DEVICES": str(devices_each), "PYTHON": sys.executable}
     env.update(PORT=str(_free_port()), XLA_FLAGS="")  # not the test process's 8 devices
     result = subprocess.run(
-        ["launch/local.sh", "configs/digits.py", workdir, *_overrides(data_dir, steps, mesh)],
+        ["launch/local.sh", "configs/digits.py", workdir, *_overrides(data_dir, steps, mesh, inspect)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -133,8 +137,10 @@ def test_two_processes_of_one_device_hold_one_model_pair(tiny_config, tmp_path, 
     empty: process 0 prepares the dataset, caches and statistics while the
     other waits (every process preparing at once crashed tfds)."""
     workdir, data_dir, num_steps = str(tmp_path / "pair"), str(tmp_path / "empty_tfds"), 4
-    log = _launch_two_processes(workdir, data_dir, steps=num_steps, devices_each=1)
+    log = _launch_two_processes(workdir, data_dir, steps=num_steps, devices_each=1, inspect=True)
     assert "JAX process 1 of 2" in log and "2 global cpu devices" in log
+    # The inspection (replicated onto both processes; process 0 writes it) at the first and last steps.
+    assert re.findall(r"\[(\d+)\] Got images: ", log) == ["1", f"{num_steps}"], log[-3000:]
     assert "Waiting for another process to prepare dataset sklearn_digits" in log
     _assert_processes_agree(log, range(1, num_steps + 1))
 

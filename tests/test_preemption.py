@@ -40,6 +40,7 @@ def _overrides(config) -> list[str]:
         "num_train_steps",
         "log_every_steps",
         "eval_every_steps",
+        "inspect_every_steps",
         "checkpoint_every_steps",
         "shuffle_buffer_size",
         "mesh",

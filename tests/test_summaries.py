@@ -43,18 +43,20 @@ def test_run_writes_config_kernels_inputs_norms_and_histograms(tiny_config, tmp_
     from tensorboard.util import tensor_util
 
     workdir = str(tmp_path / "inspect")
-    loop.train_and_evaluate(tiny_config, workdir)
+    config = tiny_config.copy_and_resolve_references()
+    config.inspect_every_steps = 4  # not the evaluation's 3
+    loop.train_and_evaluate(config, workdir)
     by_plugin, events = _plugin_tags(workdir)
 
     assert "model.use_lrn = True" in tensor_util.make_ndarray(events.Tensors("config")[0].tensor_proto).item().decode()
     assert by_plugin["text"]["config"] == [0]
     num_params = float(tensor_util.make_ndarray(events.Tensors("num_params")[0].tensor_proto))
     assert num_params == sum(x.size for x in _param_leaves(tiny_config))
-    # Inspection at the first step and at every evaluation (eval_every_steps=3).
+    # Inspection at the first and last steps and every inspect_every_steps=4.
     assert by_plugin["images"] == {
-        "conv1_kernels/tower_0": [1, 3, 6],
-        "conv1_kernels/tower_1": [1, 3, 6],
-        "train_inputs": [1, 3, 6],
+        "conv1_kernels/tower_0": [1, 4, 6],
+        "conv1_kernels/tower_1": [1, 4, 6],
+        "train_inputs": [1, 4, 6],
     }
     images = tensor_util.make_ndarray(events.Tensors("train_inputs")[0].tensor_proto)
     assert len(images) == 2 + inspection.NUM_INPUT_IMAGES  # width, height, then one PNG per image
@@ -62,7 +64,7 @@ def test_run_writes_config_kernels_inputs_norms_and_histograms(tiny_config, tmp_
         for kind in ("weight_norm", "grad_norm"):
             assert f"{kind}/{layer}/kernel" in by_plugin["scalars"]
         for kind in ("weights", "grads"):
-            assert by_plugin["histograms"][f"{kind}/{layer}/kernel"] == [1, 3, 6]
+            assert by_plugin["histograms"][f"{kind}/{layer}/kernel"] == [1, 4, 6]
     grad_norm = float(tensor_util.make_ndarray(events.Tensors("grad_norm/fc8/kernel")[0].tensor_proto))
     assert np.isfinite(grad_norm) and grad_norm > 0
 

@@ -152,6 +152,7 @@ def test_one_variant_trains_for_real_and_the_report_reads_it(digits_data_dir, tm
         "--config.batch_size=16",
         "--config.log_every_steps=1",
         "--config.eval_every_steps=2",
+        "--config.inspect_every_steps=0",
         "--config.mesh=(1, 1)",
         "--config.shuffle_buffer_size=64",
     ]

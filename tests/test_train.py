@@ -177,6 +177,8 @@ def test_tensorboard_event_files_hold_the_scalars(tiny_config, tmp_path):
         "eval_num_examples",
     ]:
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    # inspect_every_steps=0 (tiny_config): no inspection at all, not even at the first and last steps.
+    assert not [tag for tag in tags if tag.startswith(("weights/", "grads/", "grad_norm/", "train_inputs"))]
     losses = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("train_loss")]
     assert [e.step for e in events.Tensors("train_loss")] == [2, 4, 6] and all(np.isfinite(losses))
 
@@ -195,6 +197,7 @@ def test_tensorboard_event_files_hold_the_scalars(tiny_config, tmp_path):
         ("optimizer.learning_rate", -0.1, "config.optimizer.learning_rate=-0.1 must be > 0"),
         ("optimizer.drop_epochs", (51, 25), "config.optimizer.drop_epochs=(51, 25) must be strictly increasing"),
         ("eval_every_steps", 0, "config.eval_every_steps=0 must be a positive integer"),
+        ("inspect_every_steps", -1, "config.inspect_every_steps=-1 must be an integer >= 0 (0 = never inspect)"),
         ("resize_size", 60, "config.resize_size=60 must be >= model.input_size=64"),
         ("dataset", "", "config.dataset='' must be a tfds dataset name"),
         ("dataset", "synthetic_data", "config.dataset='synthetic_data' is not a dataset: use 'synthetic'"),
@@ -315,7 +318,7 @@ def test_inspected_gradients_are_those_the_step_applies_under_micro_batching(tin
     inspected = []
     monkeypatch.setattr(summaries, "write_inspection", lambda w, step, insp, c: inspected.append(jax.device_get(insp)))
     config = tiny_config.copy_and_resolve_references()
-    config.micro_batch_size, config.num_train_steps = -1, 1
+    config.micro_batch_size, config.num_train_steps, config.inspect_every_steps = -1, 1, 1
     workdir = str(tmp_path / "inspect")
     loop.train_and_evaluate(config, workdir)
     (inspection,) = inspected
@@ -381,6 +384,8 @@ def test_images_per_sec_counts_training_steps_only(tiny_config, tmp_path, monkey
         return writer
 
     monkeypatch.setattr(summaries, "create_writer", recording_writer)
-    loop.train_and_evaluate(tiny_config, str(tmp_path / "rate"))
+    config = tiny_config.copy_and_resolve_references()
+    config.inspect_every_steps = 3
+    loop.train_and_evaluate(config, str(tmp_path / "rate"))
     rates = [(step, scalars["images_per_sec"]) for step, scalars in written if "images_per_sec" in scalars]
     assert rates == [(2, 16.0), (4, 16.0), (6, 16.0)]  # steps 3 and 6 evaluate, inspect and save

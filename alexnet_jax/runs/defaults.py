@@ -73,6 +73,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.log_every_steps = 100
     config.eval_every_steps = 10_000  # also the plateau schedule's check period
+    # TensorBoard's inputs, kernel grids, weight and gradient norms and
+    # histograms (alexnet_jax/train/summaries.py) every this many steps and
+    # at the first and last steps: one extra forward/backward pass each.
+    # 0 = never.
+    config.inspect_every_steps = 10_000
     config.checkpoint_every_steps = 5_000
     config.keep_checkpoints = 3  # the latest is always kept
     config.seed = 0

@@ -74,6 +74,7 @@ MAY_CHANGE: dict[str, str] = {
     "num_train_steps": "extends the run (or ends it earlier, not before the newest checkpoint: refused)",
     "log_every_steps": "reporting only",
     "eval_every_steps": "reporting (defining under the plateau schedule: PLATEAU_DEFINING)",
+    "inspect_every_steps": "reporting only",
     "checkpoint_every_steps": "how often the run is saved",
     "keep_checkpoints": "how many are kept",
     "data_dir": "where the same data lives",

@@ -233,6 +233,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "prefetch_batches",
     ):
         _positive_int(config, field)
+    inspect = config.inspect_every_steps
+    if not isinstance(inspect, int) or isinstance(inspect, bool) or inspect < 0:
+        _fail("inspect_every_steps", inspect, "must be an integer >= 0 (0 = never inspect)")
     if config.num_train_steps <= 0 and not config.num_epochs > 0:
         _fail("num_epochs", config.num_epochs, "must be > 0 when num_train_steps <= 0")
     _one_of(config.data_stats, "data_stats", ("computed", "published"))

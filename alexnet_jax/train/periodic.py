@@ -55,7 +55,9 @@ class Actions:
         self._replicated = sharding.replicated(run.mesh)
         Callback = periodic_actions.PeriodicCallback
         first_and_last = {run.start_step + 1, run.total_steps}
-        self.inspect = Callback(every_steps=config.eval_every_steps, on_steps=first_and_last, callback_fn=self._inspect)
+        every_inspection = config.inspect_every_steps or None  # 0: never, not even the first and last steps
+        inspect_on = first_and_last if every_inspection else set()
+        self.inspect = Callback(every_steps=every_inspection, on_steps=inspect_on, callback_fn=self._inspect)
         self.log = Callback(every_steps=config.log_every_steps, on_steps=last, callback_fn=self._log)
         self.evaluate = Callback(every_steps=config.eval_every_steps, on_steps=last, callback_fn=self._evaluate)
         # now=True: a stop signal's save (then the loop stops).

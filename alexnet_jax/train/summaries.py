@@ -3,7 +3,8 @@
 - at the start: the config as text and as hparams (the HParams dashboard
   compares a sweep's variants, each row named by its run: run_name), and
   the parameter count;
-- at the first step and every evaluation: the first-layer kernels as one
+- at the first and last steps and every config.inspect_every_steps (0:
+  never): the first-layer kernels as one
   image grid per tower (the paper's Figure 3), a few augmented training
   inputs as the model saw them, per-layer weight and gradient norms
   (scalars) and histograms.
