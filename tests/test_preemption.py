@@ -26,7 +26,7 @@ TOTAL_STEPS = 20  # a margin: tiny steps take ~30 ms and the test may be slow to
 # Several processes agree on the step through JAX's preemption sync point,
 # which learns of the signal through the coordination service: about a
 # second, i.e. tens of tiny steps (a 20-step run once finished first).
-TWO_PROCESS_STEPS = 200
+TWO_PROCESS_STEPS = 100
 SIGNAL_AFTER = 2  # the step whose log line triggers the signal
 
 
