@@ -113,12 +113,17 @@ def test_a_bad_malloc_setting_stops_an_entry_point_in_one_line(tmp_path):
 # An absl app as the entry points are: the settings applied, then app.run.
 _ENTRY_POINT = textwrap.dedent(
     """
-    import json, os
+    import atexit, gc, json, os
     from absl import app
     from alexnet_jax.platform import host_malloc, machine_settings
 
+    # Registered first, so it runs last: after the handler the settings add.
+    atexit.register(lambda: print(json.dumps({"frozen_at_exit": gc.get_freeze_count() > 0}), flush=True))
     machine_settings.apply_machine_settings()
-    app.run(lambda argv: print(json.dumps({"xla_flags": os.environ["XLA_FLAGS"], "malloc_set": host_malloc.applied})))
+    frozen = gc.get_freeze_count() > 0
+    app.run(lambda argv: print(json.dumps(
+        {"xla_flags": os.environ["XLA_FLAGS"], "malloc_set": host_malloc.applied, "frozen": frozen}
+    )))
     """
 )
 
@@ -130,13 +135,16 @@ def test_the_entry_point_applies_the_settings_and_logs_one_line_naming_them():
         [sys.executable, "-c", _ENTRY_POINT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    applied = json.loads(result.stdout.strip().splitlines()[-1])
-    assert applied == {"xla_flags": f"--xla_force_host_platform_device_count=2 {FLAG}", "malloc_set": True}
+    applied, at_exit = [json.loads(line) for line in result.stdout.strip().splitlines()[-2:]]
+    want = {"xla_flags": f"--xla_force_host_platform_device_count=2 {FLAG}", "malloc_set": True, "frozen": False}
+    assert applied == want
+    # At exit the objects left are frozen (no final collection), and handlers registered before still run.
+    assert at_exit == {"frozen_at_exit": True}
     [line] = [line for line in result.stderr.splitlines() if "machine settings:" in line]
     assert line.startswith("I")  # absl's INFO line
     assert line.endswith(
         f"machine settings: XLA:CPU with {FLAG} (added to XLA_FLAGS); "
-        "malloc: reuse (M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)"
+        "malloc: reuse (M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1); exit: no final garbage collection"
     )
 
 

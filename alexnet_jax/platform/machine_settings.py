@@ -1,6 +1,7 @@
 """The machine settings an entry point applies at its start, before JAX
 starts: the XLA:CPU flag (xla_cpu_flags) and the malloc settings
-(host_malloc), each where it was measured to help. Importing alexnet_jax,
+(host_malloc), each where it was measured to help, and an exit without the
+interpreter's final garbage collection (process_exit). Importing alexnet_jax,
 or any of its modules, applies nothing: a library import leaves os.environ,
 malloc and XLA's flags as they were. Each entry point calls
 
@@ -20,7 +21,7 @@ import sys
 
 from absl import app, logging
 
-from alexnet_jax.platform import host_malloc, xla_cpu_flags
+from alexnet_jax.platform import host_malloc, process_exit, xla_cpu_flags
 
 USAGE_ERROR = 2  # the README's exit status for a misspelt flag or field
 
@@ -46,7 +47,8 @@ def apply_machine_settings(*, huge_pages: bool = False, absl_app: bool = True, r
         malloc = host_malloc.describe(os.environ, host_malloc.apply(), restarts=huge_pages)
         flags_before = os.environ.get("XLA_FLAGS", "")
         xla = xla_cpu_flags.describe(flags_before, xla_cpu_flags.apply())
-        line = f"machine settings: XLA:CPU with {xla}; malloc: {malloc}"
+        process_exit.skip_final_collection()
+        line = f"machine settings: XLA:CPU with {xla}; malloc: {malloc}; exit: no final garbage collection"
     else:
         line = "machine settings: none in this process (it runs no JAX); each command it runs applies its own"
     if absl_app:  # absl logs INFO only once app.run has parsed its flags: just before main runs
